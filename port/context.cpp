@@ -1,0 +1,226 @@
+#include "context.hpp"
+
+#include <pythread.h>
+
+#include "runtime.hpp"
+
+namespace ep {
+
+namespace {
+thread_local Context* tl_context = nullptr;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+}  // namespace
+
+Context::Context(Runtime& rt, uint32_t id, int spin_us) : rt_(rt), id_(id), spin_us_(spin_us) {}
+
+Context::~Context() {
+  if (thread_.joinable()) thread_.detach();
+}
+
+Context* Context::current_thread_context() { return tl_context; }
+
+void Context::start() {
+  thread_ = std::thread([this] { run(); });
+}
+
+void Context::push(Item item) {
+  bool wake;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    queue_.push_back(std::move(item));
+    queued_.fetch_add(1, std::memory_order_release);
+    wake = sleeping_;
+  }
+  if (wake) cv_.notify_one();
+}
+
+bool Context::cancel_queued(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+    auto k = static_cast<Kind>(it->h.kind);
+    if (it->h.id == id && (k == Kind::Call || k == Kind::Eval || k == Kind::Exec || k == Kind::Cast)) {
+      queue_.erase(it);
+      queued_.fetch_sub(1, std::memory_order_relaxed);
+      return true;
+    }
+  }
+  // The request may be between the queue and the active stack: refuse it when it starts.
+  cancelled_ids_.push_back(id);
+  if (cancelled_ids_.size() > 1024) cancelled_ids_.pop_front();
+  return false;
+}
+
+bool Context::take_cancelled_id(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (auto it = cancelled_ids_.begin(); it != cancelled_ids_.end(); ++it) {
+    if (*it == id) {
+      cancelled_ids_.erase(it);
+      return true;
+    }
+  }
+  return false;
+}
+
+void Context::cancel_running(uint64_t id) {
+  for (size_t i = 0; i < active_.size(); ++i) {
+    ActiveRequest* ar = active_[i];
+    if (ar->id != id) continue;
+    ar->cancelled.store(true);
+    if (ar->waiting || i + 1 < active_.size()) {
+      // Blocked in wait() (itself or under a nested request): wake it, it checks the flag.
+      std::lock_guard<std::mutex> lock(mutex_);
+      cv_.notify_all();
+    } else {
+      // Running Python code: raise CancelledError in that thread at its next bytecode boundary.
+      PyThreadState_SetAsyncExc(thread_ident_, rt_.cancelled_error());
+    }
+    return;
+  }
+}
+
+void Context::request_stop() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+}
+
+void Context::join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void Context::run() {
+  PyGILState_STATE gil = PyGILState_Ensure();
+  thread_ident_ = PyThread_get_thread_ident();
+  tl_context = this;
+  PyThreadState* ts = PyEval_SaveThread();
+  std::string out;
+  for (;;) {
+    Item item;
+    {
+      // Spin briefly before sleeping: waking an idle core costs tens of microseconds here.
+      if (queued_.load(std::memory_order_acquire) == 0 && spin_us_ > 0) {
+        auto until = Clock::now() + std::chrono::microseconds(spin_us_);
+        while (queued_.load(std::memory_order_acquire) == 0 && Clock::now() < until) cpu_relax();
+      }
+      std::unique_lock<std::mutex> lock(mutex_);
+      while (queue_.empty() && !stop_) {
+        sleeping_ = true;
+        cv_.wait(lock);
+        sleeping_ = false;
+      }
+      if (queue_.empty()) break;  // stop_ with nothing left
+      item = std::move(queue_.front());
+      queue_.pop_front();
+      queued_.fetch_sub(1, std::memory_order_relaxed);
+    }
+    if (static_cast<Kind>(item.h.kind) == Kind::CallbackReply) continue;  // its waiter was cancelled
+    PyEval_RestoreThread(ts);
+    serve(item, out);
+    ts = PyEval_SaveThread();
+    if (!out.empty()) {
+      rt_.output().write(out);
+      out.clear();
+    }
+  }
+  PyEval_RestoreThread(ts);
+  PyGILState_Release(gil);
+}
+
+void Context::serve(Item& item, std::string& out) {
+  if (take_cancelled_id(item.h.id)) {
+    rt_.error_frame(out, id_, item.h.id, "CancelledError", "request cancelled before it started", "");
+    return;
+  }
+  ActiveRequest ar;
+  ar.id = item.h.id;
+  active_.push_back(&ar);
+  rt_.handle(*this, item, out);
+  if (ar.cancelled.load()) {
+    // A cancel that arrived as the request finished must not hit the next one.
+    PyThreadState_SetAsyncExc(thread_ident_, nullptr);
+    PyErr_Clear();
+  }
+  active_.pop_back();
+}
+
+Context::WaitEnd Context::wait(uint64_t callback_id, const Clock::time_point* deadline, std::string& reply) {
+  ActiveRequest* me = current_request();
+  if (me) me->waiting = true;
+  PyThreadState* ts = PyEval_SaveThread();
+  WaitEnd end = WaitEnd::Deadline;
+  std::string out;
+  for (;;) {
+    Item item;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      bool have = false;
+      while (!have) {
+        if (callback_id != 0) {
+          auto it = early_replies_.find(callback_id);
+          if (it != early_replies_.end()) {
+            reply = std::move(it->second);
+            early_replies_.erase(it);
+            end = WaitEnd::Reply;
+            break;
+          }
+        }
+        if (me && me->cancelled.load()) {
+          end = WaitEnd::Cancelled;
+          break;
+        }
+        if (!queue_.empty()) {
+          item = std::move(queue_.front());
+          queue_.pop_front();
+          queued_.fetch_sub(1, std::memory_order_relaxed);
+          have = true;
+          break;
+        }
+        sleeping_ = true;
+        if (deadline) {
+          if (cv_.wait_until(lock, *deadline) == std::cv_status::timeout && queue_.empty()) {
+            sleeping_ = false;
+            end = WaitEnd::Deadline;
+            break;
+          }
+        } else {
+          cv_.wait(lock);
+        }
+        sleeping_ = false;
+      }
+      if (!have) break;
+    }
+    if (static_cast<Kind>(item.h.kind) == Kind::CallbackReply) {
+      std::string body(item.body());
+      if (item.h.id == callback_id) {
+        reply = std::move(body);
+        end = WaitEnd::Reply;
+        break;
+      }
+      std::lock_guard<std::mutex> lock(mutex_);
+      early_replies_[item.h.id] = std::move(body);  // an outer wait's reply
+      continue;
+    }
+    // A request for this context while we wait: serve it here, nested.
+    PyEval_RestoreThread(ts);
+    if (me) me->waiting = false;
+    serve(item, out);
+    if (me) me->waiting = true;
+    ts = PyEval_SaveThread();
+    if (!out.empty()) {
+      rt_.output().write(out);
+      out.clear();
+    }
+  }
+  PyEval_RestoreThread(ts);
+  if (me) me->waiting = false;
+  return end;
+}
+
+}  // namespace ep

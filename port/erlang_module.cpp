@@ -1,0 +1,232 @@
+#include "erlang_module.hpp"
+
+#include <chrono>
+#include <thread>
+
+#include "context.hpp"
+#include "erlang_types.hpp"
+#include "frame.hpp"
+#include "runtime.hpp"
+
+namespace ep {
+
+namespace {
+
+// The runtime the module talks to. One per process: the module is created once, at start-up.
+Runtime* g_rt = nullptr;
+
+PyObject* g_erlang_error = nullptr;    // erlang.ErlangError(RuntimeError)
+PyObject* g_process_error = nullptr;   // erlang.ProcessError(Exception)
+PyObject* g_cancelled_error = nullptr; // erlang.CancelledError(BaseException)
+
+// The ctx and request id that frames sent from the calling thread carry.
+void origin(uint32_t& ctx, uint64_t& id) {
+  Context* c = Context::current_thread_context();
+  ActiveRequest* r = c ? c->current_request() : nullptr;
+  ctx = c ? c->id() : 0;
+  id = r ? r->id : 0;
+}
+
+// Decodes a callback_reply body: {ok, Value} or {error, Class, Reason}. Returns the Python tuple.
+PyRef decode_reply(const std::string& reply) {
+  std::string err;
+  PyRef v = g_rt->decode(reply, err);
+  if (!v) {
+    PyErr_Format(g_erlang_error, "malformed reply from Erlang: %s", err.c_str());
+    return PyRef();
+  }
+  if (!PyTuple_Check(v.get()) || PyTuple_GET_SIZE(v.get()) < 2 || !PyUnicode_Check(PyTuple_GET_ITEM(v.get(), 0))) {
+    PyErr_SetString(g_erlang_error, "malformed reply from Erlang");
+    return PyRef();
+  }
+  return v;
+}
+
+bool is_ok(PyObject* reply) { return PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(reply, 0), "ok") == 0; }
+
+void raise_from_reply(PyObject* exc_type, PyObject* reply) {
+  PyObject* cls = PyTuple_GET_SIZE(reply) > 1 ? PyTuple_GET_ITEM(reply, 1) : Py_None;
+  PyObject* reason = PyTuple_GET_SIZE(reply) > 2 ? PyTuple_GET_ITEM(reply, 2) : Py_None;
+  PyErr_Format(exc_type, "%S: %S", cls, reason);
+}
+
+// erlang.call(name, *args)
+PyObject* erl_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs < 1 || !PyUnicode_Check(args[0])) {
+    PyErr_SetString(PyExc_TypeError, "call() needs the registered function's name (a str) first");
+    return nullptr;
+  }
+  uint32_t ctx;
+  uint64_t id;
+  origin(ctx, id);
+  uint64_t cb = g_rt->next_callback_id();
+  std::string frame;
+  size_t start = begin_frame(frame, Header{static_cast<uint8_t>(Kind::Callback), 0, 0, ctx, id});
+  bool ok = g_rt->write_body(frame, [&](auto& w) {
+    w.tuple(3);
+    w.integer(static_cast<int64_t>(cb));
+    if (!w.python(args[0])) return false;
+    w.list(static_cast<size_t>(nargs - 1));
+    for (Py_ssize_t i = 1; i < nargs; ++i)
+      if (!w.python(args[i])) return false;
+    w.list_end();
+    return true;
+  });
+  if (!ok) return nullptr;
+  finish_frame(frame, start);
+  std::string reply;
+  if (!g_rt->round_trip(cb, frame, reply)) return nullptr;
+  PyRef r = decode_reply(reply);
+  if (!r) return nullptr;
+  if (is_ok(r.get())) return Py_NewRef(PyTuple_GET_ITEM(r.get(), 1));
+  raise_from_reply(g_erlang_error, r.get());
+  return nullptr;
+}
+
+// erlang.send(dest, message): dest is an erlang.Pid, a registered name (str) or (name, node).
+PyObject* erl_send(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2) {
+    PyErr_SetString(PyExc_TypeError, "send() takes a destination and a message");
+    return nullptr;
+  }
+  PyObject* dest = args[0];
+  if (Py_TYPE(dest) != pid_type() && !PyUnicode_Check(dest) &&
+      !(PyTuple_Check(dest) && PyTuple_GET_SIZE(dest) == 2)) {
+    PyErr_Format(PyExc_TypeError, "send() destination must be an erlang.Pid, a name or (name, node), not %.100s",
+                 Py_TYPE(dest)->tp_name);
+    return nullptr;
+  }
+  uint32_t ctx;
+  uint64_t id;
+  origin(ctx, id);
+  uint64_t cb = g_rt->next_callback_id();
+  std::string frame;
+  size_t start = begin_frame(frame, Header{static_cast<uint8_t>(Kind::Send), 0, 0, ctx, 0});
+  bool ok = g_rt->write_body(frame, [&](auto& w) {
+    w.tuple(3);
+    w.integer(static_cast<int64_t>(cb));
+    return w.python(dest) && w.python(args[1]);
+  });
+  if (!ok) return nullptr;
+  finish_frame(frame, start);
+  std::string reply;
+  if (!g_rt->round_trip(cb, frame, reply)) return nullptr;
+  PyRef r = decode_reply(reply);
+  if (!r) return nullptr;
+  if (is_ok(r.get())) Py_RETURN_NONE;
+  raise_from_reply(g_process_error, r.get());
+  return nullptr;
+}
+
+// erlang.sleep(seconds): on a context thread the context keeps serving requests meanwhile.
+PyObject* erl_sleep(PyObject*, PyObject* arg) {
+  double seconds = PyFloat_AsDouble(arg);
+  if (seconds == -1.0 && PyErr_Occurred()) return nullptr;
+  if (seconds < 0) seconds = 0;
+  auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+  Context* c = Context::current_thread_context();
+  if (c && c->current_request()) {
+    std::string unused;
+    if (c->wait(0, &deadline, unused) == Context::WaitEnd::Cancelled) {
+      PyErr_SetString(g_cancelled_error, "request cancelled during erlang.sleep");
+      return nullptr;
+    }
+    Py_RETURN_NONE;
+  }
+  {
+    GilRelease unlocked;
+    std::this_thread::sleep_until(deadline);
+  }
+  Py_RETURN_NONE;
+}
+
+// erlang._write(stream, text): stdout/stderr text for the Erlang side.
+PyObject* erl_write(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2 || !PyLong_Check(args[0]) || !PyUnicode_Check(args[1])) {
+    PyErr_SetString(PyExc_TypeError, "_write(stream: int, text: str)");
+    return nullptr;
+  }
+  long stream = PyLong_AsLong(args[0]);
+  uint32_t ctx;
+  uint64_t id;
+  origin(ctx, id);
+  std::string frame;
+  size_t start = begin_frame(frame, Header{static_cast<uint8_t>(Kind::Output), 0, 0, ctx, id});
+  bool ok = g_rt->write_body(frame, [&](auto& w) {
+    w.tuple(2);
+    w.integer(stream == 2 ? 2 : 1);
+    return w.python(args[1]);
+  });
+  if (!ok) return nullptr;
+  finish_frame(frame, start);
+  {
+    GilRelease unlocked;
+    g_rt->output().write(frame);
+  }
+  Py_RETURN_NONE;
+}
+
+PyObject* erl_env_count(PyObject*, PyObject*) { return PyLong_FromSize_t(g_rt->env_count()); }
+
+PyObject* erl_current_request(PyObject*, PyObject*) {
+  uint32_t ctx;
+  uint64_t id;
+  origin(ctx, id);
+  return PyLong_FromUnsignedLongLong(id);
+}
+
+PyObject* erl_current_context(PyObject*, PyObject*) {
+  uint32_t ctx;
+  uint64_t id;
+  origin(ctx, id);
+  return PyLong_FromUnsignedLong(ctx);
+}
+
+PyMethodDef methods[] = {
+    {"call", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(erl_call)), METH_FASTCALL,
+     "call(name, *args): call the Erlang function registered as name and return its result."},
+    {"send", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(erl_send)), METH_FASTCALL,
+     "send(dest, message): send message to an Erlang pid, registered name or (name, node)."},
+    {"sleep", erl_sleep, METH_O, "sleep(seconds): wait without holding the context."},
+    {"_write", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(erl_write)), METH_FASTCALL,
+     "_write(stream, text): forward stdout (1) or stderr (2) text to Erlang."},
+    {"_env_count", erl_env_count, METH_NOARGS, "number of live process-bound environments"},
+    {"_current_request", erl_current_request, METH_NOARGS, "id of the request this thread serves, or 0"},
+    {"_current_context", erl_current_context, METH_NOARGS, "id of the context this thread serves, or 0"},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_erlang", "Built-in half of the erlang package (erlang_python_port).", -1, methods,
+    nullptr, nullptr, nullptr, nullptr,
+};
+
+}  // namespace
+
+void erlang_module_bind(Runtime* rt) { g_rt = rt; }
+
+extern "C" PyObject* erlang_module_init() {
+  if (!erlang_types_ready()) return nullptr;
+  PyRef m(PyModule_Create(&module_def));
+  if (!m) return nullptr;
+  g_erlang_error = PyErr_NewExceptionWithDoc("erlang.ErlangError",
+                                             "An Erlang function called from Python raised, or none is registered.",
+                                             PyExc_RuntimeError, nullptr);
+  g_process_error = PyErr_NewExceptionWithDoc("erlang.ProcessError",
+                                              "The destination process of erlang.send does not exist.",
+                                              PyExc_Exception, nullptr);
+  g_cancelled_error = PyErr_NewExceptionWithDoc(
+      "erlang.CancelledError", "The Erlang caller gave up on this request (timeout); it is being cancelled.",
+      PyExc_BaseException, nullptr);
+  if (!g_erlang_error || !g_process_error || !g_cancelled_error) return nullptr;
+  if (PyModule_AddObjectRef(m.get(), "ErlangError", g_erlang_error) ||
+      PyModule_AddObjectRef(m.get(), "ProcessError", g_process_error) ||
+      PyModule_AddObjectRef(m.get(), "CancelledError", g_cancelled_error) ||
+      PyModule_AddObjectRef(m.get(), "Pid", reinterpret_cast<PyObject*>(pid_type())) ||
+      PyModule_AddObjectRef(m.get(), "Term", reinterpret_cast<PyObject*>(term_type())))
+    return nullptr;
+  g_rt->set_exception_types(g_cancelled_error);
+  return m.release();
+}
+
+}  // namespace ep

@@ -1,0 +1,150 @@
+// erlang_python_port: embeds CPython and serves the erlang_python protocol on stdio.
+//
+//   erlang_python_port [--codec etf|msgpack] [--contexts N] [--pylib DIR] [--crash-file PATH]
+//                      [--max-frame BYTES] [--spin-us N]
+//
+// Start-up order: keep the protocol descriptors private (so nothing Python prints can reach them),
+// die with the VM, start Python and the contexts, say hello, then run the libuv loop on the input
+// until EOF. See protocol/PROTOCOL.md.
+#include <fcntl.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "frame.hpp"
+#include "log.hpp"
+#include "output.hpp"
+#include "runtime.hpp"
+
+namespace {
+
+constexpr int kExitUsage = 2;
+constexpr int kExitPython = 3;
+constexpr int kExitStream = 4;
+
+bool parse_args(int argc, char** argv, ep::Options& o) {
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&](std::string& out) {
+      if (i + 1 >= argc) return false;
+      out = argv[++i];
+      return true;
+    };
+    std::string v;
+    if (a == "--codec" && value(v)) {
+      if (v == "etf") o.codec = ep::CodecKind::Etf;
+      else if (v == "msgpack") o.codec = ep::CodecKind::Msgpack;
+      else return false;
+    } else if (a == "--contexts" && value(v)) {
+      o.contexts = std::atoi(v.c_str());
+      if (o.contexts < 1 || o.contexts > 1024) return false;
+    } else if (a == "--pylib" && value(v)) {
+      o.pylib = v;
+    } else if (a == "--crash-file" && value(v)) {
+      o.crash_file = v;
+    } else if (a == "--max-frame" && value(v)) {
+      o.max_frame = std::strtoull(v.c_str(), nullptr, 10);
+      if (o.max_frame < ep::kHeaderSize) return false;
+    } else if (a == "--spin-us" && value(v)) {
+      o.spin_us = std::atoi(v.c_str());
+      if (o.spin_us < 0) return false;
+    } else {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Moves fd to a private descriptor (close-on-exec, so child processes cannot hold the protocol
+// pipes open) and points the original at `replacement`.
+int privatize(int fd, int replacement) {
+  int priv = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  if (priv < 0 || dup2(replacement, fd) < 0) return -1;
+  return priv;
+}
+
+struct Loop {
+  ep::Runtime* rt;
+  ep::FrameReader reader;
+  uint64_t last_frame_ns = 0;
+};
+
+char g_read_buf[1 << 18];
+
+void on_alloc(uv_handle_t*, size_t, uv_buf_t* buf) { *buf = uv_buf_init(g_read_buf, sizeof g_read_buf); }
+
+void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
+  auto* loop = static_cast<Loop*>(stream->data);
+  if (nread < 0) _exit(0);  // EOF or error: the VM closed the port or is gone
+  if (nread == 0) return;
+  loop->last_frame_ns = uv_hrtime();
+  auto status = loop->reader.feed(buf->base, static_cast<size_t>(nread),
+                                  [&](std::string&& payload) { loop->rt->dispatch(std::move(payload)); });
+  if (status == ep::FrameReader::Status::Oversized) {
+    loop->rt->protocol_error(0, 0, "oversized",
+                             "frame length " + std::to_string(loop->reader.oversized_len()) +
+                                 " exceeds max_frame; the stream cannot be resynchronised");
+    EP_LOG("oversized frame (%zu bytes): exiting", loop->reader.oversized_len());
+    _exit(kExitStream);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  ep::Options opts;
+  if (!parse_args(argc, argv, opts)) {
+    std::fprintf(stderr,
+                 "usage: erlang_python_port [--codec etf|msgpack] [--contexts N] [--pylib DIR] "
+                 "[--crash-file PATH] [--max-frame BYTES] [--spin-us N]\n");
+    return kExitUsage;
+  }
+  // Die with the VM, even if it is killed without closing our stdin.
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() == 1) return 0;
+  std::signal(SIGPIPE, SIG_IGN);
+
+  int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  int in_fd = privatize(0, devnull);
+  int out_fd = privatize(1, 2);  // fd 1 now writes to stderr: print() cannot corrupt a frame
+  if (devnull < 0 || in_fd < 0 || out_fd < 0) {
+    EP_LOG("cannot set up the protocol descriptors: %s", std::strerror(errno));
+    return kExitUsage;
+  }
+  close(devnull);
+
+  ep::Output output(out_fd);
+  ep::Runtime runtime(opts, output);
+  if (!runtime.start()) return kExitPython;
+  runtime.write_hello();
+
+  Loop loop{&runtime, ep::FrameReader(opts.max_frame)};
+  uv_loop_t* uv = uv_default_loop();
+  uv_pipe_t input;
+  uv_pipe_init(uv, &input, 0);
+  if (uv_pipe_open(&input, in_fd) != 0) {
+    // Not a pipe (a file, in tests): read it with plain blocking reads.
+    for (;;) {
+      ssize_t n = read(in_fd, g_read_buf, sizeof g_read_buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) _exit(0);
+      uv_buf_t b = uv_buf_init(g_read_buf, static_cast<unsigned>(n));
+      input.data = &loop;
+      on_read(reinterpret_cast<uv_stream_t*>(&input), n, &b);
+    }
+  }
+  input.data = &loop;
+  uv_read_start(reinterpret_cast<uv_stream_t*>(&input), on_alloc, on_read);
+  // Spin briefly after each frame before sleeping in epoll: a sleeping core takes tens of
+  // microseconds to wake, which would otherwise be paid on every request.
+  const uint64_t spin_ns = static_cast<uint64_t>(opts.spin_us) * 1000;
+  for (;;) {
+    if (spin_ns > 0 && uv_hrtime() - loop.last_frame_ns < spin_ns) uv_run(uv, UV_RUN_NOWAIT);
+    else uv_run(uv, UV_RUN_ONCE);
+  }
+}

@@ -1,0 +1,24 @@
+// The protocol output: whole frames written to the private descriptor that was stdout.
+//
+// Any thread may write; a mutex keeps frames whole. Writes are blocking (the descriptor is not in the
+// libuv loop), so a reply goes out from the context thread that produced it, with no hand-off.
+#pragma once
+
+#include <mutex>
+#include <string>
+
+namespace ep {
+
+class Output {
+ public:
+  explicit Output(int fd) : fd_(fd) {}
+  // Writes complete frames (one or several back to back). If the VM has gone (EPIPE or any write
+  // error) there is nobody left to serve: the process exits with status 0.
+  void write(const std::string& frames);
+
+ private:
+  int fd_;
+  std::mutex mutex_;
+};
+
+}  // namespace ep

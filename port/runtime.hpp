@@ -1,0 +1,147 @@
+// The port's state: options, the embedded interpreter, process-bound environments, contexts, callback
+// waiters, and the request handlers that turn a decoded request into a reply frame.
+#pragma once
+
+#include <Python.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <deque>
+
+#include "codec.hpp"
+#include "context.hpp"
+#include "frame.hpp"
+#include "output.hpp"
+#include "py_ref.hpp"
+
+namespace ep {
+
+struct Options {
+  CodecKind codec = CodecKind::Etf;
+  int contexts = 2;
+  std::string pylib;
+  std::string crash_file;
+  size_t max_frame = kDefaultMaxFrame;
+  int spin_us = 50;
+};
+
+// Runs small jobs that need the GIL but must not hold up the loop thread (cancel, env drop, stats).
+class ControlThread {
+ public:
+  ControlThread();
+  ~ControlThread();
+  void post(std::function<void()> job);
+
+ private:
+  void run();
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  std::thread thread_;
+};
+
+class Runtime {
+ public:
+  Runtime(Options opts, Output& out);
+  ~Runtime();
+
+  // Main thread, before the loop: starts Python, imports the erlang package, starts the contexts.
+  // Returns false (after printing why on stderr) if Python could not start. Leaves the GIL released.
+  bool start();
+  void write_hello();
+
+  // Loop thread: routes one frame payload (header + body) from Erlang.
+  void dispatch(std::string payload);
+  void protocol_error(uint32_t ctx, uint64_t id, const char* reason, const std::string& detail);
+
+  // Context thread, GIL held: serves a request item; reply frames are appended to `out`.
+  void handle(Context& ctx, Item& item, std::string& out);
+  // Reply helpers, GIL held (typed ones need no GIL).
+  void result_frame(std::string& out, uint32_t ctx, uint64_t id, PyObject* value);
+  void error_frame_from_exception(std::string& out, uint32_t ctx, uint64_t id);
+  void error_frame(std::string& out, uint32_t ctx, uint64_t id, std::string_view cls, std::string_view msg,
+                   std::string_view tb);
+
+  // Writes a body with the port's codec: f(writer) gets an EtfWriter or MsgpackWriter, already
+  // past the version byte, and returns false if a Python value failed to encode.
+  template <class F>
+  bool write_body(std::string& out, F&& f) {
+    if (opts_.codec == CodecKind::Etf) {
+      EtfWriter w(out);
+      w.version();
+      return f(w);
+    }
+    MsgpackWriter w(out);
+    return f(w);
+  }
+  PyRef decode(std::string_view body, std::string& err) { return decode_body(opts_.codec, body, err); }
+
+  // Python -> Erlang round trips (erlang.call, erlang.send), GIL held. Sends `frame` and waits for
+  // the callback_reply `callback_id`. Returns false with a Python exception set if cancelled.
+  bool round_trip(uint64_t callback_id, const std::string& frame, std::string& reply);
+  uint64_t next_callback_id() { return next_callback_id_.fetch_add(1) + 1; }
+  Output& output() { return out_; }
+  size_t env_count() const { return envs_.size(); }
+  PyObject* cancelled_error() const { return cancelled_error_; }
+  void set_exception_types(PyObject* cancelled) { cancelled_error_ = cancelled; }
+
+ private:
+  struct ThreadWaiter {
+    std::mutex mutex;
+    std::condition_variable cv;
+    bool done = false;
+    std::string reply;
+  };
+  struct Waiter {
+    Context* ctx = nullptr;     // a context thread waits in its own queue
+    ThreadWaiter* thread = nullptr;  // any other thread waits on its own condition variable
+  };
+
+  bool init_python();
+  Context* find_context(uint32_t id);
+  void on_cancel(const Header& h);
+  void on_callback_reply(Item item);
+  void on_stats(const Header& h);
+  void on_context_create(const Header& h, std::string_view body);
+  void on_context_destroy(const Header& h);
+
+  // GIL held. The globals dict of environment `pid` (None: the shared default), created on first
+  // use; `created` tells the caller to announce it.
+  PyObject* env_for(PyObject* pid, bool& created);
+  PyObject* compiled(PyObject* code, bool eval_mode);
+  PyObject* resolve(PyObject* module, PyObject* function, PyObject* env);
+  void serve_call(std::string& out, const Header& h, PyObject* body, bool is_cast);
+  void serve_eval(std::string& out, const Header& h, PyObject* body);
+  void serve_exec(std::string& out, const Header& h, PyObject* body);
+  void announce_env(std::string& out, uint32_t ctx, PyObject* pid);
+
+  Options opts_;
+  Output& out_;
+  std::map<uint32_t, std::unique_ptr<Context>> contexts_;  // loop thread only (after start)
+  std::unique_ptr<ControlThread> control_;
+
+  std::mutex waiters_mutex_;
+  std::unordered_map<uint64_t, Waiter> waiters_;
+  std::atomic<uint64_t> next_callback_id_{0};
+
+  // GIL-protected Python state.
+  std::unordered_map<std::string, PyRef> envs_;
+  PyRef default_env_;
+  PyRef builtins_;
+  PyRef erlang_module_;
+  PyRef compile_block_;
+  PyRef format_exception_;
+  PyRef eval_cache_;  // source -> code object (eval) or (exec_code, eval_code|None)
+  PyRef exec_cache_;  // source -> code object
+  PyRef main_str_;
+  PyObject* cancelled_error_ = nullptr;  // borrowed from the _erlang module, which lives forever
+};
+
+}  // namespace ep

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One command for a fresh Debian machine: install what is needed, build, run the quick-start demo.
+#   tools/setup.sh            (as root, or with sudo available)
+#   PYTHON_CONFIG=/opt/python3.13/bin/python3.13-config tools/setup.sh   to embed another CPython
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pkgs="erlang-nox erlang-dev rebar3 libuv1-dev libmsgpack-cxx-dev doctest-dev meson ninja-build pkg-config g++ python3-dev python3-pytest"
+missing=""
+for p in $pkgs; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  echo "== installing:$missing"
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq $missing >/dev/null
+fi
+
+echo "== building (rebar3 compile: the Erlang app and, through Meson, the port)"
+rebar3 compile
+
+echo "== quick start"
+escript examples/quickstart.escript

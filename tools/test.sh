@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs every suite: doctest (C++), pytest (pylib), Common Test (Erlang, against the real port).
+# Ends with one line "N passed, N failed" summing them all.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+log=_build/test-logs
+mkdir -p "$log"
+passed=0
+failed=0
+add() { passed=$((passed + ${1:-0})); failed=$((failed + ${2:-0})); }
+
+rebar3 compile >"$log/compile.txt" 2>&1 || { cat "$log/compile.txt"; echo "0 passed, 1 failed"; exit 1; }
+pyconf=$(cat priv/python_config)
+build=_build/meson-$(echo "$pyconf" | tr '/' '_')
+
+echo "== C++ (doctest)"
+"$build/cpp_tests" 2>&1 | tee "$log/cpp.txt" | tail -n 4
+line=$(grep -E '^\[doctest\] test cases:' "$log/cpp.txt" | tail -n 1)
+if [ -n "$line" ]; then
+  add "$(echo "$line" | sed -E 's/.*\| *([0-9]+) passed.*/\1/')" "$(echo "$line" | sed -E 's/.*\| *([0-9]+) failed.*/\1/')"
+else
+  add 0 1
+fi
+
+echo "== Python (pytest)"
+python3 -m pytest -q tests/py 2>&1 | tee "$log/pytest.txt" | tail -n 3
+line=$(grep -E '[0-9]+ (passed|failed)' "$log/pytest.txt" | tail -n 1)
+p=$(echo "$line" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+' || echo 0)
+f=$(echo "$line" | grep -oE '[0-9]+ (failed|errors?)' | awk '{s+=$1} END {print s+0}')
+[ -n "$line" ] || f=1
+add "${p:-0}" "${f:-0}"
+
+echo "== Erlang (Common Test)"
+rebar3 ct 2>&1 | tee "$log/ct.txt" | grep -vE '^\s*$' | tail -n 15
+ctp=$(grep -oE 'Passed [0-9]+ tests' "$log/ct.txt" | grep -oE '[0-9]+' | tail -n 1)
+ctf=$(grep -oE 'Failed [0-9]+ tests' "$log/ct.txt" | grep -oE '[0-9]+' | tail -n 1)
+all=$(grep -oE 'All [0-9]+ tests passed' "$log/ct.txt" | grep -oE '[0-9]+' | tail -n 1)
+if [ -n "$all" ]; then add "$all" 0
+elif [ -n "$ctp$ctf" ]; then add "${ctp:-0}" "${ctf:-0}"
+else add 0 1
+fi
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
