@@ -1,0 +1,84 @@
+# The `erlang` package: the Python face of erlang_python.
+#
+# Scope: Python code running inside erlang_python_port imports this package to call registered Erlang
+# functions, send messages, use the shared state and SharedDicts, and detect the execution mode. The
+# port-level primitives (`call`, `send`, `sleep`, `Pid`, `Term`, the exceptions) come from the built-in
+# extension module `_erlang`, which only exists inside the port; the rest is pure Python built on them.
+# The code lives in private modules; this file re-exports the public names (h11 layout).
+#
+# The port imports this package at start-up, then calls `_install_std_streams()` and, for `eval` of a
+# block of statements, `_eval.compile_block(code)`. Both are private: they are not in `__all__`.
+
+import importlib
+import pkgutil
+from typing import Any
+
+from _erlang import (
+    CancelledError,
+    ErlangError,
+    Pid,
+    ProcessError,
+    Term,
+    call,
+    send,
+    sleep,
+)
+
+from . import _eval as _eval
+from ._callbacks import ErlangFunction, whereis
+from ._io import _install_std_streams as _install_std_streams
+from ._mode import ExecutionMode, detect_mode
+from ._shared_dict import SharedDict
+from ._state import (
+    state_decr,
+    state_delete,
+    state_get,
+    state_incr,
+    state_keys,
+    state_set,
+)
+
+__all__ = [
+    "CancelledError",
+    "ErlangError",
+    "ErlangFunction",
+    "ExecutionMode",
+    "Pid",
+    "ProcessError",
+    "SharedDict",
+    "Term",
+    "call",
+    "detect_mode",
+    "send",
+    "sleep",
+    "state_decr",
+    "state_delete",
+    "state_get",
+    "state_incr",
+    "state_keys",
+    "state_set",
+    "whereis",
+]
+
+# Public submodules (none yet; e.g. a future `erlang.channel`). `__getattr__` imports these instead of
+# turning their names into Erlang functions, so `from erlang import channel` keeps working.
+_SUBMODULES = frozenset(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+
+def __getattr__(name: str) -> Any:
+    """Module attribute fallback (PEP 562): `erlang.my_func` and `from erlang import my_func`.
+
+    Any public name that is not defined here stands for the Erlang function registered under that name
+    (`py:register_function(my_func, ...)`). Nothing is cached and nothing is checked here: the function may
+    be registered later, and calling an unregistered one raises `ErlangError`.
+
+    Names starting with `_` raise AttributeError, so the import system, pickle, copy, inspect and
+    `hasattr(erlang, "__path__")`-style probes see an ordinary module.
+
+    Returns Any rather than `ErlangFunction` so that typed code can call `from erlang import my_func`.
+    """
+    if name.startswith("_"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    return ErlangFunction(name)

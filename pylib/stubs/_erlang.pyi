@@ -1,0 +1,33 @@
+# Type stub for `_erlang`, the built-in extension module of erlang_python_port (port/erlang_module.cpp).
+#
+# Scope: the names the pure-Python `erlang` package imports from the port. `_erlang` exists only inside
+# the port; this stub lets mypy check `pylib/erlang` and documents the contract with the C++ side.
+# tests/py/conftest.py installs a fake module with the same names.
+
+from typing import Any, final
+
+class ErlangError(RuntimeError):
+    """The Erlang function raised, or no function is registered under that name."""
+
+class ProcessError(Exception):
+    """`send` to a dead process or an unknown registered name."""
+
+class CancelledError(BaseException):
+    """The request was cancelled (timeout); raised asynchronously and out of waits."""
+
+@final
+class Pid:
+    def __eq__(self, other: object) -> bool: ...
+    def __hash__(self) -> int: ...
+
+@final
+class Term:
+    def __eq__(self, other: object) -> bool: ...
+    def __hash__(self) -> int: ...
+
+def call(name: str, /, *args: Any) -> Any: ...
+def send(dest: Pid | str | tuple[str, str], msg: Any, /) -> None: ...
+def sleep(seconds: float, /) -> None: ...
+def _write(stream: int, text: str, /) -> None: ...
+def _env_count() -> int: ...
+def _current_request() -> int: ...
