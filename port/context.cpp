@@ -141,6 +141,7 @@ void Context::serve(Item& item, std::string& out) {
   ActiveRequest ar;
   ar.id = item.h.id;
   active_.push_back(&ar);
+  running_id_.store(ar.id, std::memory_order_release);
   rt_.handle(*this, item, out);
   if (ar.cancelled.load()) {
     // A cancel that arrived as the request finished must not hit the next one.
@@ -148,6 +149,7 @@ void Context::serve(Item& item, std::string& out) {
     PyErr_Clear();
   }
   active_.pop_back();
+  running_id_.store(active_.empty() ? 0 : active_.back()->id, std::memory_order_release);
 }
 
 Context::WaitEnd Context::wait(uint64_t callback_id, const Clock::time_point* deadline, std::string& reply) {

@@ -67,6 +67,8 @@ class Context {
   static Context* current_thread_context();
   // Context thread, GIL held: the innermost request being served, or nullptr.
   ActiveRequest* current_request() const { return active_.empty() ? nullptr : active_.back(); }
+  // Any thread: id of the innermost request being served (0 if none). Lock-free, for the watchdog.
+  uint64_t running_id() const { return running_id_.load(std::memory_order_acquire); }
 
   enum class WaitEnd { Reply, Deadline, Cancelled };
   // Context thread, GIL held on entry and exit (released while idle). Waits for the callback reply
@@ -95,6 +97,7 @@ class Context {
   std::deque<uint64_t> cancelled_ids_;                       // cancels that found nothing queued
 
   std::vector<ActiveRequest*> active_;  // GIL-protected
+  std::atomic<uint64_t> running_id_{0};  // mirrors active_.back()->id
 };
 
 }  // namespace ep

@@ -1,7 +1,7 @@
 // erlang_python_port: embeds CPython and serves the erlang_python protocol on stdio.
 //
 //   erlang_python_port [--codec etf|msgpack] [--contexts N] [--pylib DIR] [--crash-file PATH]
-//                      [--max-frame BYTES] [--spin-us N]
+//                      [--max-frame BYTES] [--spin-us N] [--cancel-stuck-ms N]
 //
 // Start-up order: keep the protocol descriptors private (so nothing Python prints can reach them),
 // die with the VM, start Python and the contexts, say hello, then run the libuv loop on the input
@@ -50,6 +50,9 @@ bool parse_args(int argc, char** argv, ep::Options& o) {
     } else if (a == "--max-frame" && value(v)) {
       o.max_frame = std::strtoull(v.c_str(), nullptr, 10);
       if (o.max_frame < ep::kHeaderSize) return false;
+    } else if (a == "--cancel-stuck-ms" && value(v)) {
+      o.cancel_stuck_ms = std::atoi(v.c_str());
+      if (o.cancel_stuck_ms < 1) return false;
     } else if (a == "--spin-us" && value(v)) {
       o.spin_us = std::atoi(v.c_str());
       if (o.spin_us < 0) return false;
@@ -101,7 +104,7 @@ int main(int argc, char** argv) {
   if (!parse_args(argc, argv, opts)) {
     std::fprintf(stderr,
                  "usage: erlang_python_port [--codec etf|msgpack] [--contexts N] [--pylib DIR] "
-                 "[--crash-file PATH] [--max-frame BYTES] [--spin-us N]\n");
+                 "[--crash-file PATH] [--max-frame BYTES] [--spin-us N] [--cancel-stuck-ms N]\n");
     return kExitUsage;
   }
   // Die with the VM, even if it is killed without closing our stdin.

@@ -315,10 +315,24 @@ void Runtime::on_cancel(const Header& h) {
     return;
   }
   uint64_t id = h.id;
-  control_->post([c, id] {
+  auto delivered = std::make_shared<std::atomic<bool>>(false);
+  control_->post([c, id, delivered] {
     GilGuard gil;
     c->cancel_running(id);
+    delivered->store(true);
   });
+  // Watchdog: a request stuck in C code that holds the GIL can be neither interrupted nor worked
+  // around inside this process. faulthandler (registered on SIGUSR1) dumps every thread's traceback to
+  // the crash file for the Erlang side, then the port exits so it can be restarted.
+  int stuck_ms = opts_.cancel_stuck_ms;
+  std::thread([c, id, delivered, stuck_ms] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(stuck_ms));
+    if (delivered->load() || c->running_id() != id) return;
+    EP_LOG("request %llu ignores cancellation while holding the GIL: exiting", static_cast<unsigned long long>(id));
+    raise(SIGUSR1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    _exit(kExitCancelStuck);
+  }).detach();
 }
 
 void Runtime::on_callback_reply(Item item) {

@@ -30,7 +30,12 @@ struct Options {
   std::string crash_file;
   size_t max_frame = kDefaultMaxFrame;
   int spin_us = 50;
+  // A cancel that cannot get the GIL this long, while its request still runs, means C code holds the
+  // GIL and ignores cancellation: nothing else in this port can run, so the port exits (status 5).
+  int cancel_stuck_ms = 250;
 };
+
+constexpr int kExitCancelStuck = 5;
 
 // Runs small jobs that need the GIL but must not hold up the loop thread (cancel, env drop, stats).
 class ControlThread {
