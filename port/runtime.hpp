@@ -29,7 +29,7 @@ struct Options {
   std::string pylib;
   std::string crash_file;
   size_t max_frame = kDefaultMaxFrame;
-  int spin_us = 50;
+  int spin_us = 0;  // measured: on 2 cores any spin slows round trips (bench/, README)
   // A cancel that cannot get the GIL this long, while its request still runs, means C code holds the
   // GIL and ignores cancellation: nothing else in this port can run, so the port exits (status 5).
   int cancel_stuck_ms = 250;

@@ -13,8 +13,8 @@ if [ ! -f "$build/build.ninja" ]; then
   meson setup "$build" --buildtype=release -Dpython_config="$pyconf" >/dev/null
 fi
 meson compile -C "$build" >/dev/null || meson compile -C "$build"
-mkdir -p priv
-cp "$build/erlang_python_port" priv/erlang_python_port.tmp && mv priv/erlang_python_port.tmp priv/erlang_python_port
-rm -rf priv/pylib && cp -r pylib priv/pylib
-find priv/pylib -name __pycache__ -prune -exec rm -rf {} + 2>/dev/null || true
-echo "$pyconf" > priv/python_config
+mkdir -p erl/priv
+cp "$build/erlang_python_port" erl/priv/erlang_python_port.tmp && mv erl/priv/erlang_python_port.tmp erl/priv/erlang_python_port
+rm -rf erl/priv/pylib && cp -r pylib erl/priv/pylib
+find erl/priv/pylib -name __pycache__ -prune -exec rm -rf {} + 2>/dev/null || true
+echo "$pyconf" > erl/priv/python_config

@@ -10,7 +10,7 @@ failed=0
 add() { passed=$((passed + ${1:-0})); failed=$((failed + ${2:-0})); }
 
 rebar3 compile >"$log/compile.txt" 2>&1 || { cat "$log/compile.txt"; echo "0 passed, 1 failed"; exit 1; }
-pyconf=$(cat priv/python_config)
+pyconf=$(cat erl/priv/python_config)
 build=_build/meson-$(echo "$pyconf" | tr '/' '_')
 
 echo "== C++ (doctest)"
