@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "py_ref.hpp"
@@ -46,11 +47,6 @@ class OpenStack {
   size_t n_ = 0;
 };
 
-// The Python value of an atom (shared by both codecs): true/false, none/nil/undefined, nan/infinity/
-// neg_infinity, else str. `latin1` for the old ATOM_EXT/SMALL_ATOM_EXT names. Empty PyRef with a
-// Python exception set if the name does not decode.
-PyRef atom_value(std::string_view name, bool latin1);
-
 // A Python container being written and the one holding it. When the nesting cap is hit this chain
 // tells a cycle (ValueError) from merely deep data (RecursionError); nesting_error sets that and
 // returns false.
@@ -58,12 +54,7 @@ struct EncodePath {
   PyObject* obj;
   const EncodePath* parent;
 };
-bool nesting_error(PyObject* obj, const EncodePath* parent, int limit);
 
-// Clears the pending Python exception and returns it as a short text ("MemoryError: ...").
-std::string take_python_error();
-// dict[key] = value for a decoded map; false with `err` set ("unhashable map key of type 'list'").
-bool dict_set(PyObject* dict, PyObject* key, PyObject* value, std::string& err);
 }  // namespace codec_detail
 
 enum class CodecKind { Etf, Msgpack };
@@ -168,5 +159,118 @@ class MsgpackWriter {
   std::string& out_;
   codec_detail::OpenStack open_;
 };
+
+// ---------------------------------------------------------------------------------------------------
+// Internals shared by etf_codec.cpp and msgpack_codec.cpp; not for other callers.
+namespace codec_detail {
+
+// Sets ValueError (the path holds a cycle) or RecursionError (it is merely deep) for a container
+// found past the nesting limit, and returns false.
+bool nesting_error(PyObject* obj, const EncodePath* parent, int limit);
+
+// The Python value of an atom (shared by both codecs): true/false, none/nil/undefined, nan/infinity/
+// neg_infinity, else str. `latin1` for the old ATOM_EXT/SMALL_ATOM_EXT names. Empty PyRef with a
+// Python exception set if the name does not decode.
+PyRef atom_value(std::string_view name, bool latin1);
+
+// A binary's Python value: str if it is valid UTF-8, else bytes (§2). Empty PyRef with a Python
+// exception set on failure (MemoryError).
+PyRef text_or_bytes(const char* data, size_t n);
+
+// Map keys repeat (a list of records has the same keys in every record), so the decoders keep the
+// str objects of recent short keys and hand them out again: no new str, and its hash is cached.
+// Entries point into the body being decoded, so a cache lives only as long as one decode.
+class KeyCache {
+ public:
+  static constexpr size_t kMaxKey = 64;
+  // kind tells apart encodings whose bytes alone are ambiguous (a binary "true" vs the atom true).
+  PyRef find(std::string_view raw, int kind) const {
+    const Entry& e = entries_[slot(raw)];
+    if (e.value && e.kind == kind && e.raw == raw) return PyRef::borrow(e.value.get());
+    return {};
+  }
+  void store(std::string_view raw, int kind, PyObject* str) {
+    Entry& e = entries_[slot(raw)];
+    e.raw = raw;
+    e.kind = kind;
+    e.value = PyRef::borrow(str);
+  }
+
+ private:
+  static constexpr size_t kSlots = 32;
+  static size_t slot(std::string_view raw) {
+    const size_t n = raw.size();
+    if (n == 0) return 0;
+    const auto first = static_cast<unsigned char>(raw[0]), last = static_cast<unsigned char>(raw[n - 1]);
+    return (n * 131 + first * 31 + last) % kSlots;
+  }
+  struct Entry {
+    std::string_view raw;
+    int kind = 0;
+    PyRef value;
+  };
+  Entry entries_[kSlots];
+};
+
+// Containers can change while they are converted: in free-threaded builds other threads may
+// mutate them, and in any build a finalizer run by an allocation can. The writers therefore hold a
+// strong reference to each item and check sizes; free-threaded builds also lock while reading.
+#ifdef Py_GIL_DISABLED
+#define EP_BEGIN_CRITICAL_SECTION(op) Py_BEGIN_CRITICAL_SECTION(op)
+#define EP_END_CRITICAL_SECTION() Py_END_CRITICAL_SECTION()
+#else
+#define EP_BEGIN_CRITICAL_SECTION(op) {
+#define EP_END_CRITICAL_SECTION() }
+#endif
+
+// Sets RuntimeError("<what> changed size during conversion to an Erlang term") and returns false.
+bool changed_size(const char* what);
+
+// Item i of a list as a strong reference; empty (no exception) once the list is shorter.
+inline PyRef list_item(PyObject* list, Py_ssize_t i) {
+#ifdef Py_GIL_DISABLED
+  PyRef item(PyList_GetItemRef(list, i));
+  if (!item) PyErr_Clear();
+  return item;
+#else
+  if (i >= PyList_GET_SIZE(list)) return {};
+  return PyRef::borrow(PyList_GET_ITEM(list, i));
+#endif
+}
+
+// Calls f(key, value) for each item of a dict that had n items when its header was written. False
+// if f fails (its exception set) or the dict changed size (RuntimeError).
+template <class F>
+bool for_each_dict_item(PyObject* dict, Py_ssize_t n, F&& f) {
+  PyObject *k, *v;
+  Py_ssize_t pos = 0;
+#ifdef Py_GIL_DISABLED
+  // Copy the items under the dict's lock; convert them after, without it.
+  std::vector<std::pair<PyRef, PyRef>> items;
+  EP_BEGIN_CRITICAL_SECTION(dict);
+  items.reserve(static_cast<size_t>(PyDict_GET_SIZE(dict)));
+  while (PyDict_Next(dict, &pos, &k, &v)) items.emplace_back(PyRef::borrow(k), PyRef::borrow(v));
+  EP_END_CRITICAL_SECTION();
+  if (static_cast<Py_ssize_t>(items.size()) != n) return changed_size("dict");
+  for (auto& [key, value] : items)
+    if (!f(key.get(), value.get())) return false;
+  return true;
+#else
+  Py_ssize_t count = 0;
+  while (PyDict_Next(dict, &pos, &k, &v)) {
+    if (++count > n) break;
+    PyRef key = PyRef::borrow(k), value = PyRef::borrow(v);
+    if (!f(key.get(), value.get())) return false;
+  }
+  if (count != n || PyDict_GET_SIZE(dict) != n) return changed_size("dict");
+  return true;
+#endif
+}
+
+// Clears the pending Python exception and returns it as a short text ("MemoryError: ...").
+std::string take_python_error();
+// dict[key] = value for a decoded map; false with `err` set ("unhashable map key of type 'list'").
+bool dict_set(PyObject* dict, PyObject* key, PyObject* value, std::string& err);
+}  // namespace codec_detail
 
 }  // namespace ep
