@@ -31,7 +31,7 @@ f=$(echo "$line" | grep -oE '[0-9]+ (failed|errors?)' | awk '{s+=$1} END {print 
 add "${p:-0}" "${f:-0}"
 
 echo "== Erlang (Common Test)"
-rebar3 ct 2>&1 | tee "$log/ct.txt" | grep -vE '^\s*$' | tail -n 15
+rebar3 ct --dir tests/ct 2>&1 | tee "$log/ct.txt" | grep -vE '^\s*$' | tail -n 15
 ctp=$(grep -oE 'Passed [0-9]+ tests' "$log/ct.txt" | grep -oE '[0-9]+' | tail -n 1)
 ctf=$(grep -oE 'Failed [0-9]+ tests' "$log/ct.txt" | grep -oE '[0-9]+' | tail -n 1)
 all=$(grep -oE 'All [0-9]+ tests passed' "$log/ct.txt" | grep -oE '[0-9]+' | tail -n 1)

@@ -1,0 +1,19 @@
+%% The erlang_python application.
+-module(erlang_python_app).
+-behaviour(application).
+
+%% application.
+-export([start/2]).
+-export([stop/1]).
+
+%% application.
+
+-spec start(application:start_type(), term()) -> {ok, pid()} | {error, term()}.
+start(_Type, _Args) ->
+	%% Loading py_errors makes the Python exception class atoms exist (see py_errors).
+	_ = py_errors:builtin_classes(),
+	erlang_python_sup:start_link().
+
+-spec stop(term()) -> ok.
+stop(_State) ->
+	py_router:erase_config().

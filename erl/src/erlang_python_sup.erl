@@ -1,0 +1,71 @@
+%% The top supervisor of erlang_python.
+%%
+%% Its init creates the application's public ETS tables, so they belong to this process and outlive
+%% any crash below it: py_inflight ({ReqId, CallerPid, Slot}: who waits for which request),
+%% py_callbacks (the Erlang functions registered for Python), py_state (the shared state) and
+%% py_shared_dicts. It also computes the pool layout from the application env and publishes it
+%% (py_router). Children, in start order: py_shared_dict, then py_port_sup with one py_port per slot.
+%%
+%% Application env (all optional):
+%%   num_ports          port OS processes                  default erlang:system_info(schedulers)
+%%   contexts_per_port  contexts (threads) in each port    default 2
+%%   num_contexts       total contexts; if set, contexts_per_port = ceil(num_contexts / num_ports)
+%%   codec              etf | msgpack                      default etf
+%%   cancel_grace_ms    how long a cancelled request may run on before its port is killed; 2000
+%%   default_timeout    timeout of py:call/3,4, py:eval/1,2, py:exec/1; default infinity
+%%   spin_us            the port's busy-poll window (0: the port's default)
+%%   context_mode       what py:execution_mode/0 reports; default worker
+-module(erlang_python_sup).
+-behaviour(supervisor).
+
+%% API.
+-export([start_link/0]).
+-export([layout/0]).
+
+%% supervisor.
+-export([init/1]).
+
+%% API.
+
+-spec start_link() -> {ok, pid()} | {error, term()}.
+start_link() ->
+	supervisor:start_link({local, ?MODULE}, ?MODULE, []).
+
+%% The pool layout and port options the application env asks for.
+-spec layout() -> map().
+layout() ->
+	Env = fun(Key, Default) -> application:get_env(erlang_python, Key, Default) end,
+	NumPorts = Env(num_ports, erlang:system_info(schedulers)),
+	true = is_integer(NumPorts) andalso NumPorts > 0,
+	PerPort = case Env(num_contexts, undefined) of
+		undefined -> Env(contexts_per_port, 2);
+		Total when is_integer(Total), Total > 0 -> (Total + NumPorts - 1) div NumPorts
+	end,
+	true = is_integer(PerPort) andalso PerPort > 0,
+	Codec = Env(codec, etf),
+	true = lists:member(Codec, [etf, msgpack]),
+	#{num_ports => NumPorts,
+	  contexts_per_port => PerPort,
+	  default_timeout => Env(default_timeout, infinity),
+	  port_opts => #{codec => Codec,
+		contexts => PerPort,
+		cancel_grace_ms => Env(cancel_grace_ms, 2000),
+		spin_us => Env(spin_us, 0)}}.
+
+%% supervisor.
+
+-spec init([]) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
+init([]) ->
+	py_inflight = ets:new(py_inflight, [set, public, named_table,
+		{write_concurrency, true}, {read_concurrency, true}]),
+	ok = py_callback:init_tab(),
+	ok = py_state:init_tab(),
+	ok = py_shared_dict:init_tab(),
+	Layout = #{num_ports := NumPorts, port_opts := PortOpts} = layout(),
+	ok = py_router:set_config(Layout),
+	Children = [
+		#{id => py_shared_dict, start => {py_shared_dict, start_link, []}, type => worker},
+		#{id => py_port_sup, start => {py_port_sup, start_link, [NumPorts, PortOpts]},
+			type => supervisor, shutdown => infinity}
+	],
+	{ok, {#{strategy => rest_for_one, intensity => 5, period => 10}, Children}}.

@@ -1,0 +1,155 @@
+%% Erlang functions callable from Python (`erlang.call`, `erlang.<name>`, `from erlang import <name>`).
+%%
+%% Scope: the registry (ETS table `py_callbacks`, Name binary => fun/1 | {M, F}), the owner's builtins
+%% (names starting with `_`: the shared state, SharedDicts, whereis), and the turning of one callback
+%% into its callback_reply body. A registered function gets one argument, the list of the positional
+%% arguments Python passed.
+%%
+%% A callback made while a request is being served runs in the process waiting on that request (so
+%% `self()` inside the function is the caller; py_request calls reply/2). One made from a Python thread
+%% that serves no request (id 0) is run by handle_async/4 in a fresh process, or by the owner itself for
+%% a builtin.
+-module(py_callback).
+
+%% API.
+-export([init_tab/0]).
+-export([register_function/2]).
+-export([register_function/3]).
+-export([unregister_function/1]).
+-export([invoke/2]).
+-export([reply/2]).
+-export([is_builtin/1]).
+-export([handle_async/4]).
+
+-export_type([name/0]).
+
+-type name() :: atom() | binary().
+
+-define(TAB, py_callbacks).
+
+%% API.
+
+%% Creates the registry; called once by erlang_python_sup:init/1, whose process then owns it.
+-spec init_tab() -> ok.
+init_tab() ->
+	?TAB = ets:new(?TAB, [set, public, named_table, {read_concurrency, true}]),
+	ok.
+
+-spec register_function(name(), fun((list()) -> term())) -> ok.
+register_function(Name, Fun) when is_function(Fun, 1) ->
+	true = ets:insert(?TAB, {name(Name), Fun}),
+	ok.
+
+%% Module:Function(Args) is called with the list of arguments.
+-spec register_function(name(), module(), atom()) -> ok.
+register_function(Name, Module, Function) when is_atom(Module), is_atom(Function) ->
+	true = ets:insert(?TAB, {name(Name), {Module, Function}}),
+	ok.
+
+-spec unregister_function(name()) -> ok.
+unregister_function(Name) ->
+	true = ets:delete(?TAB, name(Name)),
+	ok.
+
+%% Runs the function registered as Name (or the builtin Name) on Args and returns its result. Raises
+%% what the function raises; error({not_registered, Name}) when nothing is registered under Name.
+-spec invoke(binary(), list()) -> term().
+invoke(<<"_", _/binary>> = Name, Args) ->
+	builtin(Name, Args);
+invoke(Name, Args) ->
+	registered(Name, Args).
+
+%% The callback_reply body (PROTOCOL.md §3) for calling Name on Args: {ok, Result} or
+%% {error, Class, Reason} with Class <<"error">> | <<"throw">> | <<"exit">> and Reason a readable text.
+%% Never raises.
+-spec reply(binary() | atom(), term()) -> {ok, term()} | {error, binary(), binary()}.
+reply(Name, Args) ->
+	try
+		is_list(Args) orelse error({badarg, {callback_args_not_a_list, Args}}),
+		{ok, invoke(name(Name), Args)}
+	catch
+		error:{not_registered, Unknown} when is_binary(Unknown) ->
+			{error, <<"error">>, iolist_to_binary(["no Erlang function registered as '", Unknown, "'"])};
+		Class:Reason:Stack ->
+			{error, atom_to_binary(Class, utf8), describe(Reason, Stack)}
+	end.
+
+-spec is_builtin(binary()) -> boolean().
+is_builtin(<<"_", _/binary>>) -> true;
+is_builtin(_) -> false.
+
+%% Serves a callback frame that came with id 0 (from a thread that serves no request): decodes it,
+%% runs it in the calling process and answers on Port. The owner spawns a process for this, or calls
+%% it inline for a builtin.
+-spec handle_async(port(), py_codec:codec(), non_neg_integer(), binary()) -> ok.
+handle_async(Port, Codec, Ctx, Body) ->
+	{CbId, Name, Args} = py_codec:decode(Codec, Body),
+	Frame = py_codec:frame(callback_reply, Ctx, CbId, Codec, reply(Name, Args)),
+	try port_command(Port, Frame) of
+		true -> ok
+	catch error:badarg ->
+		%% The port died meanwhile; the thread that asked is gone with it.
+		ok
+	end.
+
+%% Internal.
+
+name(Name) when is_atom(Name) -> atom_to_binary(Name, utf8);
+name(Name) when is_binary(Name) -> Name;
+name(Name) when is_list(Name) -> unicode:characters_to_binary(Name).
+
+%% The builtins the erlang package (pylib/erlang) relies on; see the contracts at the top of
+%% pylib/erlang/_state.py, _shared_dict.py and _callbacks.py.
+builtin(<<"_state_get">>, [Key]) ->
+	case py_state:fetch(Key) of
+		{ok, Value} -> {ok, Value};
+		{error, not_found} -> none
+	end;
+builtin(<<"_state_set">>, [Key, Value]) -> py_state:store(Key, Value);
+builtin(<<"_state_delete">>, [Key]) -> py_state:remove(Key);
+builtin(<<"_state_keys">>, []) -> py_state:keys();
+builtin(<<"_state_incr">>, [Key]) -> py_state:incr(Key, 1);
+builtin(<<"_state_incr">>, [Key, N]) -> py_state:incr(Key, N);
+builtin(<<"_state_decr">>, [Key]) -> py_state:decr(Key, 1);
+builtin(<<"_state_decr">>, [Key, N]) -> py_state:decr(Key, N);
+builtin(<<"_sd_get">>, [SD, Key]) -> py_shared_dict:lookup(SD, Key);
+builtin(<<"_sd_set">>, [SD, Key, Value]) -> py_shared_dict:set(SD, Key, Value);
+builtin(<<"_sd_del">>, [SD, Key]) -> py_shared_dict:take(SD, Key);
+builtin(<<"_sd_keys">>, [SD]) -> py_shared_dict:keys(SD);
+builtin(<<"_sd_destroy">>, [SD]) -> py_shared_dict:destroy(SD);
+builtin(<<"_whereis">>, [Name]) -> whereis_name(Name);
+builtin(Name, Args) ->
+	registered(Name, Args).
+
+registered(Name, Args) ->
+	case ets:lookup(?TAB, Name) of
+		[{_, Fun}] when is_function(Fun) -> Fun(Args);
+		[{_, {M, F}}] -> M:F(Args);
+		[] -> error({not_registered, Name})
+	end.
+
+whereis_name(Name) when is_binary(Name) ->
+	try binary_to_existing_atom(Name, utf8) of
+		Atom -> whereis_name(Atom)
+	catch error:badarg -> none
+	end;
+whereis_name(Name) when is_atom(Name) ->
+	case whereis(Name) of
+		undefined -> none;
+		Pid -> Pid
+	end.
+
+%% "Reason (in Module:Function/Arity line N)": the reason, depth-limited, and where it was raised.
+describe(Reason, Stack) ->
+	Where = case Stack of
+		[{M, F, A, Info} | _] ->
+			Arity = if is_list(A) -> length(A); true -> A end,
+			Line = case lists:keyfind(line, 1, Info) of
+				{line, L} -> io_lib:format(" line ~b", [L]);
+				false -> ""
+			end,
+			io_lib:format(" (in ~tp:~tp/~b~s)", [M, F, Arity, Line]);
+		_ ->
+			""
+	end,
+	unicode:characters_to_binary([io_lib:format("~tP", [Reason, 30]), Where]).

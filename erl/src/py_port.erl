@@ -1,0 +1,608 @@
+%% The owner of one erlang_python_port OS process (one slot of the pool).
+%%
+%% Scope: starting the port program and waiting for its hello; publishing the slot in persistent_term
+%% ({py_port, Slot}) for callers; routing every frame the port writes to the process that waits for it;
+%% the owner's own duties (send, callbacks from threads that serve no request, environment monitors,
+%% cancel grace timers); and, when the OS process dies, failing what was in flight with the reason and
+%% starting a new one.
+%%
+%% The owner only routes. Callers build their frames and port_command them themselves (py_request), and
+%% decode the bodies of the frames routed to them. The owner reads the 16-byte header:
+%%
+%%   result/error/protocol_error with an id: ets:take(py_inflight, Id) and forward;
+%%   callback/output with an id:            ets:lookup(py_inflight, Id) and forward;
+%%   everything with id 0:                  handled here (the body is decoded here, it is rare).
+%%
+%% The forwarded message is {py_frame, Id, Kind, Ctx, Body}; after a port death each caller in flight
+%% gets {py_frame, Id, port_exited, 0, Reason} instead.
+%%
+%% Ids: callers number requests from ?REQ_BASE and casts from ?CAST_BASE (py_request), so they never
+%% collide with the port's own callback ids, which count from 1.
+-module(py_port).
+-behaviour(gen_server).
+
+%% API.
+-export([start_link/2]).
+-export([child_spec/2]).
+-export([info/1]).
+-export([wait_ready/3]).
+-export([cancel_watch/3]).
+-export([await_cancel/4]).
+-export([crash_file/1]).
+-export([pending_cancels/1]).
+
+%% gen_server.
+-export([init/1]).
+-export([handle_call/3]).
+-export([handle_cast/2]).
+-export([handle_info/2]).
+-export([terminate/2]).
+
+-export_type([info/0]).
+-export_type([exit_reason/0]).
+
+%% Request id ranges; the same values are in py_request.
+-define(REQ_BASE, (1 bsl 48)).
+-define(CAST_BASE, (1 bsl 56)).
+
+-type info() :: #{owner := pid(), status := up | down, slot := pos_integer(),
+	port => port(), codec => py_codec:codec(), contexts => tuple(), os_pid => non_neg_integer(),
+	generation => non_neg_integer(), python => binary(), build => atom(), hello => map()}.
+-type exit_reason() :: #{exit_status := non_neg_integer() | undefined,
+	signal := atom() | {signal, pos_integer()} | undefined, traceback := binary(),
+	reason := crashed | cancel_grace_expired | shutdown | owner_down}.
+-type opts() :: #{codec := py_codec:codec(), contexts := pos_integer(), cancel_grace_ms := non_neg_integer(),
+	spin_us := non_neg_integer(), start_timeout => timeout()}.
+
+-record(state, {
+	slot :: pos_integer(),
+	opts :: opts(),
+	exe :: file:filename(),
+	args :: [string()],
+	crash_file :: file:filename(),
+	port = undefined :: port() | undefined,
+	status = down :: starting | up | down,
+	os_pid = undefined :: non_neg_integer() | undefined,
+	generation = 0 :: non_neg_integer(),
+	info = #{} :: map(),
+	started_at = 0 :: integer(),
+	backoff = 0 :: non_neg_integer(),  %% fast deaths in a row
+	kill_reason = undefined :: undefined | cancel_grace_expired,
+	waiters = [] :: [{gen_server:from(), non_neg_integer()}],
+	envs = #{} :: #{pid() => reference()},
+	cancels = #{} :: #{non_neg_integer() => reference()},
+	cancel_waiters = #{} :: #{non_neg_integer() => [gen_server:from()]},
+	done_early = #{} :: #{non_neg_integer() => true}
+}).
+
+-define(HELLO, 64).
+-define(RESULT, 65).
+-define(ERROR, 66).
+-define(CALLBACK, 67).
+-define(SEND, 68).
+-define(OUTPUT, 69).
+-define(PROTOCOL_ERROR, 70).
+-define(ENV_CREATED, 71).
+-define(STREAM_CHUNK, 72).
+-define(STREAM_END, 73).
+-define(LOG, 74).
+
+%% The port exits with 5 when a cancelled request holds the GIL and cannot even be interrupted
+%% (its --cancel-stuck-ms watchdog): like our grace timer expiring, so reported the same way.
+-define(EXIT_CANCEL_STUCK, 5).
+
+-define(MAX_BACKOFF, 5000).
+-define(FAST_DEATH_MS, 1000).
+-define(HEALTHY_MS, 60000).
+
+%% API.
+
+-spec start_link(pos_integer(), opts()) -> {ok, pid()} | {error, term()}.
+start_link(Slot, Opts) ->
+	gen_server:start_link(?MODULE, {Slot, Opts}, []).
+
+-spec child_spec(pos_integer(), opts()) -> supervisor:child_spec().
+child_spec(Slot, Opts) ->
+	#{id => {py_port, Slot}, start => {?MODULE, start_link, [Slot, Opts]},
+		restart => permanent, shutdown => 10000, type => worker, modules => [?MODULE]}.
+
+%% The published state of a slot, or undefined when no owner runs it.
+-spec info(pos_integer()) -> info() | undefined.
+info(Slot) ->
+	persistent_term:get({py_port, Slot}, undefined).
+
+%% Waits until the slot is up with a generation newer than SeenGeneration (0: any); {error, Why} when
+%% the owner stops meanwhile.
+-spec wait_ready(pid(), non_neg_integer(), timeout()) -> {ok, info()} | {error, term()}.
+wait_ready(Owner, SeenGeneration, Timeout) ->
+	gen_server:call(Owner, {wait_ready, SeenGeneration}, Timeout).
+
+%% A caller gave up on request Id and sent the cancel frame: start the grace timer.
+-spec cancel_watch(pid(), non_neg_integer(), non_neg_integer()) -> ok.
+cancel_watch(Owner, Id, Generation) ->
+	gen_server:cast(Owner, {cancel_watch, Id, Generation}).
+
+%% Returns once cancelled request Id (sent to OS process Generation) is over: its final frame arrived,
+%% or that OS process died. A caller calls it before its next request, so that request does not queue
+%% behind one that is still being cancelled (and, if that one is stuck in C code, die with its port).
+-spec await_cancel(pid(), non_neg_integer(), non_neg_integer(), timeout()) -> ok.
+await_cancel(Owner, Id, Generation, Timeout) ->
+	try gen_server:call(Owner, {await_cancel, Id, Generation}, Timeout)
+	catch exit:_ -> ok
+	end.
+
+%% The ids of the cancelled requests of Slot whose grace timer runs (their final frame is awaited).
+-spec pending_cancels(pos_integer()) -> [non_neg_integer()].
+pending_cancels(Slot) ->
+	#{owner := Owner} = info(Slot),
+	gen_server:call(Owner, pending_cancels).
+
+%% Where the port of Slot writes its faulthandler output.
+-spec crash_file(pos_integer()) -> file:filename().
+crash_file(Slot) ->
+	Dir = case os:getenv("TMPDIR") of
+		false -> "/tmp";
+		"" -> "/tmp";
+		D -> D
+	end,
+	filename:join(Dir, lists:flatten(io_lib:format("erlang_python.~s.~b.crash", [os:getpid(), Slot]))).
+
+%% gen_server.
+
+-spec init({pos_integer(), opts()}) -> {ok, #state{}} | {stop, term()}.
+init({Slot, Opts}) ->
+	process_flag(trap_exit, true),
+	Priv = code:priv_dir(erlang_python),
+	CrashFile = crash_file(Slot),
+	Args = ["--codec", atom_to_list(maps:get(codec, Opts)),
+		"--contexts", integer_to_list(maps:get(contexts, Opts)),
+		"--pylib", filename:join(Priv, "pylib"),
+		"--crash-file", CrashFile]
+		++ case maps:get(spin_us, Opts) of
+			0 -> [];
+			Spin -> ["--spin-us", integer_to_list(Spin)]
+		end,
+	State0 = #state{slot = Slot, opts = Opts, exe = filename:join(Priv, "erlang_python_port"),
+		args = Args, crash_file = CrashFile},
+	publish_down(State0),
+	%% Requests left by a previous owner of this slot that crashed: nobody will answer them.
+	fail_inflight(Slot, #{exit_status => undefined, signal => undefined, traceback => <<>>,
+		reason => owner_down}),
+	%% The first start is synchronous: the application is only up once every slot said hello, and a
+	%% port that cannot start (no executable, Python broken) fails the application start loudly.
+	try start_os_process(State0) of
+		State1 -> await_first_hello(State1, maps:get(start_timeout, Opts, 60000))
+	catch error:Why ->
+		_ = persistent_term:erase({py_port, Slot}),
+		{stop, {port_start_failed, #{reason => Why, exe => State0#state.exe}}}
+	end.
+
+-spec handle_call({wait_ready, non_neg_integer()} | {await_cancel, non_neg_integer(), non_neg_integer()}
+	| pending_cancels, gen_server:from(), #state{})
+	-> {reply, term(), #state{}} | {noreply, #state{}}.
+handle_call({wait_ready, Seen}, _From, State = #state{status = up, generation = Gen, info = Info})
+		when Gen > Seen ->
+	{reply, {ok, Info}, State};
+handle_call({wait_ready, Seen}, From, State = #state{waiters = Waiters}) ->
+	{noreply, State#state{waiters = [{From, Seen} | Waiters]}};
+handle_call({await_cancel, Id, Gen}, From, State = #state{generation = Gen, status = up, cancels = Cancels,
+		cancel_waiters = Waiters}) when is_map_key(Id, Cancels) ->
+	{noreply, State#state{cancel_waiters = maps:update_with(Id, fun(L) -> [From | L] end, [From], Waiters)}};
+handle_call({await_cancel, _, _}, _From, State) ->
+	%% Already over, or its OS process is gone (the next request waits for the new one).
+	{reply, ok, State};
+handle_call(pending_cancels, _From, State = #state{cancels = Cancels}) ->
+	{reply, lists:sort(maps:keys(Cancels)), State}.
+
+-spec handle_cast({cancel_watch, non_neg_integer(), non_neg_integer()}, #state{}) -> {noreply, #state{}}.
+handle_cast({cancel_watch, Id, Gen}, State = #state{generation = Gen, status = up,
+		done_early = Done, cancels = Cancels, opts = #{cancel_grace_ms := Grace}}) ->
+	case maps:take(Id, Done) of
+		{true, Done1} ->
+			%% Its final frame overtook this cast: nothing to watch.
+			{noreply, State#state{done_early = Done1}};
+		error ->
+			TRef = erlang:send_after(Grace, self(), {cancel_expired, Id, Gen}),
+			{noreply, State#state{cancels = Cancels#{Id => TRef}}}
+	end;
+handle_cast({cancel_watch, _, _}, State) ->
+	%% An older OS process, already gone.
+	{noreply, State}.
+
+-spec handle_info(term(), #state{}) -> {noreply, #state{}}.
+handle_info({Port, {data, Frame}}, State) when is_port(Port) ->
+	{noreply, frame(Frame, Port, State)};
+handle_info({Port, {exit_status, Status}}, State = #state{port = Port}) ->
+	{noreply, port_died(Status, State)};
+handle_info({Port, {exit_status, _}}, State) when is_port(Port) ->
+	{noreply, State};
+handle_info({'EXIT', Port, _}, State) when is_port(Port) ->
+	%% Follows exit_status (or our own port_close); the exit status tells us what we need.
+	{noreply, State};
+handle_info({'EXIT', _Pid, Reason}, State) ->
+	%% Our supervisor is leaving: stop, so terminate/2 closes the port.
+	{stop, Reason, State};
+handle_info({'DOWN', MRef, process, Pid, _}, State = #state{envs = Envs}) ->
+	case maps:take(Pid, Envs) of
+		{MRef, Envs1} ->
+			send_to_port(py_codec:frame(env_drop, 0, 0, codec(State), Pid), State),
+			{noreply, State#state{envs = Envs1}};
+		_ ->
+			{noreply, State}
+	end;
+handle_info({cancel_expired, Id, Gen}, State = #state{generation = Gen, cancels = Cancels,
+		os_pid = OsPid, status = up}) ->
+	case maps:take(Id, Cancels) of
+		{_, Cancels1} ->
+			logger:warning("erlang_python: request ~b on port ~b (os pid ~b) ignored its cancel for "
+				"~b ms; killing the port", [Id, State#state.slot, OsPid,
+				maps:get(cancel_grace_ms, State#state.opts)]),
+			ok = kill_with_dump(OsPid),
+			{noreply, State#state{cancels = Cancels1, kill_reason = cancel_grace_expired}};
+		error ->
+			{noreply, State}
+	end;
+handle_info({cancel_expired, _, _}, State) ->
+	{noreply, State};
+handle_info(restart, State = #state{status = down}) ->
+	try start_os_process(State) of
+		State1 -> {noreply, State1}
+	catch error:Why ->
+		logger:error("erlang_python: cannot start port ~b: ~tp", [State#state.slot, Why]),
+		{noreply, schedule_restart(State#state{started_at = now_ms()})}
+	end;
+handle_info(Msg, State) ->
+	logger:warning("erlang_python: py_port ~b got an unexpected message ~tp", [State#state.slot, Msg]),
+	{noreply, State}.
+
+-spec terminate(term(), #state{}) -> ok.
+terminate(Reason, State = #state{slot = Slot, port = Port, os_pid = OsPid}) ->
+	_ = persistent_term:erase({py_port, Slot}),
+	Why = case Reason of
+		normal -> shutdown;
+		shutdown -> shutdown;
+		{shutdown, _} -> shutdown;
+		_ -> owner_down
+	end,
+	fail_inflight(Slot, #{exit_status => undefined, signal => undefined, traceback => <<>>, reason => Why}),
+	_ = [gen_server:reply(From, {error, Why}) || {From, _} <- State#state.waiters],
+	case Port of
+		undefined ->
+			ok;
+		_ ->
+			%% EOF on its stdin makes the port exit (PROTOCOL.md §4.2); make sure it did.
+			_ = catch port_close(Port),
+			ensure_dead(OsPid)
+	end,
+	_ = file:delete(State#state.crash_file),
+	ok.
+
+%% Internal: starting.
+
+start_os_process(State = #state{exe = Exe, args = Args, crash_file = CrashFile, generation = Gen}) ->
+	_ = file:delete(CrashFile),
+	Port = open_port({spawn_executable, Exe},
+		[{packet, 4}, binary, exit_status, use_stdio, {args, Args}]),
+	{os_pid, OsPid} = erlang:port_info(Port, os_pid),
+	State#state{port = Port, os_pid = OsPid, status = starting, generation = Gen + 1,
+		started_at = now_ms(), kill_reason = undefined}.
+
+await_first_hello(State = #state{port = Port}, Timeout) ->
+	receive
+		{Port, {data, <<?HELLO, _/binary>> = Frame}} ->
+			{ok, frame(Frame, Port, State)};
+		{Port, {data, Frame}} ->
+			await_first_hello(frame(Frame, Port, State), Timeout);
+		{Port, {exit_status, Status}} ->
+			_ = persistent_term:erase({py_port, State#state.slot}),
+			{stop, {port_start_failed, exit_reason(Status, State)}}
+	after Timeout ->
+		kill(State#state.os_pid),
+		_ = persistent_term:erase({py_port, State#state.slot}),
+		{stop, {port_start_failed, no_hello}}
+	end.
+
+hello(Body, State = #state{slot = Slot, port = Port, generation = Gen, waiters = Waiters, opts = Opts}) ->
+	Codec = maps:get(codec, Opts),
+	Hello = #{contexts := Contexts} = py_codec:decode(Codec, Body),
+	Codec = maps:get(codec, Hello, Codec),
+	Info = #{owner => self(), status => up, slot => Slot, port => Port, codec => Codec,
+		contexts => list_to_tuple(Contexts), os_pid => maps:get(os_pid, Hello, State#state.os_pid),
+		generation => Gen, python => maps:get(python, Hello, <<>>),
+		build => maps:get(build, Hello, undefined), hello => Hello},
+	ok = persistent_term:put({py_port, Slot}, Info),
+	Ready = [From || {From, Seen} <- Waiters, Seen < Gen],
+	_ = [gen_server:reply(From, {ok, Info}) || From <- Ready],
+	State#state{status = up, info = Info,
+		waiters = [W || W = {_, Seen} <- Waiters, Seen >= Gen]}.
+
+publish_down(#state{slot = Slot}) ->
+	ok = persistent_term:put({py_port, Slot}, #{owner => self(), status => down, slot => Slot}).
+
+%% Internal: frames from the port.
+
+frame(<<Kind, 0, 0:16, Ctx:32, Id:64, Body/binary>>, Port, State) when Id =/= 0 ->
+	frame(Kind, Ctx, Id, Body, Port, State);
+frame(<<Kind, 0, 0:16, Ctx:32, 0:64, Body/binary>>, Port, State) ->
+	%% The owner decodes these itself; a body it cannot read is the port's bug, not a reason to take
+	%% the whole slot down.
+	guarded(fun() -> frame(Kind, Ctx, 0, Body, Port, State) end, Kind, Ctx, State);
+frame(Bad, _Port, State) ->
+	logger:warning("erlang_python: port ~b wrote an unreadable frame header: ~p",
+		[State#state.slot, binary:part(Bad, 0, min(byte_size(Bad), 16))]),
+	State.
+
+frame(Kind, Ctx, Id, Body, _, State) when Id =/= 0, (Kind =:= ?RESULT orelse Kind =:= ?ERROR
+		orelse Kind =:= ?PROTOCOL_ERROR orelse Kind =:= ?STREAM_END) ->
+	case ets:take(py_inflight, Id) of
+		[{_, Pid, _}] ->
+			Pid ! {py_frame, Id, Kind, Ctx, Body},
+			State;
+		[] ->
+			orphan_final(Kind, Ctx, Id, Body, State)
+	end;
+frame(Kind, Ctx, Id, Body, Port, State) when Id =/= 0, (Kind =:= ?CALLBACK orelse Kind =:= ?OUTPUT
+		orelse Kind =:= ?STREAM_CHUNK) ->
+	case ets:lookup(py_inflight, Id) of
+		[{_, Pid, _}] ->
+			Pid ! {py_frame, Id, Kind, Ctx, Body},
+			State;
+		[] ->
+			guarded(fun() -> orphan(Kind, Ctx, Body, Port, State) end, Kind, Ctx, State)
+	end;
+frame(?HELLO, _, 0, Body, Port, State = #state{port = Port}) ->
+	hello(Body, State);
+frame(?CALLBACK, Ctx, 0, Body, Port, State) ->
+	Codec = codec(State),
+	{_, Name, _} = py_codec:decode(Codec, Body),
+	_ = case is_binary(Name) andalso py_callback:is_builtin(Name) of
+		true -> ok = py_callback:handle_async(Port, Codec, Ctx, Body);
+		false -> spawn(py_callback, handle_async, [Port, Codec, Ctx, Body])
+	end,
+	State;
+frame(?SEND, Ctx, 0, Body, Port, State) ->
+	Codec = codec(State),
+	{CbId, Dest, Msg} = py_codec:decode(Codec, Body),
+	Reply = deliver(Dest, Msg),
+	_ = catch port_command(Port, py_codec:frame(callback_reply, Ctx, CbId, Codec, Reply)),
+	State;
+frame(?OUTPUT, _, 0, Body, _, State) ->
+	{Stream, Text} = py_codec:decode(codec(State), Body),
+	logger:info("erlang_python port ~b ~s: ~ts", [State#state.slot, stream_name(Stream), Text]),
+	State;
+frame(?PROTOCOL_ERROR, _, Id, Body, _, State) ->
+	logger:warning("erlang_python: port ~b reports a protocol error (id ~b): ~tp",
+		[State#state.slot, Id, py_codec:decode(codec(State), Body)]),
+	State;
+frame(?ENV_CREATED, _, 0, Body, _, State = #state{envs = Envs}) ->
+	Pid = py_codec:decode(codec(State), Body),
+	case Envs of
+		#{Pid := _} -> State;
+		#{} -> State#state{envs = Envs#{Pid => erlang:monitor(process, Pid)}}
+	end;
+frame(?LOG, _, 0, Body, _, State) ->
+	{Level, Logger, Message} = py_codec:decode(codec(State), Body),
+	logger:log(log_level(Level), "~ts: ~ts", [Logger, Message], #{domain => [erlang_python, python]}),
+	State;
+frame(Kind, Ctx, Id, Body, _, State) ->
+	logger:warning("erlang_python: port ~b wrote an unexpected frame: kind ~b ctx ~b id ~b, ~b body bytes",
+		[State#state.slot, Kind, Ctx, Id, byte_size(Body)]),
+	State.
+
+guarded(Fun, Kind, Ctx, State) ->
+	try
+		Fun()
+	catch Class:Reason:Stack ->
+		logger:error("erlang_python: port ~b wrote a frame the owner cannot handle (kind ~b ctx ~b): ~tp",
+			[State#state.slot, Kind, Ctx, {Class, Reason, Stack}]),
+		State
+	end.
+
+%% A final frame for a request nobody waits for: a request whose caller timed out and cancelled it
+%% (stop its grace timer), or a cast that could not run.
+orphan_final(Kind, _Ctx, Id, Body, State = #state{cancels = Cancels, done_early = Done})
+		when Id >= ?REQ_BASE, Id < ?CAST_BASE ->
+	_ = Kind, _ = Body,
+	case maps:take(Id, Cancels) of
+		{TRef, Cancels1} ->
+			_ = erlang:cancel_timer(TRef),
+			release_cancel_waiters(Id, State#state{cancels = Cancels1});
+		error ->
+			%% The caller took its entry but its cancel_watch cast has not arrived yet.
+			State#state{done_early = Done#{Id => true}}
+	end;
+orphan_final(Kind, _Ctx, Id, Body, State) when Id >= ?CAST_BASE ->
+	logger:warning("erlang_python: a py:cast on port ~b failed: ~tp",
+		[State#state.slot, decode_quietly(Kind, Body, State)]),
+	State;
+orphan_final(Kind, _Ctx, Id, Body, State) ->
+	logger:warning("erlang_python: port ~b answered id ~b that no request has (kind ~b): ~tp",
+		[State#state.slot, Id, Kind, decode_quietly(Kind, Body, State)]),
+	State.
+
+%% A callback or output for a request nobody waits for any more (its caller timed out).
+orphan(?CALLBACK, Ctx, Body, Port, State) ->
+	Codec = codec(State),
+	{CbId, _, _} = py_codec:decode(Codec, Body),
+	Reply = {error, <<"error">>, <<"the Erlang caller of this request stopped waiting (timeout)">>},
+	_ = catch port_command(Port, py_codec:frame(callback_reply, Ctx, CbId, Codec, Reply)),
+	State;
+orphan(?OUTPUT, _, Body, _, State) ->
+	frame(?OUTPUT, 0, 0, Body, undefined, State);
+orphan(_, _, _, _, State) ->
+	State.
+
+decode_quietly(Kind, Body, State) ->
+	try py_codec:decode(codec(State), Body)
+	catch _:_ -> {undecodable, Kind, Body}
+	end.
+
+%% erlang.send: Dest is a pid, a registered name (binary) or {Name, Node}.
+deliver(Pid, Msg) when is_pid(Pid) ->
+	case node(Pid) =:= node() andalso not is_process_alive(Pid) of
+		true ->
+			{error, noproc, iolist_to_binary(io_lib:format("process ~p is not alive", [Pid]))};
+		false ->
+			Pid ! Msg,
+			{ok, true}
+	end;
+deliver({Name, Node}, Msg) ->
+	case {existing_atom(Name), existing_atom(Node)} of
+		{N, Nd} when is_atom(N), Nd =:= node() ->
+			deliver(N, Msg);
+		{N, Nd} when is_atom(N), is_atom(Nd) ->
+			erlang:send({N, Nd}, Msg),
+			{ok, true};
+		_ ->
+			{error, noproc, iolist_to_binary(io_lib:format("no process registered as ~tp on ~tp", [Name, Node]))}
+	end;
+deliver(Name, Msg) ->
+	case existing_atom(Name) of
+		Atom when is_atom(Atom) ->
+			case whereis(Atom) of
+				undefined -> {error, noproc, noproc_text(Name)};
+				Pid -> Pid ! Msg, {ok, true}
+			end;
+		_ ->
+			{error, noproc, noproc_text(Name)}
+	end.
+
+noproc_text(Name) ->
+	iolist_to_binary(io_lib:format("no process registered as ~tp", [Name])).
+
+existing_atom(A) when is_atom(A) -> A;
+existing_atom(B) when is_binary(B) ->
+	try binary_to_existing_atom(B, utf8)
+	catch error:badarg -> B
+	end;
+existing_atom(Other) -> Other.
+
+stream_name(1) -> "stdout";
+stream_name(2) -> "stderr";
+stream_name(N) -> io_lib:format("stream ~p", [N]).
+
+log_level(L) when is_integer(L), L >= 50 -> critical;
+log_level(L) when is_integer(L), L >= 40 -> error;
+log_level(L) when is_integer(L), L >= 30 -> warning;
+log_level(L) when is_integer(L), L >= 20 -> info;
+log_level(L) when is_integer(L) -> debug;
+log_level(<<"CRITICAL">>) -> critical;
+log_level(<<"ERROR">>) -> error;
+log_level(<<"WARNING">>) -> warning;
+log_level(<<"INFO">>) -> info;
+log_level(_) -> debug.
+
+release_cancel_waiters(Id, State = #state{cancel_waiters = Waiters}) ->
+	case maps:take(Id, Waiters) of
+		{Froms, Waiters1} ->
+			_ = [gen_server:reply(From, ok) || From <- Froms],
+			State#state{cancel_waiters = Waiters1};
+		error ->
+			State
+	end.
+
+%% Internal: death and restart.
+
+port_died(Status, State = #state{slot = Slot, envs = Envs, cancels = Cancels}) ->
+	Reason = exit_reason(Status, State),
+	case Status of
+		0 -> logger:warning("erlang_python: port ~b exited", [Slot]);
+		_ -> logger:error("erlang_python: port ~b (os pid ~p) died: ~tp", [Slot, State#state.os_pid, Reason])
+	end,
+	publish_down(State),
+	fail_inflight(Slot, Reason),
+	_ = [erlang:demonitor(MRef, [flush]) || MRef <- maps:values(Envs)],
+	_ = [erlang:cancel_timer(TRef) || TRef <- maps:values(Cancels)],
+	_ = [gen_server:reply(From, ok) || Froms <- maps:values(State#state.cancel_waiters), From <- Froms],
+	schedule_restart(State#state{port = undefined, status = down, envs = #{}, cancels = #{}, cancel_waiters = #{},
+		done_early = #{}, info = #{}}).
+
+exit_reason(Status, #state{crash_file = CrashFile, kill_reason = Kill}) ->
+	Traceback = case file:read_file(CrashFile) of
+		{ok, Bin} -> Bin;
+		{error, _} -> <<>>
+	end,
+	_ = file:delete(CrashFile),
+	#{exit_status => Status,
+	  signal => signal(Status),
+	  traceback => Traceback,
+	  reason => if
+		Kill =/= undefined -> Kill;
+		Status =:= ?EXIT_CANCEL_STUCK -> cancel_grace_expired;
+		true -> crashed
+	  end}.
+
+signal(S) when S > 128 ->
+	case S - 128 of
+		6 -> sigabrt;
+		7 -> sigbus;
+		8 -> sigfpe;
+		9 -> sigkill;
+		11 -> sigsegv;
+		15 -> sigterm;
+		N -> {signal, N}
+	end;
+signal(_) ->
+	undefined.
+
+%% Every caller with a request in flight on Slot gets the reason. ets:take per entry, so a caller that
+%% is timing out at the same moment gets exactly one outcome.
+fail_inflight(Slot, Reason) ->
+	Ids = ets:select(py_inflight, [{{'$1', '_', Slot}, [], ['$1']}]),
+	_ = [case ets:take(py_inflight, Id) of
+		[{_, Pid, _}] -> Pid ! {py_frame, Id, port_exited, 0, Reason};
+		[] -> ok
+	end || Id <- Ids],
+	ok.
+
+%% Restart at once, unless the port keeps dying within a second of its start: then the delays are
+%% 0, 100 ms, 200 ms, ... up to 5 s. A minute of health forgets the history.
+schedule_restart(State = #state{started_at = Started, backoff = FastDeaths}) ->
+	Uptime = now_ms() - Started,
+	{Delay, FastDeaths1} = if
+		Uptime < ?FAST_DEATH_MS -> {restart_delay(FastDeaths), FastDeaths + 1};
+		Uptime >= ?HEALTHY_MS -> {0, 0};
+		true -> {0, FastDeaths}
+	end,
+	_ = erlang:send_after(Delay, self(), restart),
+	State#state{backoff = FastDeaths1}.
+
+restart_delay(0) -> 0;
+restart_delay(N) -> min(100 bsl (N - 1), ?MAX_BACKOFF).
+
+kill(undefined) ->
+	ok;
+kill(OsPid) ->
+	_ = os:cmd("kill -9 " ++ integer_to_list(OsPid) ++ " 2>/dev/null"),
+	ok.
+
+%% SIGUSR1 first: the port registers faulthandler on it, so every thread's traceback (the stuck
+%% request's included) lands in the crash file; then SIGKILL. In its own process: the owner goes on
+%% routing meanwhile.
+kill_with_dump(OsPid) ->
+	P = integer_to_list(OsPid),
+	_ = spawn(fun() ->
+		os:cmd("kill -USR1 " ++ P ++ " 2>/dev/null; sleep 0.1; kill -9 " ++ P ++ " 2>/dev/null")
+	end),
+	ok.
+
+%% Waits (at most 2 s) for the OS process to go after its stdin closed, then SIGKILLs it.
+ensure_dead(undefined) ->
+	ok;
+ensure_dead(OsPid) ->
+	P = integer_to_list(OsPid),
+	_ = os:cmd("i=0; while kill -0 " ++ P ++ " 2>/dev/null && [ $i -lt 200 ]; do sleep 0.01; i=$((i+1)); done; "
+		"kill -9 " ++ P ++ " 2>/dev/null"),
+	ok.
+
+send_to_port(Frame, #state{port = Port, status = up}) ->
+	_ = catch port_command(Port, Frame),
+	ok;
+send_to_port(_, _) ->
+	ok.
+
+codec(#state{opts = #{codec := Codec}}) ->
+	Codec.
+
+now_ms() ->
+	erlang:monotonic_time(millisecond).
