@@ -229,7 +229,7 @@ shared_dict_get(SD, Key) -> py_shared_dict:get(SD, Key).
 shared_dict_get(SD, Key, Default) -> py_shared_dict:get(SD, Key, Default).
 
 -spec shared_dict_set(py_shared_dict:shared_dict(), term(), term()) -> ok.
-shared_dict_set(SD, Key, Value) -> py_shared_dict:set(SD, Key, Value).
+shared_dict_set(SD, Key, Value) -> py_shared_dict:set(SD, Key, py_shared_dict:as_python(Value)).
 
 -spec shared_dict_del(py_shared_dict:shared_dict(), term()) -> ok.
 shared_dict_del(SD, Key) -> py_shared_dict:del(SD, Key).

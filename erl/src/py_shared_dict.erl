@@ -7,8 +7,11 @@
 %% erlang_python_sup: {{d, SD}, Owner} marks a live dictionary, {{k, SD, Key}, Value} holds an entry.
 %% Reads and writes go straight to ETS; this gen_server only creates dictionaries and monitors owners.
 %%
-%% Values are stored as Erlang terms (not pickled as in the NIF library): what Erlang stores, Erlang reads
-%% back unchanged, and Python sees it converted by the usual rules (PROTOCOL.md §2).
+%% Values are stored as Erlang terms, not pickled as in the NIF library. A value set from Erlang is
+%% first put in the shape it would have after a trip through Python (as_python/1: atom keys become
+%% binaries, {bytes, B} a binary, ...), so Erlang reads back what the docs show for a pickled value:
+%% `#{host => <<"h">>}` comes back as `#{<<"host">> => <<"h">>}`. Python sees values by the usual rules.
+%% After destroy/1 every other operation raises badarg, as documented.
 -module(py_shared_dict).
 -behaviour(gen_server).
 
@@ -24,6 +27,7 @@
 -export([take/2]).
 -export([keys/1]).
 -export([destroy/1]).
+-export([as_python/1]).
 
 %% gen_server.
 -export([init/1]).
@@ -67,7 +71,7 @@ get(SD, Key, Default) ->
 		none -> Default
 	end.
 
-%% {ok, Value} or none (the shape of the `_sd_get` builtin). Raises error(shared_dict_destroyed) for a
+%% {ok, Value} or none (the shape of the `_sd_get` builtin). Raises error(badarg) for a
 %% destroyed (or unknown) SharedDict, like every other operation but destroy/1.
 -spec lookup(shared_dict(), term()) -> {ok, term()} | none.
 lookup(SD, Key) ->
@@ -87,7 +91,7 @@ set(SD, Key, Value) ->
 			ok;
 		false ->
 			true = ets:delete(?TAB, {k, SD, Key}),
-			error(shared_dict_destroyed)
+			error(badarg)
 	end.
 
 %% Removes Key; ok whether or not it was there.
@@ -116,6 +120,19 @@ destroy(SD) ->
 	end,
 	_ = ets:select_delete(?TAB, [{{{k, SD, '_'}, '_'}, [], [true]}]),
 	ok.
+
+%% The term Erlang gets back for Term after it went to Python and back (PROTOCOL.md §2).
+-spec as_python(term()) -> term().
+as_python(T) when T =:= true; T =:= false; T =:= none; T =:= nan; T =:= infinity; T =:= neg_infinity -> T;
+as_python(T) when T =:= nil; T =:= undefined -> none;
+as_python(T) when is_atom(T) -> atom_to_binary(T, utf8);
+as_python(T) when is_integer(T), (T > 9223372036854775807 orelse T < -9223372036854775808) ->
+	integer_to_list(T);
+as_python({bytes, B}) when is_binary(B) -> B;
+as_python(T) when is_list(T) -> [as_python(E) || E <- T];
+as_python(T) when is_tuple(T) -> list_to_tuple([as_python(E) || E <- tuple_to_list(T)]);
+as_python(T) when is_map(T) -> maps:from_list([{as_python(K), as_python(V)} || {K, V} <- maps:to_list(T)]);
+as_python(T) -> T.
 
 %% gen_server.
 
@@ -161,7 +178,7 @@ handle_info({'DOWN', MRef, process, Owner, _}, Owners) ->
 alive(SD) ->
 	case ets:member(?TAB, {d, SD}) of
 		true -> ok;
-		false -> error(shared_dict_destroyed)
+		false -> error(badarg)
 	end.
 
 watch(Owner, SD, Owners) ->
