@@ -271,6 +271,67 @@ bool for_each_dict_item(PyObject* dict, Py_ssize_t n, F&& f) {
 std::string take_python_error();
 // dict[key] = value for a decoded map; false with `err` set ("unhashable map key of type 'list'").
 bool dict_set(PyObject* dict, PyObject* key, PyObject* value, std::string& err);
+
+// What both body decoders share: the read position in the body, bounds checks, and the failures that
+// set `err` to a readable reason ("truncated term at byte 12"). A decoder derives from it and adds
+// its own codec-specific failures.
+class DecodeCursor {
+ protected:
+  DecodeCursor(std::string_view body, std::string& err)
+      : base_(reinterpret_cast<const unsigned char*>(body.data())),
+        p_(base_),
+        end_(base_ + body.size()),
+        err_(err) {}
+
+  // The run() shape: a body is exactly one value, read by `value()`, with no bytes after it.
+  template <class F>
+  PyRef whole_body(F&& value) {
+    if (p_ == end_) return fail("empty body");
+    PyRef v = value();
+    if (!v) return {};
+    if (p_ != end_) return fail_at("trailing bytes", p_);
+    return v;
+  }
+
+  size_t offset(const unsigned char* q) const { return static_cast<size_t>(q - base_); }
+  size_t remaining() const { return static_cast<size_t>(end_ - p_); }
+
+  // Failures are out of line so that the recursive functions keep small stack frames.
+  [[gnu::cold, gnu::noinline]] PyRef fail(const char* msg) {
+    err_ = msg;
+    return {};
+  }
+  [[gnu::cold, gnu::noinline]] PyRef fail_at(const char* what, const unsigned char* where) {
+    err_ = what;
+    err_ += " at byte ";
+    err_ += std::to_string(offset(where));
+    return {};
+  }
+  [[gnu::cold, gnu::noinline]] PyRef fail_python() {
+    err_ = take_python_error();
+    return {};
+  }
+  // Wraps a new reference from a CPython call, turning failure into err_.
+  PyRef py(PyObject* o) {
+    if (!o) return fail_python();
+    return PyRef(o);
+  }
+  PyRef py(PyRef o) {
+    if (!o) return fail_python();
+    return o;
+  }
+  bool need(size_t n) {
+    if (remaining() >= n) return true;
+    fail_at("truncated term", p_);
+    return false;
+  }
+  PyRef truncated() { return fail_at("truncated term", p_); }
+
+  const unsigned char* base_;
+  const unsigned char* p_;
+  const unsigned char* end_;  // a decoder may narrow it while it reads a nested payload
+  std::string& err_;
+};
 }  // namespace codec_detail
 
 }  // namespace ep

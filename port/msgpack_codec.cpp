@@ -33,59 +33,19 @@ inline uint64_t be64(const unsigned char* p) { return (uint64_t{be32(p)} << 32) 
 // ---------------------------------------------------------------------------------------------------
 // Decoding
 
-class Decoder {
+class Decoder : codec_detail::DecodeCursor {
  public:
-  Decoder(std::string_view body, std::string& err)
-      : base_(reinterpret_cast<const unsigned char*>(body.data())),
-        p_(base_),
-        end_(base_ + body.size()),
-        err_(err) {}
+  Decoder(std::string_view body, std::string& err) : DecodeCursor(body, err) {}
 
   PyRef run() {
-    if (p_ == end_) return fail("empty body");
-    PyRef v = value(0);
-    if (!v) return {};
-    if (p_ != end_) return fail_at("trailing bytes", p_);
-    return v;
+    return whole_body([this] { return value(0); });
   }
 
  private:
-  size_t offset(const unsigned char* q) const { return static_cast<size_t>(q - base_); }
-  size_t remaining() const { return static_cast<size_t>(end_ - p_); }
-
-  // Failures are out of line so that the recursive functions keep small stack frames.
-  [[gnu::cold, gnu::noinline]] PyRef fail(const char* msg) {
-    err_ = msg;
-    return {};
-  }
-  [[gnu::cold, gnu::noinline]] PyRef fail_at(const char* what, const unsigned char* where) {
-    err_ = what;
-    err_ += " at byte ";
-    err_ += std::to_string(offset(where));
-    return {};
-  }
   [[gnu::cold, gnu::noinline]] PyRef fail_ext_type(int type, const unsigned char* where) {
     err_ = "unknown ext type " + std::to_string(type) + " at byte " + std::to_string(offset(where));
     return {};
   }
-  [[gnu::cold, gnu::noinline]] PyRef fail_python() {
-    err_ = codec_detail::take_python_error();
-    return {};
-  }
-  PyRef py(PyObject* o) {
-    if (!o) return fail_python();
-    return PyRef(o);
-  }
-  PyRef py(PyRef o) {
-    if (!o) return fail_python();
-    return o;
-  }
-  bool need(size_t n) {
-    if (remaining() >= n) return true;
-    fail_at("truncated term", p_);
-    return false;
-  }
-  PyRef truncated() { return fail_at("truncated term", p_); }
   // Big-endian unsigned of `n` bytes (1, 2, 4 or 8); false if truncated.
   bool read_uint(size_t n, uint64_t& v) {
     if (!need(n)) return false;
@@ -374,10 +334,6 @@ class Decoder {
     return py(PyLong_FromString(text.c_str(), nullptr, 10));
   }
 
-  const unsigned char* base_;
-  const unsigned char* p_;
-  const unsigned char* end_;
-  std::string& err_;
   codec_detail::KeyCache keys_;
 };
 
