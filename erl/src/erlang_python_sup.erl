@@ -14,6 +14,7 @@
 %%   cancel_grace_ms    how long a cancelled request may run on before its port is killed; 2000
 %%   default_timeout    timeout of py:call/3,4, py:eval/1,2, py:exec/1; default infinity
 %%   spin_us            the port's busy-poll window (0: the port's default)
+%%   max_frame          the largest frame the port accepts, bytes (0: the port's default, 1 GiB)
 %%   context_mode       what py:execution_mode/0 reports; default worker
 -module(erlang_python_sup).
 -behaviour(supervisor).
@@ -50,7 +51,8 @@ layout() ->
 	  port_opts => #{codec => Codec,
 		contexts => PerPort,
 		cancel_grace_ms => Env(cancel_grace_ms, 2000),
-		spin_us => Env(spin_us, 0)}}.
+		spin_us => Env(spin_us, 0),
+		max_frame => Env(max_frame, 0)}}.
 
 %% supervisor.
 

@@ -50,9 +50,9 @@
 	generation => non_neg_integer(), python => binary(), build => atom(), hello => map()}.
 -type exit_reason() :: #{exit_status := non_neg_integer() | undefined,
 	signal := atom() | {signal, pos_integer()} | undefined, traceback := binary(),
-	reason := crashed | cancel_grace_expired | shutdown | owner_down}.
+	reason := crashed | cancel_grace_expired | bad_stream | shutdown | owner_down}.
 -type opts() :: #{codec := py_codec:codec(), contexts := pos_integer(), cancel_grace_ms := non_neg_integer(),
-	spin_us := non_neg_integer(), start_timeout => timeout()}.
+	spin_us := non_neg_integer(), max_frame => non_neg_integer(), start_timeout => timeout()}.
 
 -record(state, {
 	slot :: pos_integer(),
@@ -90,6 +90,8 @@
 %% The port exits with 5 when a cancelled request holds the GIL and cannot even be interrupted
 %% (its --cancel-stuck-ms watchdog): like our grace timer expiring, so reported the same way.
 -define(EXIT_CANCEL_STUCK, 5).
+%% The port exits with 4 when the stream itself is unusable (a frame length over its max_frame).
+-define(EXIT_BAD_STREAM, 4).
 
 -define(MAX_BACKOFF, 5000).
 -define(FAST_DEATH_MS, 1000).
@@ -161,6 +163,10 @@ init({Slot, Opts}) ->
 		++ case maps:get(spin_us, Opts) of
 			0 -> [];
 			Spin -> ["--spin-us", integer_to_list(Spin)]
+		end
+		++ case maps:get(max_frame, Opts, 0) of
+			0 -> [];
+			Max -> ["--max-frame", integer_to_list(Max)]
 		end,
 	State0 = #state{slot = Slot, opts = Opts, exe = filename:join(Priv, "erlang_python_port"),
 		args = Args, crash_file = CrashFile},
@@ -216,8 +222,20 @@ handle_info({Port, {exit_status, Status}}, State = #state{port = Port}) ->
 	{noreply, port_died(Status, State)};
 handle_info({Port, {exit_status, _}}, State) when is_port(Port) ->
 	{noreply, State};
+handle_info({'EXIT', Port, Reason}, State = #state{port = Port, os_pid = OsPid}) ->
+	%% Our port closed without an exit status first: the VM closes it when a write fails (EPIPE: the
+	%% process exited while a large frame was going out), and then the status may never come. Take
+	%% it if it is right behind; make sure the OS process is gone either way.
+	Status = receive
+		{Port, {exit_status, S}} -> S
+	after 200 ->
+		ok = kill(OsPid),
+		logger:warning("erlang_python: port ~b closed (~tp) without an exit status", [State#state.slot, Reason]),
+		undefined
+	end,
+	{noreply, port_died(Status, State)};
 handle_info({'EXIT', Port, _}, State) when is_port(Port) ->
-	%% Follows exit_status (or our own port_close); the exit status tells us what we need.
+	%% An older port, or one that follows its exit_status: nothing left to do.
 	{noreply, State};
 handle_info({'EXIT', _Pid, Reason}, State) ->
 	%% Our supervisor is leaving: stop, so terminate/2 closes the port.
@@ -529,10 +547,11 @@ exit_reason(Status, #state{crash_file = CrashFile, kill_reason = Kill}) ->
 	  reason => if
 		Kill =/= undefined -> Kill;
 		Status =:= ?EXIT_CANCEL_STUCK -> cancel_grace_expired;
+		Status =:= ?EXIT_BAD_STREAM -> bad_stream;
 		true -> crashed
 	  end}.
 
-signal(S) when S > 128 ->
+signal(S) when is_integer(S), S > 128 ->
 	case S - 128 of
 		6 -> sigabrt;
 		7 -> sigbus;

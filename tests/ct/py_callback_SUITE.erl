@@ -9,7 +9,8 @@
 	unknown_name/1, unregister_fn/1, reentrant_docs_example/1, nested_10_levels/1, nested_50_levels/1,
 	concurrent_reentrant_callers/1, callback_from_thread/1, callback_from_thread_pool/1,
 	erlang_sleep_lets_others_run/1, send_to_self/1, send_to_registered_name/1, send_to_name_node/1,
-	send_to_dead_pid/1, send_to_unknown_name/1, cast_send_example/1, whereis_name/1]).
+	send_to_dead_pid/1, send_to_unknown_name/1, cast_send_example/1, whereis_name/1,
+	unconvertible_callback_args/1, unconvertible_callback_result/1]).
 
 %% Used by module_function.
 -export([mf_callback/1]).
@@ -20,7 +21,8 @@ all() ->
 	 unknown_name, unregister_fn, reentrant_docs_example, nested_10_levels, nested_50_levels,
 	 concurrent_reentrant_callers, callback_from_thread, callback_from_thread_pool,
 	 erlang_sleep_lets_others_run, send_to_self, send_to_registered_name, send_to_name_node,
-	 send_to_dead_pid, send_to_unknown_name, cast_send_example, whereis_name].
+	 send_to_dead_pid, send_to_unknown_name, cast_send_example, whereis_name,
+	 unconvertible_callback_args, unconvertible_callback_result].
 
 init_per_suite(Config) ->
 	ok = py_ct_helper:start_app([{num_ports, 2}, {contexts_per_port, 2}]),
@@ -230,3 +232,23 @@ level([N, Max]) when N >= Max ->
 level([N, Max]) ->
 	{ok, Result} = py:call('__main__', next_level, [N + 1, Max]),
 	Result.
+
+%% Arguments Python cannot convert never leave the port: erlang.call raises TypeError naming the type,
+%% the Erlang function is not run, and the context goes on serving.
+unconvertible_callback_args(_) ->
+	Self = self(),
+	ok = py:register_function(must_not_run, fun(_) -> Self ! ran, ok end),
+	{error, {'TypeError', Msg}} = py:eval(<<"erlang.call('must_not_run', {1, 2})">>),
+	true = string:find(Msg, "'set'") =/= nomatch,
+	receive ran -> error(callback_ran) after 0 -> ok end,
+	{ok, 3} = py:eval(<<"erlang.my_func(1, 2)">>).
+
+%% A result the port cannot turn into Python (an improper list) raises ErlangError in Python, which
+%% code there can catch; nothing crashes.
+unconvertible_callback_result(_) ->
+	ok = py:register_function(improper, fun([]) -> [1 | 2] end),
+	{error, {'ErlangError', Msg}} = py:eval(<<"erlang.improper()">>),
+	true = string:find(Msg, "improper list") =/= nomatch,
+	{ok, <<"caught">>} = py:eval(<<"try:\n    erlang.improper()\n    r = 'no'\nexcept erlang.ErlangError:\n"
+		"    r = 'caught'\nr">>),
+	{ok, 3} = py:eval(<<"erlang.my_func(1, 2)">>).

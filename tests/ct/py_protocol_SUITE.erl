@@ -8,15 +8,15 @@
 -export([all/0, groups/0, init_per_suite/1, end_per_suite/1, init_per_group/2, end_per_group/2]).
 -export([vectors_erlang_side/1, msgpack_codec_unit/1, garbage_body/1, too_short/1, unknown_kind/1,
 	unknown_context/1, bad_flags/1, bad_shape/1, wrong_codec_body/1, compressed_etf/1,
-	random_frames/1, vectors_through_port/1, vectors_converted/1, basic_api/1]).
+	random_frames/1, vectors_through_port/1, vectors_converted/1, basic_api/1, oversized_frame/1]).
 
 all() ->
-	[vectors_erlang_side, msgpack_codec_unit, {group, etf}, {group, msgpack}].
+	[vectors_erlang_side, msgpack_codec_unit, {group, etf}, {group, msgpack}, {group, small_frames}].
 
 groups() ->
 	Wire = [garbage_body, too_short, unknown_kind, unknown_context, bad_flags, bad_shape,
 		wrong_codec_body, random_frames, vectors_through_port, vectors_converted, basic_api],
-	[{etf, [], [compressed_etf | Wire]}, {msgpack, [], Wire}].
+	[{etf, [], [compressed_etf | Wire]}, {msgpack, [], Wire}, {small_frames, [], [oversized_frame]}].
 
 init_per_suite(Config) ->
 	%% protocol/vectors of the source tree: next to this suite's source, or above the _build tree.
@@ -28,6 +28,9 @@ init_per_suite(Config) ->
 end_per_suite(_Config) ->
 	ok.
 
+init_per_group(small_frames, Config) ->
+	ok = py_ct_helper:start_app([{num_ports, 1}, {contexts_per_port, 2}, {max_frame, 65536}]),
+	Config;
 init_per_group(Codec, Config) ->
 	ok = py_ct_helper:start_app([{num_ports, 1}, {contexts_per_port, 2}, {codec, Codec}]),
 	[{codec, Codec} | Config].
@@ -311,3 +314,17 @@ drain(Acc) ->
 	after 0 ->
 		Acc
 	end.
+
+%% A frame longer than max_frame cannot be skipped (the stream cannot be resynchronised): the port says
+%% so in a protocol_error (logged by the owner) and exits with status 4; the caller gets port_exited
+%% with reason bad_stream, and the restarted port serves the next call.
+oversized_frame(_) ->
+	ok = py_ct_helper:capture_log(),
+	try
+		{error, {port_exited, #{exit_status := 4, reason := bad_stream}}} =
+			py:eval(<<"len(b)">>, #{b => {bytes, binary:copy(<<0>>, 100000)}}),
+		receive_log(<<"oversized">>)
+	after
+		py_ct_helper:stop_capture_log()
+	end,
+	{ok, 40000} = py:eval(<<"len(b)">>, #{b => {bytes, binary:copy(<<0>>, 40000)}}).
