@@ -7,11 +7,12 @@
 -export([all/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2, end_per_testcase/2]).
 -export([os_exit_status/1, segfault_signal_and_traceback/1, inflight_requests_fail_together/1,
 	external_kill/1, repeated_crashes_recover/1, crash_spares_other_port/1,
-	env_state_gone_after_crash/1, stop_leaves_no_port/1]).
+	env_state_gone_after_crash/1, stop_leaves_no_port/1, vm_death_takes_ports/1]).
 
 all() ->
 	[os_exit_status, segfault_signal_and_traceback, inflight_requests_fail_together, external_kill,
-	 repeated_crashes_recover, crash_spares_other_port, env_state_gone_after_crash, stop_leaves_no_port].
+	 repeated_crashes_recover, crash_spares_other_port, env_state_gone_after_crash, stop_leaves_no_port,
+	 vm_death_takes_ports].
 
 init_per_suite(Config) ->
 	Config.
@@ -123,3 +124,32 @@ stop_leaves_no_port(_) ->
 	[] = py_ct_helper:vm_ports(),
 	undefined = py_port:info(1),
 	{error, not_started} = py:eval(<<"1+1">>).
+
+%% No orphans when the VM itself is killed (no application:stop, no port_close): a separate VM starts
+%% the application, prints its ports' OS pids and is killed with SIGKILL; its ports die with it
+%% (stdin EOF, and PR_SET_PDEATHSIG when their parent goes).
+vm_death_takes_ports(_) ->
+	Erl = os:find_executable("erl"),
+	Ebin = filename:dirname(code:which(py)),
+	Eval = "{ok, _} = application:ensure_all_started(erlang_python), "
+		"[io:format(\"port ~b~n\", [P]) || #{os_pid := P} <- py:stats()], "
+		"io:format(\"ready~n\"), receive after infinity -> ok end.",
+	Vm = open_port({spawn_executable, Erl}, [{args, ["-noshell", "-pa", Ebin, "-eval", Eval]},
+		{line, 1024}, exit_status, use_stdio]),
+	{os_pid, VmOsPid} = erlang:port_info(Vm, os_pid),
+	PortPids = read_port_pids(Vm, []),
+	2 = length(PortPids),
+	true = lists:all(fun py_ct_helper:os_alive/1, PortPids),
+	_ = os:cmd("kill -9 " ++ integer_to_list(VmOsPid)),
+	receive {Vm, {exit_status, _}} -> ok after 10000 -> error(vm_not_dead) end,
+	ok = py_ct_helper:eventually(fun() -> not lists:any(fun py_ct_helper:os_alive/1, PortPids) end, 5000).
+
+read_port_pids(Vm, Acc) ->
+	receive
+		{Vm, {data, {eol, "port " ++ N}}} -> read_port_pids(Vm, [list_to_integer(N) | Acc]);
+		{Vm, {data, {eol, "ready"}}} -> Acc;
+		{Vm, {data, _}} -> read_port_pids(Vm, Acc);
+		{Vm, {exit_status, S}} -> error({vm_exited, S})
+	after 30000 ->
+		error(vm_not_ready)
+	end.
