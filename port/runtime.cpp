@@ -145,7 +145,7 @@ bool Runtime::init_python() {
   main_str_ = PyRef(PyUnicode_InternFromString("__main__"));
   if (!format_exception_ || !builtins_ || !eval_cache_ || !exec_cache_ || !main_str_) return false;
   bool created = false;
-  if (!env_for(Py_None, created)) return false;
+  if (!env_for(Py_None, created)) return false;  // the default environment, made up front
 
   if (!opts_.crash_file.empty()) {
     // faulthandler writes the Python traceback of a fatal signal here; the owner reports it.
@@ -452,34 +452,33 @@ void Runtime::result_frame(std::string& out, uint32_t ctx, uint64_t id, PyObject
 // ---------------------------------------------------------------------------------------------
 // Requests (context thread, GIL held)
 
-PyObject* Runtime::env_for(PyObject* pid, bool& created) {
-  created = false;
-  if (pid == Py_None) {
-    if (!default_env_) {
-      default_env_ = PyRef(PyDict_New());
-      if (!default_env_ || PyDict_SetItemString(default_env_.get(), "__builtins__", builtins_.get()) ||
-          PyDict_SetItemString(default_env_.get(), "__name__", main_str_.get()) ||
-          PyDict_SetItemString(default_env_.get(), "erlang", erlang_module_.get()))
-        return nullptr;
-    }
-    return default_env_.get();
-  }
-  std::string_view key;
-  if (Py_TYPE(pid) != pid_type() || !opaque_bytes(pid, key)) {
-    PyErr_SetString(PyExc_TypeError, "environment key must be a pid or undefined");
-    return nullptr;
-  }
-  auto it = envs_.find(std::string(key));
-  if (it != envs_.end()) return it->second.get();
+PyRef Runtime::new_env() {
   PyRef env(PyDict_New());
   if (!env || PyDict_SetItemString(env.get(), "__builtins__", builtins_.get()) ||
       PyDict_SetItemString(env.get(), "__name__", main_str_.get()) ||
       PyDict_SetItemString(env.get(), "erlang", erlang_module_.get()))
-    return nullptr;
-  PyObject* raw = env.get();
-  envs_.emplace(std::string(key), std::move(env));
+    return PyRef();
+  return env;
+}
+
+PyRef Runtime::env_for(PyObject* pid, bool& created) {
+  created = false;
+  if (pid == Py_None) {
+    if (!default_env_) default_env_ = new_env();
+    return PyRef::borrow(default_env_.get());
+  }
+  std::string_view key;
+  if (Py_TYPE(pid) != pid_type() || !opaque_bytes(pid, key)) {
+    PyErr_SetString(PyExc_TypeError, "environment key must be a pid or undefined");
+    return PyRef();
+  }
+  auto it = envs_.find(std::string(key));
+  if (it != envs_.end()) return PyRef::borrow(it->second.get());
+  PyRef env = new_env();
+  if (!env) return env;
+  envs_.emplace(std::string(key), PyRef::borrow(env.get()));
   created = true;
-  return raw;
+  return env;
 }
 
 void Runtime::announce_env(std::string& out, uint32_t ctx, PyObject* pid) {
@@ -608,11 +607,11 @@ void Runtime::serve_call(std::string& out, const Header& h, PyObject* body, bool
   }
   PyObject* pid = PyTuple_GET_ITEM(body, 0);
   bool created = false;
-  PyObject* env = env_for(pid, created);
+  PyRef env = env_for(pid, created);
   if (created) announce_env(out, h.ctx, pid);
   PyRef result;
   if (env) {
-    PyRef func(resolve(PyTuple_GET_ITEM(body, 1), PyTuple_GET_ITEM(body, 2), env));
+    PyRef func(resolve(PyTuple_GET_ITEM(body, 1), PyTuple_GET_ITEM(body, 2), env.get()));
     if (func) {
       PyRef args(PyList_AsTuple(PyTuple_GET_ITEM(body, 3)));
       PyObject* kwargs = PyTuple_GET_ITEM(body, 4);
@@ -650,8 +649,9 @@ void Runtime::serve_eval(std::string& out, const Header& h, PyObject* body) {
   }
   PyObject* pid = PyTuple_GET_ITEM(body, 0);
   bool created = false;
-  PyObject* globals = env_for(pid, created);
+  PyRef env = env_for(pid, created);
   if (created) announce_env(out, h.ctx, pid);
+  PyObject* globals = env.get();
   PyRef result;
   if (globals) {
     PyObject* locals_in = PyTuple_GET_ITEM(body, 2);
@@ -682,8 +682,9 @@ void Runtime::serve_exec(std::string& out, const Header& h, PyObject* body) {
   }
   PyObject* pid = PyTuple_GET_ITEM(body, 0);
   bool created = false;
-  PyObject* globals = env_for(pid, created);
+  PyRef env = env_for(pid, created);
   if (created) announce_env(out, h.ctx, pid);
+  PyObject* globals = env.get();
   PyRef result;
   if (globals) {
     PyRef code(compiled(PyTuple_GET_ITEM(body, 1), false));

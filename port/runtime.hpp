@@ -117,9 +117,11 @@ class Runtime {
   void on_context_create(const Header& h, std::string_view body);
   void on_context_destroy(const Header& h);
 
-  // GIL held. The globals dict of environment `pid` (None: the shared default), created on first
-  // use; `created` tells the caller to announce it.
-  PyObject* env_for(PyObject* pid, bool& created);
+  // GIL held. A new reference to the globals dict of environment `pid` (None: the shared default),
+  // created on first use; `created` tells the caller to announce it. The request holds its own
+  // reference: env_drop may remove the environment while the request waits with the GIL released.
+  PyRef env_for(PyObject* pid, bool& created);
+  PyRef new_env();
   PyObject* compiled(PyObject* code, bool eval_mode);
   PyObject* resolve(PyObject* module, PyObject* function, PyObject* env);
   void serve_call(std::string& out, const Header& h, PyObject* body, bool is_cast);

@@ -3,6 +3,7 @@
 
 -include_lib("common_test/include/ct.hrl").
 
+-export([env_dropped_while_in_use/1]).
 -export([all/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2]).
 -export([docs_example/1, py_api_delegates/1, fetch_missing/1, erlang_store_python_get/1,
 	python_set_erlang_fetch/1, python_get_missing_is_none/1, python_delete_and_keys/1,
@@ -16,7 +17,8 @@ all() ->
 	 python_get_missing_is_none, python_delete_and_keys, python_counters, state_survives_owner_crash,
 	 concurrent_increments, shared_dict_erlang, shared_dict_python, shared_dict_destroy,
 	 shared_dict_owner_exit, env_isolated_between_processes, env_persists_across_calls,
-	 env_freed_on_exit, env_dropped_for_killed_process].
+	 env_freed_on_exit, env_dropped_for_killed_process,
+	 env_dropped_while_in_use].
 
 init_per_suite(Config) ->
 	ok = py_ct_helper:start_app([{num_ports, 2}, {contexts_per_port, 2}]),
@@ -238,3 +240,24 @@ env_dropped_for_killed_process(_) ->
 	exit(Pid, kill),
 	receive {'DOWN', MRef, process, Pid, killed} -> ok end,
 	py_ct_helper:eventually(fun() -> py_ct_helper:env_count(1) =:= Before end, 5000).
+
+%% The caller is killed while its request runs (waiting in erlang.sleep, GIL released): the owner
+%% drops its environment at once. The request still holds that environment, so the port finishes it
+%% without touching freed memory (the last expression is evaluated in it after the drop): same OS
+%% process, and it keeps serving.
+env_dropped_while_in_use(_) ->
+	Self = self(),
+	Slot = 1,
+	OsPid = py_ct_helper:os_pid(Slot),
+	Before = py_ct_helper:env_count(Slot),
+	{Pid, MRef} = py_ct_helper:spawn_on(Slot, 0, fun() ->
+		py:eval(<<"e = erlang\ne.send(p, 'started')\ne.sleep(0.5)\ne.send(p, 'done')\nlen(str(p))">>,
+			#{p => Self})
+	end),
+	receive <<"started">> -> ok after 10000 -> error(not_started) end,
+	exit(Pid, kill),
+	receive {'DOWN', MRef, process, Pid, killed} -> ok end,
+	receive <<"done">> -> ok after 10000 -> error(not_done) end,
+	ok = py_ct_helper:eventually(fun() -> py_ct_helper:env_count(Slot) =< Before end, 5000),
+	OsPid = py_ct_helper:os_pid(Slot),
+	{ok, 2} = py_ct_helper:on(Slot, 0, fun() -> py:eval(<<"1+1">>) end).
