@@ -138,8 +138,13 @@ spawn_call(Module, Function, Args) ->
 spawn_call(Module, Function, Args, Kwargs) when is_list(Args), is_map(Kwargs) ->
 	Caller = self(),
 	Body = {Caller, name(Module), name(Function), Args, Kwargs},
+	%% The caller's place and environment, resolved here: the spawned process has its own dictionary.
+	Route = case py_router:pick(Caller) of
+		{error, _} -> Caller;
+		{Slot, CtxIndex} -> {slot, Slot, CtxIndex}
+	end,
 	Pid = spawn(fun() ->
-		receive {go, Ref} -> Caller ! {py_async, Ref, py_request:run(call, Caller, Body, infinity, true)}
+		receive {go, Ref} -> Caller ! {py_async, Ref, py_request:run(call, Route, Body, infinity, true)}
 		end
 	end),
 	Ref = erlang:monitor(process, Pid),

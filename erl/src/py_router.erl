@@ -1,8 +1,14 @@
 %% Which port and which context serve a request.
 %%
 %% Scope: the layout (ports x contexts per port) and the pick of a slot and context index for a routing
-%% key. A process always hashes to the same slot and context, so its process-bound environment (the
+%% key. A process always goes to the same slot and context, so its process-bound environment (the
 %% globals its py:exec calls fill) is always the one its later py:eval and py:call see.
+%%
+%% A calling process gets its place on its first request, round-robin over all contexts, ports first
+%% (1/ctx0, 2/ctx0, ..., 1/ctx1, ...), and keeps it in its process dictionary: consecutive callers land
+%% on different ports, so two CPU-bound callers on two cores really run in parallel (a hash of the pid
+%% put them on the same port half the time). bind/1 pins a process to a place. Any other routing key
+%% is hashed.
 %%
 %% The layout is written once by erlang_python_sup and read from persistent_term on every request.
 -module(py_router).
@@ -12,6 +18,8 @@
 -export([erase_config/0]).
 -export([config/0]).
 -export([pick/1]).
+-export([bind/1]).
+-export([unbind/0]).
 -export([num_slots/0]).
 -export([num_contexts/0]).
 
@@ -21,12 +29,14 @@
 	default_timeout := timeout(), _ => _}.
 
 -define(KEY, {?MODULE, config}).
+%% Process dictionary key of a calling process's place: {Slot, ContextIndex}.
+-define(PLACE, py_router_place).
 
 %% API.
 
 -spec set_config(config()) -> ok.
 set_config(Config) ->
-	persistent_term:put(?KEY, Config).
+	persistent_term:put(?KEY, Config#{next => atomics:new(1, [])}).
 
 -spec erase_config() -> ok.
 erase_config() ->
@@ -38,8 +48,24 @@ erase_config() ->
 config() ->
 	persistent_term:get(?KEY, undefined).
 
-%% {Slot, ContextIndex}: Slot in 1..num_ports, ContextIndex in 0..contexts_per_port-1.
+%% {Slot, ContextIndex}: Slot in 1..num_ports, ContextIndex in 0..contexts_per_port-1. For the
+%% calling process itself: its place (assigned on first use); for any other key: a hash.
 -spec pick(term()) -> {pos_integer(), non_neg_integer()} | {error, not_started}.
+pick(Key) when Key =:= self() ->
+	case get(?PLACE) of
+		undefined ->
+			case persistent_term:get(?KEY, undefined) of
+				#{num_ports := Ports, contexts_per_port := PerPort, next := Next} ->
+					N = (atomics:add_get(Next, 1, 1) - 1) rem (Ports * PerPort),
+					Place = {N rem Ports + 1, N div Ports},
+					_ = put(?PLACE, Place),
+					Place;
+				undefined ->
+					{error, not_started}
+			end;
+		Place ->
+			Place
+	end;
 pick(Key) ->
 	case persistent_term:get(?KEY, undefined) of
 		#{num_ports := Ports, contexts_per_port := PerPort} ->
@@ -48,6 +74,18 @@ pick(Key) ->
 		undefined ->
 			{error, not_started}
 	end.
+
+%% Pins the calling process to {Slot, ContextIndex} (its environment is the one of that port).
+-spec bind({pos_integer(), non_neg_integer()}) -> ok.
+bind({Slot, CtxIndex} = Place) when is_integer(Slot), Slot > 0, is_integer(CtxIndex), CtxIndex >= 0 ->
+	_ = put(?PLACE, Place),
+	ok.
+
+%% Forgets the calling process's place; its next request gets a new one.
+-spec unbind() -> ok.
+unbind() ->
+	_ = erase(?PLACE),
+	ok.
 
 -spec num_slots() -> non_neg_integer().
 num_slots() ->

@@ -5,6 +5,7 @@
 -include_lib("stdlib/include/assert.hrl").
 
 -export([all/0, init_per_suite/1, end_per_suite/1]).
+-export([consecutive_callers_use_both_ports/1]).
 -export([call_examples/1, call_kwargs/1, call_string_and_binary_names/1, call_with_timeout_arg/1,
 	call_main_after_exec/1, eval_examples/1, eval_charlist_code/1, eval_locals_binary_keys/1,
 	eval_lambda_default_capture/1, eval_statements/1, exec_returns_ok/1, exec_visible_to_eval/1,
@@ -17,7 +18,8 @@
 	version/1, execution_mode/1, num_contexts/1, stats/1, memory_stats_and_gc/1, concurrent_callers/1]).
 
 all() ->
-	[call_examples, call_kwargs, call_string_and_binary_names, call_with_timeout_arg,
+	[consecutive_callers_use_both_ports,
+	 call_examples, call_kwargs, call_string_and_binary_names, call_with_timeout_arg,
 	 call_main_after_exec, eval_examples, eval_charlist_code, eval_locals_binary_keys,
 	 eval_lambda_default_capture, eval_statements, exec_returns_ok, exec_visible_to_eval,
 	 error_name_error, error_zero_division, error_syntax, error_module_not_found, error_attribute,
@@ -360,3 +362,19 @@ concurrent_callers(_) ->
 	Results = [receive {P, R} -> R end || P <- Pids],
 	Expected = [{ok, N * N} || N <- lists:seq(1, 200)],
 	Expected = Results.
+
+%% A process gets its place on its first request, round-robin over the ports: two processes started
+%% one after the other run in different OS processes, and each keeps its own on later calls.
+consecutive_callers_use_both_ports(_) ->
+	OsPidOf = fun() ->
+		Self = self(),
+		{Pid, MRef} = spawn_monitor(fun() ->
+			{ok, A} = py:eval(<<"__import__('os').getpid()">>),
+			{ok, B} = py:eval(<<"__import__('os').getpid()">>),
+			Self ! {self(), A, B}
+		end),
+		receive {Pid, A, B} -> erlang:demonitor(MRef, [flush]), A = B, A end
+	end,
+	P1 = OsPidOf(),
+	P2 = OsPidOf(),
+	true = P1 =/= P2.

@@ -55,18 +55,12 @@ spawn_on(Slot, CtxIndex, Fun) ->
 	Self = self(),
 	spawn_routed({Slot, CtxIndex}, fun() -> Self ! {self(), result, Fun()} end).
 
-%% Spawns (and monitors) a process whose routing pick is Target and which runs Fun.
+%% Spawns (and monitors) a process bound to Target ({Slot, CtxIndex}) that runs Fun.
 spawn_routed(Target, Fun) ->
-	{Pid, MRef} = spawn_monitor(fun() -> receive {go, F} -> F() end end),
-	case py_router:pick(Pid) of
-		Target ->
-			Pid ! {go, Fun},
-			{Pid, MRef};
-		_ ->
-			erlang:demonitor(MRef, [flush]),
-			exit(Pid, kill),
-			spawn_routed(Target, Fun)
-	end.
+	spawn_monitor(fun() ->
+		ok = py_router:bind(Target),
+		Fun()
+	end).
 
 os_pid(Slot) ->
 	#{os_pid := OsPid, status := up} = py_port:info(Slot),
