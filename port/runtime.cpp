@@ -303,6 +303,11 @@ void Runtime::dispatch(std::string payload) {
 }
 
 void Runtime::on_cancel(const Header& h) {
+  if (h.ctx == 0) {
+    // The sender does not know the context (the owner cancelling a dead caller's requests).
+    for (auto& [id, ctx] : contexts_) on_cancel(Header{h.kind, 0, 0, id, h.id});
+    return;
+  }
   Context* c = find_context(h.ctx);
   if (!c) {
     protocol_error(h.ctx, h.id, "unknown_context", "no context " + std::to_string(h.ctx));
@@ -481,15 +486,20 @@ PyRef Runtime::env_for(PyObject* pid, bool& created) {
   return env;
 }
 
-void Runtime::announce_env(std::string& out, uint32_t ctx, PyObject* pid) {
+void Runtime::announce_env(uint32_t ctx, PyObject* pid) {
   std::string_view key;
   if (!opaque_bytes(pid, key)) return;
-  size_t start = begin_frame(out, Header{static_cast<uint8_t>(Kind::EnvCreated), 0, 0, ctx, 0});
-  write_body(out, [&](auto& w) {
+  std::string frame;
+  size_t start = begin_frame(frame, Header{static_cast<uint8_t>(Kind::EnvCreated), 0, 0, ctx, 0});
+  write_body(frame, [&](auto& w) {
     w.opaque(key);
     return true;
   });
-  finish_frame(out, start);
+  finish_frame(frame, start);
+  // Now, not with the reply: the owner must monitor the caller while the request runs (a request
+  // blocked on a callback of a caller that dies is cancelled through that monitor).
+  GilRelease unlocked;
+  out_.write(frame);
 }
 
 PyObject* Runtime::resolve(PyObject* module, PyObject* function, PyObject* env) {
@@ -608,7 +618,7 @@ void Runtime::serve_call(std::string& out, const Header& h, PyObject* body, bool
   PyObject* pid = PyTuple_GET_ITEM(body, 0);
   bool created = false;
   PyRef env = env_for(pid, created);
-  if (created) announce_env(out, h.ctx, pid);
+  if (created) announce_env(h.ctx, pid);
   PyRef result;
   if (env) {
     PyRef func(resolve(PyTuple_GET_ITEM(body, 1), PyTuple_GET_ITEM(body, 2), env.get()));
@@ -650,7 +660,7 @@ void Runtime::serve_eval(std::string& out, const Header& h, PyObject* body) {
   PyObject* pid = PyTuple_GET_ITEM(body, 0);
   bool created = false;
   PyRef env = env_for(pid, created);
-  if (created) announce_env(out, h.ctx, pid);
+  if (created) announce_env(h.ctx, pid);
   PyObject* globals = env.get();
   PyRef result;
   if (globals) {
@@ -683,7 +693,7 @@ void Runtime::serve_exec(std::string& out, const Header& h, PyObject* body) {
   PyObject* pid = PyTuple_GET_ITEM(body, 0);
   bool created = false;
   PyRef env = env_for(pid, created);
-  if (created) announce_env(out, h.ctx, pid);
+  if (created) announce_env(h.ctx, pid);
   PyObject* globals = env.get();
   PyRef result;
   if (globals) {

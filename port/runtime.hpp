@@ -127,7 +127,7 @@ class Runtime {
   void serve_call(std::string& out, const Header& h, PyObject* body, bool is_cast);
   void serve_eval(std::string& out, const Header& h, PyObject* body);
   void serve_exec(std::string& out, const Header& h, PyObject* body);
-  void announce_env(std::string& out, uint32_t ctx, PyObject* pid);
+  void announce_env(uint32_t ctx, PyObject* pid);
 
   Options opts_;
   Output& out_;

@@ -201,16 +201,8 @@ handle_call(pending_cancels, _From, State = #state{cancels = Cancels}) ->
 	{reply, lists:sort(maps:keys(Cancels)), State}.
 
 -spec handle_cast({cancel_watch, non_neg_integer(), non_neg_integer()}, #state{}) -> {noreply, #state{}}.
-handle_cast({cancel_watch, Id, Gen}, State = #state{generation = Gen, status = up,
-		done_early = Done, cancels = Cancels, opts = #{cancel_grace_ms := Grace}}) ->
-	case maps:take(Id, Done) of
-		{true, Done1} ->
-			%% Its final frame overtook this cast: nothing to watch.
-			{noreply, State#state{done_early = Done1}};
-		error ->
-			TRef = erlang:send_after(Grace, self(), {cancel_expired, Id, Gen}),
-			{noreply, State#state{cancels = Cancels#{Id => TRef}}}
-	end;
+handle_cast({cancel_watch, Id, Gen}, State = #state{generation = Gen, status = up}) ->
+	{noreply, watch_cancel(Id, State)};
 handle_cast({cancel_watch, _, _}, State) ->
 	%% An older OS process, already gone.
 	{noreply, State}.
@@ -244,7 +236,7 @@ handle_info({'DOWN', MRef, process, Pid, _}, State = #state{envs = Envs}) ->
 	case maps:take(Pid, Envs) of
 		{MRef, Envs1} ->
 			send_to_port(py_codec:frame(env_drop, 0, 0, codec(State), Pid), State),
-			{noreply, State#state{envs = Envs1}};
+			{noreply, cancel_requests_of(Pid, State#state{envs = Envs1})};
 		_ ->
 			{noreply, State}
 	end;
@@ -509,6 +501,35 @@ log_level(<<"ERROR">>) -> error;
 log_level(<<"WARNING">>) -> warning;
 log_level(<<"INFO">>) -> info;
 log_level(_) -> debug.
+
+%% Watches cancelled request Id: its final frame must come within the grace period, or the port is
+%% killed (cancel_expired).
+watch_cancel(Id, State = #state{generation = Gen, done_early = Done, cancels = Cancels,
+		opts = #{cancel_grace_ms := Grace}}) ->
+	case maps:take(Id, Done) of
+		{true, Done1} ->
+			%% Its final frame came first: nothing to watch.
+			State#state{done_early = Done1};
+		error ->
+			TRef = erlang:send_after(Grace, self(), {cancel_expired, Id, Gen}),
+			State#state{cancels = Cancels#{Id => TRef}}
+	end.
+
+%% A caller died: nobody will read its replies or answer its callbacks (a request waiting on one would
+%% wait forever). Its requests are cancelled like timed-out ones; the port finds their contexts.
+cancel_requests_of(Pid, State = #state{slot = Slot, status = up}) ->
+	Ids = ets:select(py_inflight, [{{'$1', Pid, Slot}, [], ['$1']}]),
+	lists:foldl(fun(Id, S) ->
+		case ets:take(py_inflight, Id) of
+			[_] ->
+				send_to_port(py_codec:frame(cancel, 0, Id, codec(S), []), S),
+				watch_cancel(Id, S);
+			[] ->
+				S
+		end
+	end, State, Ids);
+cancel_requests_of(_, State) ->
+	State.
 
 release_cancel_waiters(Id, State = #state{cancel_waiters = Waiters}) ->
 	case maps:take(Id, Waiters) of

@@ -3,7 +3,7 @@
 
 -include_lib("common_test/include/ct.hrl").
 
--export([env_dropped_while_in_use/1]).
+-export([env_dropped_while_in_use/1, dead_caller_requests_cancelled/1]).
 -export([all/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2]).
 -export([docs_example/1, py_api_delegates/1, fetch_missing/1, erlang_store_python_get/1,
 	python_set_erlang_fetch/1, python_get_missing_is_none/1, python_delete_and_keys/1,
@@ -18,7 +18,7 @@ all() ->
 	 concurrent_increments, shared_dict_erlang, shared_dict_python, shared_dict_destroy,
 	 shared_dict_owner_exit, env_isolated_between_processes, env_persists_across_calls,
 	 env_freed_on_exit, env_dropped_for_killed_process,
-	 env_dropped_while_in_use].
+	 env_dropped_while_in_use, dead_caller_requests_cancelled].
 
 init_per_suite(Config) ->
 	ok = py_ct_helper:start_app([{num_ports, 2}, {contexts_per_port, 2}]),
@@ -241,23 +241,43 @@ env_dropped_for_killed_process(_) ->
 	receive {'DOWN', MRef, process, Pid, killed} -> ok end,
 	py_ct_helper:eventually(fun() -> py_ct_helper:env_count(1) =:= Before end, 5000).
 
-%% The caller is killed while its request runs (waiting in erlang.sleep, GIL released): the owner
-%% drops its environment at once. The request still holds that environment, so the port finishes it
-%% without touching freed memory (the last expression is evaluated in it after the drop): same OS
-%% process, and it keeps serving.
+%% The caller is killed while its request waits in erlang.sleep: the owner drops its environment,
+%% then cancels the request (in that order). The request catches the CancelledError and evaluates its
+%% last expression in the environment that was dropped meanwhile: the request holds its own reference,
+%% so the port finishes it (its cancel watch clears), stays the same OS process and keeps serving.
 env_dropped_while_in_use(_) ->
 	Self = self(),
 	Slot = 1,
 	OsPid = py_ct_helper:os_pid(Slot),
 	Before = py_ct_helper:env_count(Slot),
 	{Pid, MRef} = py_ct_helper:spawn_on(Slot, 0, fun() ->
-		py:eval(<<"e = erlang\ne.send(p, 'started')\ne.sleep(0.5)\ne.send(p, 'done')\nlen(str(p))">>,
-			#{p => Self})
+		py:eval(<<"e = erlang\ne.send(p, 'started')\ntry:\n    e.sleep(5)\nexcept BaseException:\n"
+			"    pass\nlen(str(p))">>, #{p => Self})
 	end),
 	receive <<"started">> -> ok after 10000 -> error(not_started) end,
 	exit(Pid, kill),
 	receive {'DOWN', MRef, process, Pid, killed} -> ok end,
-	receive <<"done">> -> ok after 10000 -> error(not_done) end,
-	ok = py_ct_helper:eventually(fun() -> py_ct_helper:env_count(Slot) =< Before end, 5000),
+	ok = py_ct_helper:eventually(fun() ->
+		py_port:pending_cancels(Slot) =:= [] andalso py_ct_helper:env_count(Slot) =< Before end, 4000),
+	OsPid = py_ct_helper:os_pid(Slot),
+	{ok, 2} = py_ct_helper:on(Slot, 0, fun() -> py:eval(<<"1+1">>) end).
+
+%% A caller killed while Python waits on its callback: nobody will ever answer that callback, so the
+%% owner cancels the dead caller's requests. The request ends (its cancel watch clears) without the
+%% grace-period kill: same OS process, environment freed, and the context keeps serving.
+dead_caller_requests_cancelled(_) ->
+	Self = self(),
+	ok = py:register_function(block_forever, fun([]) -> Self ! {blocked, self()}, receive after infinity -> ok end end),
+	Slot = 1,
+	OsPid = py_ct_helper:os_pid(Slot),
+	Before = py_ct_helper:env_count(Slot),
+	{Pid, MRef} = py_ct_helper:spawn_on(Slot, 0, fun() -> py:eval(<<"erlang.call('block_forever')">>) end),
+	receive {blocked, Pid} -> ok after 10000 -> error(not_blocked) end,
+	[_] = [Id || {Id, P, _} <- ets:tab2list(py_inflight), P =:= Pid],
+	exit(Pid, kill),
+	receive {'DOWN', MRef, process, Pid, killed} -> ok end,
+	ok = py_ct_helper:eventually(fun() ->
+		py_port:pending_cancels(Slot) =:= [] andalso py_ct_helper:env_count(Slot) =< Before end, 5000),
+	[] = [Id || {Id, P, _} <- ets:tab2list(py_inflight), P =:= Pid],
 	OsPid = py_ct_helper:os_pid(Slot),
 	{ok, 2} = py_ct_helper:on(Slot, 0, fun() -> py:eval(<<"1+1">>) end).
