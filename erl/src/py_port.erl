@@ -67,7 +67,7 @@
 	info = #{} :: map(),
 	started_at = 0 :: integer(),
 	backoff = 0 :: non_neg_integer(),  %% fast deaths in a row
-	kill_reason = undefined :: undefined | cancel_grace_expired,
+	kill_reason = undefined :: undefined | cancel_grace_expired | bad_stream,
 	waiters = [] :: [{gen_server:from(), non_neg_integer()}],
 	envs = #{} :: #{pid() => reference()},
 	cancels = #{} :: #{non_neg_integer() => reference()},
@@ -381,9 +381,14 @@ frame(?OUTPUT, _, 0, Body, _, State) ->
 	logger:info("erlang_python port ~b ~s: ~ts", [State#state.slot, stream_name(Stream), Text]),
 	State;
 frame(?PROTOCOL_ERROR, _, Id, Body, _, State) ->
-	logger:warning("erlang_python: port ~b reports a protocol error (id ~b): ~tp",
-		[State#state.slot, Id, py_codec:decode(codec(State), Body)]),
-	State;
+	Error = py_codec:decode(codec(State), Body),
+	logger:warning("erlang_python: port ~b reports a protocol error (id ~b): ~tp", [State#state.slot, Id, Error]),
+	case Error of
+		%% The port exits right after this one (status 4); the VM may close the port on a failed
+		%% write before that status arrives, so the reason is remembered here.
+		{oversized, _} -> State#state{kill_reason = bad_stream};
+		_ -> State
+	end;
 frame(?ENV_CREATED, _, 0, Body, _, State = #state{envs = Envs}) ->
 	Pid = py_codec:decode(codec(State), Body),
 	case Envs of

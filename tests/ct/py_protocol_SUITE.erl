@@ -321,8 +321,10 @@ drain(Acc) ->
 oversized_frame(_) ->
 	ok = py_ct_helper:capture_log(),
 	try
-		{error, {port_exited, #{exit_status := 4, reason := bad_stream}}} =
+		%% The exit status is 4, or unknown when the VM closed the port on the failed write first.
+		{error, {port_exited, #{exit_status := Status, reason := bad_stream}}} =
 			py:eval(<<"len(b)">>, #{b => {bytes, binary:copy(<<0>>, 100000)}}),
+		true = lists:member(Status, [4, undefined]),
 		receive_log(<<"oversized">>)
 	after
 		py_ct_helper:stop_capture_log()
