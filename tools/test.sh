@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every suite: doctest (C++), pytest (pylib), Common Test (Erlang, against the real port).
+# Runs every suite: doctest (C++), pytest (pylib), Common Test (Erlang, against the real port, over
+# both codecs).
 # Ends with one line "N passed, N failed" summing them all.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,15 +31,19 @@ f=$(echo "$line" | grep -oE '[0-9]+ (failed|errors?)' | awk '{s+=$1} END {print 
 [ -n "$line" ] || f=1
 add "${p:-0}" "${f:-0}"
 
-echo "== Erlang (Common Test)"
-rebar3 ct --dir tests/ct 2>&1 | tee "$log/ct.txt" | grep -vE '^\s*$' | tail -n 15
-ctp=$(grep -oE 'Passed [0-9]+ tests' "$log/ct.txt" | grep -oE '[0-9]+' | tail -n 1)
-ctf=$(grep -oE 'Failed [0-9]+ tests' "$log/ct.txt" | grep -oE '[0-9]+' | tail -n 1)
-all=$(grep -oE 'All [0-9]+ tests passed' "$log/ct.txt" | grep -oE '[0-9]+' | tail -n 1)
-if [ -n "$all" ]; then add "$all" 0
-elif [ -n "$ctp$ctf" ]; then add "${ctp:-0}" "${ctf:-0}"
-else add 0 1
-fi
+# Common Test runs twice: over the default ETF codec, then over msgpack (EP_TEST_CODEC), which must
+# carry the same messages.
+for codec in etf msgpack; do
+  echo "== Erlang (Common Test, $codec codec)"
+  EP_TEST_CODEC=$codec rebar3 ct --dir tests/ct 2>&1 | tee "$log/ct-$codec.txt" | grep -vE '^\s*$' | tail -n 15
+  ctp=$(grep -oE 'Passed [0-9]+ tests' "$log/ct-$codec.txt" | grep -oE '[0-9]+' | tail -n 1)
+  ctf=$(grep -oE 'Failed [0-9]+ tests' "$log/ct-$codec.txt" | grep -oE '[0-9]+' | tail -n 1)
+  all=$(grep -oE 'All [0-9]+ tests passed' "$log/ct-$codec.txt" | grep -oE '[0-9]+' | tail -n 1)
+  if [ -n "$all" ]; then add "$all" 0
+  elif [ -n "$ctp$ctf" ]; then add "${ctp:-0}" "${ctf:-0}"
+  else add 0 1
+  fi
+done
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

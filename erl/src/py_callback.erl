@@ -19,6 +19,7 @@
 -export([invoke/2]).
 -export([reply/2]).
 -export([is_builtin/1]).
+-export([reply_frame/5]).
 -export([handle_async/4]).
 
 -export_type([name/0]).
@@ -74,6 +75,22 @@ reply(Name, Args) ->
 			{error, atom_to_binary(Class, utf8), describe(Reason, Stack)}
 	end.
 
+%% The callback_reply frame for a call of Name(Args). A result the codec cannot encode (an improper
+%% list has no msgpack form) becomes an error reply: the Python side always gets an answer.
+-spec reply_frame(binary(), list(), non_neg_integer(), non_neg_integer(), py_codec:codec()) -> iodata().
+reply_frame(Name, Args, Ctx, CbId, Codec) ->
+	Reply = reply(Name, Args),
+	try
+		py_codec:frame(callback_reply, Ctx, CbId, Codec, Reply)
+	catch error:Why ->
+		Text = io_lib:format("the result of ~ts cannot be sent to Python: ~ts", [Name, encode_error(Why)]),
+		py_codec:frame(callback_reply, Ctx, CbId, Codec, {error, <<"error">>, unicode:characters_to_binary(Text)})
+	end.
+
+encode_error({badarg, improper_list}) -> "improper list";
+encode_error({badarg, bitstring}) -> "bitstring";
+encode_error(Why) -> io_lib:format("~tp", [Why]).
+
 -spec is_builtin(binary()) -> boolean().
 is_builtin(<<"_", _/binary>>) -> true;
 is_builtin(_) -> false.
@@ -84,7 +101,7 @@ is_builtin(_) -> false.
 -spec handle_async(port(), py_codec:codec(), non_neg_integer(), binary()) -> ok.
 handle_async(Port, Codec, Ctx, Body) ->
 	{CbId, Name, Args} = py_codec:decode(Codec, Body),
-	Frame = py_codec:frame(callback_reply, Ctx, CbId, Codec, reply(Name, Args)),
+	Frame = reply_frame(Name, Args, Ctx, CbId, Codec),
 	try port_command(Port, Frame) of
 		true -> ok
 	catch error:badarg ->

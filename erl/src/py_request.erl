@@ -213,8 +213,7 @@ frame(Kind, _, Term, Req) ->
 
 %% A callback (run it here, reply on the port) or an output frame (print it) of the request.
 interim(?CALLBACK, Ctx, {CbId, Name, Args}, #req{codec = Codec, port = Port}) ->
-	Reply = py_callback:reply(Name, Args),
-	_ = catch port_command(Port, py_codec:frame(callback_reply, Ctx, CbId, Codec, Reply)),
+	_ = catch port_command(Port, py_callback:reply_frame(Name, Args, Ctx, CbId, Codec)),
 	ok;
 interim(?OUTPUT, _, {Stream, Text}, _) ->
 	Device = case Stream of

@@ -336,7 +336,8 @@ num_contexts(_) ->
 stats(_) ->
 	Stats = py:stats(),
 	2 = length(Stats),
-	[#{os_pid := P1, contexts := [_, _], codec := etf, python := <<"3.", _/binary>>, status := up,
+	Codec = application:get_env(erlang_python, codec, etf),
+	[#{os_pid := P1, contexts := [_, _], codec := Codec, python := <<"3.", _/binary>>, status := up,
 	   generation := G1}, #{os_pid := P2}] = Stats,
 	true = is_integer(P1) andalso is_integer(P2) andalso P1 =/= P2 andalso G1 >= 1,
 	true = py_ct_helper:os_alive(P1).

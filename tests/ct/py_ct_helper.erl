@@ -22,7 +22,14 @@
 -export([elapsed_ms/1]).
 
 %% Starts erlang_python with the given application env (on top of its defaults).
-start_app(Env) ->
+%% EP_TEST_CODEC=msgpack runs every suite over the msgpack codec (unless a suite sets its own).
+start_app(Env0) ->
+	Env = case os:getenv("EP_TEST_CODEC") of
+		Codec when Codec =:= "etf"; Codec =:= "msgpack" ->
+			[{codec, list_to_atom(Codec)} || not lists:keymember(codec, 1, Env0)] ++ Env0;
+		_ ->
+			Env0
+	end,
 	_ = application:stop(erlang_python),
 	_ = application:load(erlang_python),
 	_ = [application:unset_env(erlang_python, K) || {K, _} <- application:get_all_env(erlang_python)],
