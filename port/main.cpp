@@ -109,10 +109,12 @@ int main(int argc, char** argv) {
     return kExitUsage;
   }
   // Large frames (MBs) are read, decoded and encoded in fresh buffers every time. By default glibc
-  // mmaps each one and unmaps it on free, so every bulk request pays page faults and zeroing again;
-  // keeping them in the heap lets the next request reuse the pages (measured in bench/: 64 MiB bulk).
-  mallopt(M_MMAP_THRESHOLD, 1 << 30);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  // mmaps each one over 32 MiB and unmaps it on free, so every bulk request pays page faults and
+  // zeroing again; keeping buffers up to 256 MiB in the heap lets the next request reuse the pages
+  // (bench/: 64 MiB bulk). Bigger ones are still mmapped, and a free heap top over 256 MiB is given
+  // back, so a one-off huge request does not pin its memory for the life of the port.
+  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
   // Die with the VM, even if it is killed without closing our stdin.
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() == 1) return 0;
