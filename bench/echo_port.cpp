@@ -10,8 +10,8 @@
 // --spin-us N   after the input runs dry, keep polling stdin (non-blocking reads) for N microseconds before
 //               blocking in poll(). erlang_python_port has such a spin window; running the baseline with the
 //               same window keeps the comparison fair at every setting. 0 (the default) blocks at once.
-// --max-frame   largest accepted frame body (default 1 GiB, as the real port). A longer length prefix ends
-//               the program with status 4, as in PROTOCOL.md §4.2.
+// --max-frame   largest accepted frame body (default 1 GiB). A longer length prefix ends the program with
+//               status 4 (the echo port is only a baseline; the real port skips such a frame instead).
 //
 // Complete frames already in the input buffer are written back with one write(): they are contiguous and
 // unchanged, so there is nothing to copy. Exit status 0 on EOF.

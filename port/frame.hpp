@@ -56,16 +56,17 @@ void finish_frame(std::string& out, size_t start);
 
 // Splits a byte stream into frame payloads (header + body, without the length prefix).
 //
-// feed() may be given chunks of any size; each complete payload is handed to the callback as an
-// rvalue std::string. A length over max_frame makes feed() return Oversized: the stream cannot be
-// resynchronised after that, so the caller reports it and stops.
+// feed() may be given chunks of any size; each complete payload is handed to on_frame as an rvalue
+// std::string. A frame whose length is over max_frame is not buffered: its first 16 bytes (the header,
+// or fewer if the frame is that short) are kept, the rest is skipped, and on_oversized(head, length)
+// is called once the whole frame has gone by. The length prefix is trustworthy ({packet,4} from the
+// VM), so the stream stays in step and the port can refuse that one request and go on.
 class FrameReader {
  public:
-  enum class Status { Ok, Oversized };
   explicit FrameReader(size_t max_frame = kDefaultMaxFrame) : max_frame_(max_frame) {}
 
-  template <class OnFrame>
-  Status feed(const char* data, size_t n, OnFrame&& on_frame) {
+  template <class OnFrame, class OnOversized>
+  void feed(const char* data, size_t n, OnFrame&& on_frame, OnOversized&& on_oversized) {
     while (n > 0) {
       if (!have_len_) {
         size_t take = std::min(n, size_t{4} - len_bytes_);
@@ -73,16 +74,28 @@ class FrameReader {
         len_bytes_ += take;
         data += take;
         n -= take;
-        if (len_bytes_ < 4) return Status::Ok;
+        if (len_bytes_ < 4) return;
         want_ = (size_t{len_buf_[0]} << 24) | (size_t{len_buf_[1]} << 16) | (size_t{len_buf_[2]} << 8) |
                 size_t{len_buf_[3]};
-        if (want_ > max_frame_) {
-          oversized_len_ = want_;
-          return Status::Oversized;
-        }
         have_len_ = true;
+        skipping_ = want_ > max_frame_;
+        seen_ = 0;
         cur_.clear();
-        cur_.reserve(want_);
+        if (!skipping_) cur_.reserve(want_);
+      }
+      if (skipping_) {
+        size_t take = std::min(n, want_ - seen_);
+        if (cur_.size() < kHeaderSize) cur_.append(data, std::min(take, kHeaderSize - cur_.size()));
+        seen_ += take;
+        data += take;
+        n -= take;
+        if (seen_ == want_) {
+          have_len_ = false;
+          len_bytes_ = 0;
+          on_oversized(std::string_view(cur_), want_);
+          cur_ = std::string();
+        }
+        continue;
       }
       size_t take = std::min(n, want_ - cur_.size());
       cur_.append(data, take);
@@ -95,17 +108,17 @@ class FrameReader {
         cur_ = std::string();
       }
     }
-    return Status::Ok;
   }
-  size_t oversized_len() const { return oversized_len_; }
+  size_t max_frame() const { return max_frame_; }
 
  private:
   size_t max_frame_;
   unsigned char len_buf_[4] = {0, 0, 0, 0};
   size_t len_bytes_ = 0;
   bool have_len_ = false;
+  bool skipping_ = false;
   size_t want_ = 0;
-  size_t oversized_len_ = 0;
+  size_t seen_ = 0;  // bytes of an oversized frame gone by
   std::string cur_;
 };
 

@@ -26,7 +26,6 @@ namespace {
 
 constexpr int kExitUsage = 2;
 constexpr int kExitPython = 3;
-constexpr int kExitStream = 4;
 
 bool parse_args(int argc, char** argv, ep::Options& o) {
   for (int i = 1; i < argc; ++i) {
@@ -87,15 +86,16 @@ void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
   if (nread < 0) _exit(0);  // EOF or error: the VM closed the port or is gone
   if (nread == 0) return;
   loop->last_frame_ns = uv_hrtime();
-  auto status = loop->reader.feed(buf->base, static_cast<size_t>(nread),
-                                  [&](std::string&& payload) { loop->rt->dispatch(std::move(payload)); });
-  if (status == ep::FrameReader::Status::Oversized) {
-    loop->rt->protocol_error(0, 0, "oversized",
-                             "frame length " + std::to_string(loop->reader.oversized_len()) +
-                                 " exceeds max_frame; the stream cannot be resynchronised");
-    EP_LOG("oversized frame (%zu bytes): exiting", loop->reader.oversized_len());
-    _exit(kExitStream);
-  }
+  loop->reader.feed(
+      buf->base, static_cast<size_t>(nread), [&](std::string&& payload) { loop->rt->dispatch(std::move(payload)); },
+      [&](std::string_view head, size_t length) {
+        // Refuse that one request (its header tells whom to answer) and go on.
+        ep::Header h;
+        if (head.size() >= ep::kHeaderSize) h = ep::parse_header(head.data());
+        loop->rt->protocol_error(h.ctx, h.id, "oversized",
+                                 "frame of " + std::to_string(length) + " bytes exceeds max_frame (" +
+                                     std::to_string(loop->reader.max_frame()) + ")");
+      });
 }
 
 }  // namespace

@@ -50,7 +50,7 @@
 	generation => non_neg_integer(), python => binary(), build => atom(), hello => map()}.
 -type exit_reason() :: #{exit_status := non_neg_integer() | undefined,
 	signal := atom() | {signal, pos_integer()} | undefined, traceback := binary(),
-	reason := crashed | cancel_grace_expired | bad_stream | shutdown | owner_down}.
+	reason := crashed | cancel_grace_expired | shutdown | owner_down}.
 -type opts() :: #{codec := py_codec:codec(), contexts := pos_integer(), cancel_grace_ms := non_neg_integer(),
 	spin_us := non_neg_integer(), max_frame => non_neg_integer(), start_timeout => timeout()}.
 
@@ -67,7 +67,7 @@
 	info = #{} :: map(),
 	started_at = 0 :: integer(),
 	backoff = 0 :: non_neg_integer(),  %% fast deaths in a row
-	kill_reason = undefined :: undefined | cancel_grace_expired | bad_stream,
+	kill_reason = undefined :: undefined | cancel_grace_expired,
 	waiters = [] :: [{gen_server:from(), non_neg_integer()}],
 	envs = #{} :: #{pid() => reference()},
 	cancels = #{} :: #{non_neg_integer() => reference()},
@@ -90,8 +90,6 @@
 %% The port exits with 5 when a cancelled request holds the GIL and cannot even be interrupted
 %% (its --cancel-stuck-ms watchdog): like our grace timer expiring, so reported the same way.
 -define(EXIT_CANCEL_STUCK, 5).
-%% The port exits with 4 when the stream itself is unusable (a frame length over its max_frame).
--define(EXIT_BAD_STREAM, 4).
 
 -define(MAX_BACKOFF, 5000).
 -define(FAST_DEATH_MS, 1000).
@@ -381,14 +379,9 @@ frame(?OUTPUT, _, 0, Body, _, State) ->
 	logger:info("erlang_python port ~b ~s: ~ts", [State#state.slot, stream_name(Stream), Text]),
 	State;
 frame(?PROTOCOL_ERROR, _, Id, Body, _, State) ->
-	Error = py_codec:decode(codec(State), Body),
-	logger:warning("erlang_python: port ~b reports a protocol error (id ~b): ~tp", [State#state.slot, Id, Error]),
-	case Error of
-		%% The port exits right after this one (status 4); the VM may close the port on a failed
-		%% write before that status arrives, so the reason is remembered here.
-		{oversized, _} -> State#state{kill_reason = bad_stream};
-		_ -> State
-	end;
+	logger:warning("erlang_python: port ~b reports a protocol error (id ~b): ~tp",
+		[State#state.slot, Id, py_codec:decode(codec(State), Body)]),
+	State;
 frame(?ENV_CREATED, _, 0, Body, _, State = #state{envs = Envs}) ->
 	Pid = py_codec:decode(codec(State), Body),
 	case Envs of
@@ -573,7 +566,6 @@ exit_reason(Status, #state{crash_file = CrashFile, kill_reason = Kill}) ->
 	  reason => if
 		Kill =/= undefined -> Kill;
 		Status =:= ?EXIT_CANCEL_STUCK -> cancel_grace_expired;
-		Status =:= ?EXIT_BAD_STREAM -> bad_stream;
 		true -> crashed
 	  end}.
 

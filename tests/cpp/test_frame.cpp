@@ -18,6 +18,7 @@ std::string make_frame(uint8_t kind, uint32_t ctx, uint64_t id, const std::strin
   ep::finish_frame(out, start);
   return out;
 }
+void no_oversized(std::string_view, size_t) { FAIL("no frame here is over max_frame"); }
 }  // namespace
 
 TEST_CASE("a frame's header is written big-endian and read back") {
@@ -41,8 +42,7 @@ TEST_CASE("the reader reassembles frames split at every possible byte") {
     std::vector<std::string> got;
     for (size_t off = 0; off < stream.size(); off += chunk) {
       size_t n = std::min(chunk, stream.size() - off);
-      REQUIRE(r.feed(stream.data() + off, n, [&](std::string&& p) { got.push_back(std::move(p)); }) ==
-              FrameReader::Status::Ok);
+      r.feed(stream.data() + off, n, [&](std::string&& p) { got.push_back(std::move(p)); }, no_oversized);
     }
     REQUIRE(got.size() == 3);
     CHECK(ep::parse_header(got[0].data()).id == 7);
@@ -56,19 +56,34 @@ TEST_CASE("a frame shorter than the header is still delivered (the dispatcher re
   std::string stream("\0\0\0\x03" "abc", 7);
   FrameReader r;
   std::vector<std::string> got;
-  r.feed(stream.data(), stream.size(), [&](std::string&& p) { got.push_back(std::move(p)); });
+  r.feed(stream.data(), stream.size(), [&](std::string&& p) { got.push_back(std::move(p)); }, no_oversized);
   REQUIRE(got.size() == 1);
   CHECK(got[0] == "abc");
 }
 
-TEST_CASE("a length over max_frame is reported, not buffered") {
-  FrameReader r(1024);
-  std::string stream("\0\0\x04\x01", 4);  // 1025
-  bool called = false;
-  CHECK(r.feed(stream.data(), stream.size(), [&](std::string&&) { called = true; }) ==
-        FrameReader::Status::Oversized);
-  CHECK_FALSE(called);
-  CHECK(r.oversized_len() == 1025);
+TEST_CASE("a frame over max_frame is skipped exactly, its header reported, and the next frame read") {
+  std::string big = make_frame(2, 3, 42, std::string(5000, 'x'));
+  std::string stream = big + make_frame(1, 1, 43, "after");
+  for (size_t chunk : {size_t{1}, size_t{7}, size_t{100}, stream.size()}) {
+    FrameReader r(1024);
+    std::vector<std::string> got;
+    std::vector<std::pair<std::string, size_t>> refused;
+    for (size_t off = 0; off < stream.size(); off += chunk) {
+      size_t n = std::min(chunk, stream.size() - off);
+      r.feed(stream.data() + off, n, [&](std::string&& p) { got.push_back(std::move(p)); },
+             [&](std::string_view head, size_t len) { refused.emplace_back(std::string(head), len); });
+    }
+    REQUIRE(refused.size() == 1);
+    CHECK(refused[0].second == 16 + 5000);
+    REQUIRE(refused[0].first.size() == 16);
+    Header h = ep::parse_header(refused[0].first.data());
+    CHECK(h.kind == 2);
+    CHECK(h.ctx == 3);
+    CHECK(h.id == 42);
+    REQUIRE(got.size() == 1);
+    CHECK(ep::parse_header(got[0].data()).id == 43);
+    CHECK(got[0].substr(16) == "after");
+  }
 }
 
 TEST_CASE("random chunking of random frames loses and reorders nothing") {
@@ -86,7 +101,7 @@ TEST_CASE("random chunking of random frames loses and reorders nothing") {
   size_t off = 0;
   while (off < stream.size()) {
     size_t n = std::min<size_t>(1 + rng() % 700, stream.size() - off);
-    r.feed(stream.data() + off, n, [&](std::string&& p) { got.push_back(std::move(p)); });
+    r.feed(stream.data() + off, n, [&](std::string&& p) { got.push_back(std::move(p)); }, no_oversized);
     off += n;
   }
   REQUIRE(got.size() == bodies.size());
