@@ -226,6 +226,15 @@ class KeyCache {
 // Sets RuntimeError("<what> changed size during conversion to an Erlang term") and returns false.
 bool changed_size(const char* what);
 
+// Sets the documented TypeError ("cannot convert Python object of type 'set' to an Erlang term") and
+// returns false: the one text both writers give for a value with no Erlang form.
+bool unconvertible(PyObject* obj);
+
+// The decimal digits of an int beyond int64 (int.__repr__ itself, so a subclass's own __repr__, e.g.
+// IntEnum's, does not leak in), which both writers send as a charlist (§2). Empty, with a Python
+// exception set, on failure.
+PyRef int_digits(PyObject* obj);
+
 // Item i of a list as a strong reference; empty (no exception) once the list is shorter.
 inline PyRef list_item(PyObject* list, Py_ssize_t i) {
 #ifdef Py_GIL_DISABLED

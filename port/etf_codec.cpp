@@ -739,6 +739,14 @@ bool changed_size(const char* what) {
   return false;
 }
 
+bool unconvertible(PyObject* obj) {
+  PyErr_Format(PyExc_TypeError, "cannot convert Python object of type '%s' to an Erlang term",
+               Py_TYPE(obj)->tp_name);
+  return false;
+}
+
+PyRef int_digits(PyObject* obj) { return PyRef(PyLong_Type.tp_repr(obj)); }
+
 bool nesting_error(PyObject* obj, const EncodePath* parent, int limit) {
   // Only on failure: a repeated container on the path means a cycle rather than deep data.
   std::vector<PyObject*> path{obj};
@@ -919,9 +927,7 @@ bool EtfWriter::python_slow(PyObject* obj, const Path* parent, int depth) {
   }
   // Through the buffer protocol: a bytearray cannot be resized while exported.
   if (PyByteArray_Check(obj) || PyMemoryView_Check(obj)) return put_buffer(out_, obj);
-  PyErr_Format(PyExc_TypeError, "cannot convert Python object of type '%s' to an Erlang term",
-               Py_TYPE(obj)->tp_name);
-  return false;
+  return codec_detail::unconvertible(obj);
 }
 
 bool EtfWriter::put_long(PyObject* obj) {
@@ -932,9 +938,8 @@ bool EtfWriter::put_long(PyObject* obj) {
     put_integer(out_, v);
     return true;
   }
-  // Beyond int64: the charlist of its decimal digits (§2). int.__repr__ directly, so a subclass's
-  // own __repr__/__str__ (IntEnum) does not leak in.
-  PyRef digits(PyLong_Type.tp_repr(obj));
+  // Beyond int64: the charlist of its decimal digits (§2).
+  PyRef digits = codec_detail::int_digits(obj);
   if (!digits) return false;
   Py_ssize_t n;
   const char* s = PyUnicode_AsUTF8AndSize(digits.get(), &n);

@@ -654,9 +654,7 @@ bool MsgpackWriter::python_slow(PyObject* obj, const Path* parent, int depth) {
     return put_bin(out_, PyBytes_AS_STRING(obj), static_cast<size_t>(PyBytes_GET_SIZE(obj)));
   // Through the buffer protocol: a bytearray cannot be resized while exported.
   if (PyByteArray_Check(obj) || PyMemoryView_Check(obj)) return put_buffer(out_, obj);
-  PyErr_Format(PyExc_TypeError, "cannot convert Python object of type '%s' to an Erlang term",
-               Py_TYPE(obj)->tp_name);
-  return false;
+  return codec_detail::unconvertible(obj);
 }
 
 bool MsgpackWriter::put_long(PyObject* obj) {
@@ -669,7 +667,7 @@ bool MsgpackWriter::put_long(PyObject* obj) {
   }
   // Beyond int64 (2**63 .. 2**64-1 included, though msgpack has uint64): the charlist of its decimal
   // digits, so a Python value gives the same Erlang term in both codecs (§2).
-  PyRef digits(PyLong_Type.tp_repr(obj));
+  PyRef digits = codec_detail::int_digits(obj);
   if (!digits) return false;
   Py_ssize_t n;
   const char* s = PyUnicode_AsUTF8AndSize(digits.get(), &n);

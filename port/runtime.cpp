@@ -224,13 +224,29 @@ Context* Runtime::find_context(uint32_t id) {
   return it == contexts_.end() ? nullptr : it->second.get();
 }
 
-void Runtime::protocol_error(uint32_t ctx, uint64_t id, const char* reason, const std::string& detail) {
-  std::string out;
+void Runtime::protocol_error_frame(std::string& out, uint32_t ctx, uint64_t id, const char* reason,
+                                   std::string_view detail) {
   size_t start = begin_frame(out, Header{static_cast<uint8_t>(Kind::ProtocolError), 0, 0, ctx, id});
   write_body(out, [&](auto& w) {
     w.tuple(2);
     w.atom(reason);
     w.str(detail);
+    return true;
+  });
+  finish_frame(out, start);
+}
+
+void Runtime::protocol_error(uint32_t ctx, uint64_t id, const char* reason, const std::string& detail) {
+  std::string out;
+  protocol_error_frame(out, ctx, id, reason, detail);
+  out_.write(out);
+}
+
+void Runtime::write_ok(const Header& h) {
+  std::string out;
+  size_t start = begin_frame(out, Header{static_cast<uint8_t>(Kind::Result), 0, 0, h.ctx, h.id});
+  write_body(out, [](auto& w) {
+    w.atom("ok");
     return true;
   });
   finish_frame(out, start);
@@ -385,7 +401,6 @@ void Runtime::on_stats(const Header& h) {
 }
 
 void Runtime::on_context_create(const Header& h, std::string_view) {
-  std::string out;
   if (h.ctx == 0 || find_context(h.ctx)) {
     protocol_error(h.ctx, h.id, "bad_shape", "context id 0 or already in use");
     return;
@@ -393,13 +408,7 @@ void Runtime::on_context_create(const Header& h, std::string_view) {
   auto ctx = std::make_unique<Context>(*this, h.ctx, opts_.spin_us);
   ctx->start();
   contexts_.emplace(h.ctx, std::move(ctx));
-  size_t start = begin_frame(out, Header{static_cast<uint8_t>(Kind::Result), 0, 0, h.ctx, h.id});
-  write_body(out, [](auto& w) {
-    w.atom("ok");
-    return true;
-  });
-  finish_frame(out, start);
-  out_.write(out);
+  write_ok(h);
 }
 
 void Runtime::on_context_destroy(const Header& h) {
@@ -413,14 +422,7 @@ void Runtime::on_context_destroy(const Header& h) {
   it->second->request_stop();
   (void)it->second.release();
   contexts_.erase(it);
-  std::string out;
-  size_t start = begin_frame(out, Header{static_cast<uint8_t>(Kind::Result), 0, 0, h.ctx, h.id});
-  write_body(out, [](auto& w) {
-    w.atom("ok");
-    return true;
-  });
-  finish_frame(out, start);
-  out_.write(out);
+  write_ok(h);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -562,16 +564,7 @@ void Runtime::handle(Context& ctx, Item& item, std::string& out) {
   std::string err;
   PyRef body = decode(item.body(), err);
   if (!body) {
-    std::string sub;
-    size_t start = begin_frame(sub, Header{static_cast<uint8_t>(Kind::ProtocolError), 0, 0, h.ctx, h.id});
-    write_body(sub, [&](auto& w) {
-      w.tuple(2);
-      w.atom("bad_body");
-      w.str(err);
-      return true;
-    });
-    finish_frame(sub, start);
-    out += sub;
+    protocol_error_frame(out, h.ctx, h.id, "bad_body", err);
     return;
   }
   (void)ctx;
@@ -595,16 +588,8 @@ void Runtime::handle(Context& ctx, Item& item, std::string& out) {
 }
 
 namespace {
-bool bad_shape(Runtime& rt, std::string& out, const Header& h, const char* expected) {
-  size_t start = begin_frame(out, Header{static_cast<uint8_t>(Kind::ProtocolError), 0, 0, h.ctx, h.id});
-  rt.write_body(out, [&](auto& w) {
-    w.tuple(2);
-    w.atom("bad_shape");
-    w.str(std::string("expected ") + expected);
-    return true;
-  });
-  finish_frame(out, start);
-  return false;
+void bad_shape(Runtime& rt, std::string& out, const Header& h, const char* expected) {
+  rt.protocol_error_frame(out, h.ctx, h.id, "bad_shape", std::string("expected ") + expected);
 }
 }  // namespace
 

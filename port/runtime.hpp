@@ -65,6 +65,9 @@ class Runtime {
   // Loop thread: routes one frame payload (header + body) from Erlang.
   void dispatch(std::string payload);
   void protocol_error(uint32_t ctx, uint64_t id, const char* reason, const std::string& detail);
+  // Appends a protocol_error frame {Reason, Detail} to `out` (no GIL needed).
+  void protocol_error_frame(std::string& out, uint32_t ctx, uint64_t id, const char* reason,
+                            std::string_view detail);
 
   // Context thread, GIL held: serves a request item; reply frames are appended to `out`.
   void handle(Context& ctx, Item& item, std::string& out);
@@ -116,6 +119,7 @@ class Runtime {
   void on_stats(const Header& h);
   void on_context_create(const Header& h, std::string_view body);
   void on_context_destroy(const Header& h);
+  void write_ok(const Header& h);  // result `ok` for a context request
 
   // GIL held. A new reference to the globals dict of environment `pid` (None: the shared default),
   // created on first use; `created` tells the caller to announce it. The request holds its own
