@@ -49,17 +49,32 @@ bool Context::cancel_queued(uint64_t id) {
       return true;
     }
   }
-  // The request may be between the queue and the active stack: refuse it when it starts.
-  cancelled_ids_.push_back(id);
-  if (cancelled_ids_.size() > 1024) cancelled_ids_.pop_front();
+  // Popped but not started: its thread may be waiting for the GIL, so the control thread's
+  // cancel_running could miss it. Refuse it when it starts. (A running request is left to
+  // cancel_running, which finds it on the active stack.)
+  if (starting_id_.load() == id) {
+    cancelled_ids_.push_back(id);
+    if (cancelled_ids_.size() > 64) cancelled_ids_.pop_front();  // leftovers of lost races only
+    cancelled_count_.store(cancelled_ids_.size());
+  }
   return false;
 }
 
+void Context::popped(const Item& item) {
+  auto k = static_cast<Kind>(item.h.kind);
+  if (k == Kind::Call || k == Kind::Eval || k == Kind::Exec || k == Kind::Cast) starting_id_.store(item.h.id);
+}
+
 bool Context::take_cancelled_id(uint64_t id) {
+  // The request is starting: from here on (GIL held until it is on the active stack) a cancel finds
+  // it through cancel_running.
+  starting_id_.store(0);
+  if (cancelled_count_.load() == 0) return false;
   std::lock_guard<std::mutex> lock(mutex_);
   for (auto it = cancelled_ids_.begin(); it != cancelled_ids_.end(); ++it) {
     if (*it == id) {
       cancelled_ids_.erase(it);
+      cancelled_count_.store(cancelled_ids_.size());
       return true;
     }
   }
@@ -119,6 +134,7 @@ void Context::run() {
       item = std::move(queue_.front());
       queue_.pop_front();
       queued_.fetch_sub(1, std::memory_order_relaxed);
+      popped(item);
     }
     if (static_cast<Kind>(item.h.kind) == Kind::CallbackReply) continue;  // its waiter was cancelled
     PyEval_RestoreThread(ts);
@@ -181,6 +197,7 @@ Context::WaitEnd Context::wait(uint64_t callback_id, const Clock::time_point* de
           item = std::move(queue_.front());
           queue_.pop_front();
           queued_.fetch_sub(1, std::memory_order_relaxed);
+          popped(item);
           have = true;
           break;
         }

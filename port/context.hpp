@@ -56,7 +56,7 @@ class Context {
   // Any thread.
   void push(Item item);
   // Loop thread: if request `id` is still queued, removes it and returns true (the caller replies).
-  // Otherwise remembers the id so that the request is refused if it starts later.
+  // If it was just popped and has not started, remembers it so that it is refused when it starts.
   bool cancel_queued(uint64_t id);
   // GIL held (control thread): interrupts request `id` if it is running or waiting.
   void cancel_running(uint64_t id);
@@ -80,6 +80,7 @@ class Context {
   // GIL held: serves one request and returns with the GIL held; frames to send are appended to `out`.
   void serve(Item& item, std::string& out);
   bool take_cancelled_id(uint64_t id);
+  void popped(const Item& item);  // under mutex_: note the request about to start
 
   Runtime& rt_;
   const uint32_t id_;
@@ -94,7 +95,12 @@ class Context {
   bool sleeping_ = false;
   bool stop_ = false;
   std::unordered_map<uint64_t, std::string> early_replies_;  // replies for outer waits
-  std::deque<uint64_t> cancelled_ids_;                       // cancels that found nothing queued
+  // A request popped from the queue but not yet started (its thread waits for the GIL) is in neither
+  // the queue nor active_: a cancel arriving then is remembered here, and serve() refuses it. Only
+  // that window records ids, so the list stays (nearly) empty and serve() skips the lock when it is.
+  std::atomic<uint64_t> starting_id_{0};
+  std::deque<uint64_t> cancelled_ids_;
+  std::atomic<size_t> cancelled_count_{0};  // mirrors cancelled_ids_.size()
 
   std::vector<ActiveRequest*> active_;  // GIL-protected
   std::atomic<uint64_t> running_id_{0};  // mirrors active_.back()->id
