@@ -7,7 +7,7 @@
 #include <cmath>
 #include <string>
 
-#include "../../port/py_ref.hpp"
+#include "py_ref.hpp"
 
 namespace ep_test {
 

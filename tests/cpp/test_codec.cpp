@@ -17,8 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "../../port/codec.hpp"
-#include "../../port/erlang_types.hpp"
+#include "codec.hpp"
+#include "erlang_types.hpp"
 #include "py_test_util.hpp"
 
 using ep::PyRef;

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "../../port/frame.hpp"
+#include "frame.hpp"
 
 using ep::FrameReader;
 using ep::Header;

@@ -9,7 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "../../port/erlang_types.hpp"
+#include "erlang_types.hpp"
 
 #if defined(__SANITIZE_ADDRESS__)
 // Under -Db_sanitize=address: CPython keeps some allocations until exit by design (interned strings,

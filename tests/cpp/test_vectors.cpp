@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "../../port/codec.hpp"
+#include "codec.hpp"
 #include "py_test_util.hpp"
 
 using ep::PyRef;
