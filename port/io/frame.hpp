@@ -21,6 +21,10 @@ enum class Kind : uint8_t {
   EnvDrop = 9,
   Stats = 10,
   StreamNext = 11,
+  OutputAck = 12,
+  ContextInit = 13,
+  Drain = 14,
+  RefOp = 15,
   // port -> Erlang
   Hello = 64,
   Result = 65,
@@ -33,7 +37,11 @@ enum class Kind : uint8_t {
   StreamChunk = 72,
   StreamEnd = 73,
   Log = 74,
+  Requeue = 75,
 };
+
+// Header flag bits (PROTOCOL.md §1.1). Any other bit set is a protocol error.
+constexpr uint8_t kFlagNested = 0x01;
 
 constexpr size_t kHeaderSize = 16;
 constexpr size_t kDefaultMaxFrame = size_t{1} << 30;

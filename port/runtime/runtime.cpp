@@ -193,7 +193,7 @@ void Runtime::write_hello() {
   write_body(out, [&](auto& w) {
     w.map(7);
     w.atom("protocol");
-    w.integer(1);
+    w.integer(2);
     w.atom("python");
     w.str(version);
     w.atom("build");
