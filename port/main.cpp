@@ -2,12 +2,14 @@
 //
 //   erlang_python_port [--codec etf|msgpack] [--contexts N] [--pylib DIR] [--crash-file PATH]
 //                      [--max-frame BYTES] [--spin-us N] [--cancel-stuck-ms N]
+//                      [--output-window BYTES] [--max-out-frame BYTES]
 //
 // Start-up order: keep the protocol descriptors private (so nothing Python prints can reach them),
 // die with the VM, start Python and the contexts, say hello, then run the libuv loop on the input
 // until EOF. See protocol/PROTOCOL.md.
 #include <fcntl.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 #include <uv.h>
@@ -53,6 +55,12 @@ bool parse_args(int argc, char** argv, ep::Options& o) {
     } else if (a == "--cancel-stuck-ms" && value(v)) {
       o.cancel_stuck_ms = std::atoi(v.c_str());
       if (o.cancel_stuck_ms < 1) return false;
+    } else if (a == "--output-window" && value(v)) {
+      o.output_window = std::strtoull(v.c_str(), nullptr, 10);
+      if (o.output_window < 1) return false;
+    } else if (a == "--max-out-frame" && value(v)) {
+      o.max_out_frame = std::strtoull(v.c_str(), nullptr, 10);
+      if (o.max_out_frame < 1024 || o.max_out_frame > ep::kMaxOutFrame) return false;
     } else if (a == "--spin-us" && value(v)) {
       o.spin_us = std::atoi(v.c_str());
       if (o.spin_us < 0) return false;
@@ -69,6 +77,24 @@ int privatize(int fd, int replacement) {
   int priv = fcntl(fd, F_DUPFD_CLOEXEC, 3);
   if (priv < 0 || dup2(replacement, fd) < 0) return -1;
   return priv;
+}
+
+// The private protocol descriptors. A child made by fork() (os.fork, multiprocessing) must not hold
+// them: the VM only sees the port exit once every writer of its pipe is gone.
+int g_in_fd = -1;
+int g_out_fd = -1;
+ep::Output* g_output = nullptr;
+
+void close_protocol_fds_in_child() {
+  if (g_output) g_output->forget_fd();
+  if (g_in_fd >= 0) close(g_in_fd);
+  if (g_out_fd >= 0) close(g_out_fd);
+}
+
+void on_watchdog(uv_timer_t* timer) {
+  auto* rt = static_cast<ep::Runtime*>(timer->data);
+  int64_t next = rt->check_stuck_cancels();
+  if (next >= 0) uv_timer_start(timer, on_watchdog, static_cast<uint64_t>(next), 0);
 }
 
 struct Loop {
@@ -105,7 +131,8 @@ int main(int argc, char** argv) {
   if (!parse_args(argc, argv, opts)) {
     std::fprintf(stderr,
                  "usage: erlang_python_port [--codec etf|msgpack] [--contexts N] [--pylib DIR] "
-                 "[--crash-file PATH] [--max-frame BYTES] [--spin-us N] [--cancel-stuck-ms N]\n");
+                 "[--crash-file PATH] [--max-frame BYTES] [--spin-us N] [--cancel-stuck-ms N] "
+                 "[--output-window BYTES] [--max-out-frame BYTES]\n");
     return kExitUsage;
   }
   // Large frames (MBs) are read, decoded and encoded in fresh buffers every time. By default glibc
@@ -128,14 +155,24 @@ int main(int argc, char** argv) {
     return kExitUsage;
   }
   close(devnull);
+  g_in_fd = in_fd;
+  g_out_fd = out_fd;
+  pthread_atfork(nullptr, nullptr, close_protocol_fds_in_child);
 
   ep::Output output(out_fd);
+  g_output = &output;
   ep::Runtime runtime(opts, output);
   if (!runtime.start()) return kExitPython;
   runtime.write_hello();
 
   Loop loop{&runtime, ep::FrameReader(opts.max_frame)};
   uv_loop_t* uv = uv_default_loop();
+  // The cancel watchdog's one timer (Runtime::on_cancel arms it, on this thread). Reading a file
+  // instead of a pipe (tests) runs no loop, so there it never fires.
+  uv_timer_t watchdog;
+  uv_timer_init(uv, &watchdog);
+  watchdog.data = &runtime;
+  runtime.set_watchdog_timer([&watchdog](uint64_t ms) { uv_timer_start(&watchdog, on_watchdog, ms, 0); });
   uv_pipe_t input;
   uv_pipe_init(uv, &input, 0);
   if (uv_pipe_open(&input, in_fd) != 0) {

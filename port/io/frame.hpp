@@ -45,6 +45,8 @@ constexpr uint8_t kFlagNested = 0x01;
 
 constexpr size_t kHeaderSize = 16;
 constexpr size_t kDefaultMaxFrame = size_t{1} << 30;
+// The {packet,4} length field counts at most 4 GiB - 1 bytes.
+constexpr size_t kMaxOutFrame = 0xFFFFFFFFu;
 
 struct Header {
   uint8_t kind = 0;

@@ -6,6 +6,8 @@
 namespace ep {
 
 void Output::write(const std::string& frames) {
+  if (fd_ < 0) _exit(0);  // a forked child: nobody to write to (checked before the lock, which the
+                          // forking thread's parent may have held at fork time)
   std::lock_guard<std::mutex> lock(mutex_);
   const char* p = frames.data();
   size_t left = frames.size();

@@ -15,6 +15,9 @@ class Output {
   // Writes complete frames (one or several back to back). If the VM has gone (EPIPE or any write
   // error) there is nobody left to serve: the process exits with status 0.
   void write(const std::string& frames);
+  // In a forked child (after the protocol descriptors were closed there): every later write ends
+  // the child as a write error would, rather than reach a descriptor that reuses the number.
+  void forget_fd() { fd_ = -1; }
 
  private:
   int fd_;

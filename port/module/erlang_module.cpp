@@ -1,6 +1,7 @@
 #include "erlang_module.hpp"
 
 #include <chrono>
+#include <cmath>
 #include <thread>
 
 #include "context.hpp"
@@ -42,6 +43,20 @@ PyRef decode_reply(const std::string& reply) {
   return v;
 }
 
+// Whether a finished callback/send frame may go out; else sets the Python exception.
+bool sendable(const std::string& frame, size_t start) {
+  if (Runtime::in_forked_child()) {
+    PyErr_SetString(g_erlang_error, "Erlang cannot be reached from a forked child process");
+    return false;
+  }
+  if (!g_rt->frame_fits(frame, start)) {
+    PyErr_Format(PyExc_OverflowError, "message of %zu bytes exceeds the largest frame the port may send (%zu bytes)",
+                 frame.size() - start - 4, g_rt->max_out_frame());
+    return false;
+  }
+  return true;
+}
+
 bool is_ok(PyObject* reply) { return PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(reply, 0), "ok") == 0; }
 
 void raise_from_reply(PyObject* exc_type, PyObject* reply) {
@@ -74,6 +89,7 @@ PyObject* erl_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   });
   if (!ok) return nullptr;
   finish_frame(frame, start);
+  if (!sendable(frame, start)) return nullptr;
   std::string reply;
   if (!g_rt->round_trip(cb, frame, reply)) return nullptr;
   PyRef r = decode_reply(reply);
@@ -109,6 +125,7 @@ PyObject* erl_send(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   });
   if (!ok) return nullptr;
   finish_frame(frame, start);
+  if (!sendable(frame, start)) return nullptr;
   std::string reply;
   if (!g_rt->round_trip(cb, frame, reply)) return nullptr;
   PyRef r = decode_reply(reply);
@@ -118,16 +135,31 @@ PyObject* erl_send(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   return nullptr;
 }
 
+// Sleeps longer than this (about 31 years) are "forever": until the request is cancelled. The
+// deadline of a finite sleep must fit the clock's 64-bit nanoseconds (about 292 years).
+constexpr double kForeverSeconds = 1e9;
+
 // erlang.sleep(seconds): on a context thread the context keeps serving requests meanwhile.
 PyObject* erl_sleep(PyObject*, PyObject* arg) {
   double seconds = PyFloat_AsDouble(arg);
   if (seconds == -1.0 && PyErr_Occurred()) return nullptr;
-  if (seconds < 0) seconds = 0;
-  auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+  if (!std::isfinite(seconds)) {
+    PyErr_SetString(PyExc_ValueError, "sleep length must be a finite number");
+    return nullptr;
+  }
+  if (seconds < 0) {
+    PyErr_SetString(PyExc_ValueError, "sleep length must be non-negative");
+    return nullptr;
+  }
+  const bool forever = seconds > kForeverSeconds;
+  Clock::time_point deadline =
+      forever ? Clock::time_point::max()
+              : Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
   Context* c = Context::current_thread_context();
   if (c && c->current_request()) {
     std::string unused;
-    if (c->wait(0, &deadline, unused) == Context::WaitEnd::Cancelled) {
+    // No deadline for "forever": the wait ends with the request's cancel (its deadline).
+    if (c->wait(0, forever ? nullptr : &deadline, unused) == Context::WaitEnd::Cancelled) {
       PyErr_SetString(g_cancelled_error, "request cancelled during erlang.sleep");
       return nullptr;
     }
@@ -135,35 +167,30 @@ PyObject* erl_sleep(PyObject*, PyObject* arg) {
   }
   {
     GilRelease unlocked;
+    if (forever) {
+      for (;;) std::this_thread::sleep_for(std::chrono::hours(24));  // a thread outside contexts: no cancel
+    }
     std::this_thread::sleep_until(deadline);
   }
   Py_RETURN_NONE;
 }
 
-// erlang._write(stream, text): stdout/stderr text for the Erlang side.
+// erlang._write(stream, text): stdout/stderr text for the Erlang side, under flow control.
 PyObject* erl_write(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs != 2 || !PyLong_Check(args[0]) || !PyUnicode_Check(args[1])) {
     PyErr_SetString(PyExc_TypeError, "_write(stream: int, text: str)");
     return nullptr;
   }
   long stream = PyLong_AsLong(args[0]);
-  uint32_t ctx;
-  uint64_t id;
-  origin(ctx, id);
-  std::string frame;
-  size_t start = begin_frame(frame, Header{static_cast<uint8_t>(Kind::Output), 0, 0, ctx, id});
-  bool ok = g_rt->write_body(frame, [&](auto& w) {
-    w.tuple(2);
-    w.integer(stream == 2 ? 2 : 1);
-    return w.python(args[1]);
-  });
-  if (!ok) return nullptr;
-  finish_frame(frame, start);
-  {
-    GilRelease unlocked;
-    g_rt->output().write(frame);
-  }
+  if (!g_rt->write_output(stream == 2 ? 2 : 1, args[1])) return nullptr;
   Py_RETURN_NONE;
+}
+
+// _erlang._pending(): (callback waiters, early replies kept by this thread's context), for tests.
+PyObject* erl_pending(PyObject*, PyObject*) {
+  Context* c = Context::current_thread_context();
+  return Py_BuildValue("(nn)", static_cast<Py_ssize_t>(g_rt->waiter_count()),
+                       static_cast<Py_ssize_t>(c ? c->early_reply_count() : 0));
 }
 
 PyObject* erl_env_count(PyObject*, PyObject*) { return PyLong_FromSize_t(g_rt->env_count()); }
@@ -191,6 +218,7 @@ PyMethodDef methods[] = {
     {"_write", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(erl_write)), METH_FASTCALL,
      "_write(stream, text): forward stdout (1) or stderr (2) text to Erlang."},
     {"_env_count", erl_env_count, METH_NOARGS, "number of live process-bound environments"},
+    {"_pending", erl_pending, METH_NOARGS, "(callback waiters, early replies of this context), for tests"},
     {"_current_request", erl_current_request, METH_NOARGS, "id of the request this thread serves, or 0"},
     {"_current_context", erl_current_context, METH_NOARGS, "id of the context this thread serves, or 0"},
     {nullptr, nullptr, 0, nullptr},

@@ -2,6 +2,10 @@
 
 #include <pythread.h>
 
+#include <algorithm>
+#include <cstring>
+
+#include "log.hpp"
 #include "runtime.hpp"
 
 namespace ep {
@@ -19,13 +23,28 @@ inline void cpu_relax() {
 Context::Context(Runtime& rt, uint32_t id, int spin_us) : rt_(rt), id_(id), spin_us_(spin_us) {}
 
 Context::~Context() {
-  if (thread_.joinable()) thread_.detach();
+  if (joinable_) pthread_detach(thread_);
 }
 
 Context* Context::current_thread_context() { return tl_context; }
 
-void Context::start() {
-  thread_ = std::thread([this] { run(); });
+void* Context::thread_main(void* self) {
+  static_cast<Context*>(self)->run();
+  return nullptr;
+}
+
+bool Context::start() {
+  pthread_attr_t attr;
+  if (pthread_attr_init(&attr) != 0) return false;
+  int rc = pthread_attr_setstacksize(&attr, kContextStackSize);
+  if (rc == 0) rc = pthread_create(&thread_, &attr, &Context::thread_main, this);
+  pthread_attr_destroy(&attr);
+  if (rc != 0) {
+    EP_LOG("cannot start the thread of context %u: %s", id_, std::strerror(rc));
+    return false;
+  }
+  joinable_ = true;
+  return true;
 }
 
 void Context::push(Item item) {
@@ -107,7 +126,64 @@ void Context::request_stop() {
 }
 
 void Context::join() {
-  if (thread_.joinable()) thread_.join();
+  if (joinable_) {
+    pthread_join(thread_, nullptr);
+    joinable_ = false;
+  }
+}
+
+std::vector<Item> Context::take_queued() {
+  std::vector<Item> taken;
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    auto k = static_cast<Kind>(it->h.kind);
+    if (k == Kind::Call || k == Kind::Eval || k == Kind::Exec || k == Kind::Cast) {
+      taken.push_back(std::move(*it));
+      it = queue_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  queued_.store(queue_.size(), std::memory_order_release);
+  return taken;
+}
+
+void Context::output_sent(size_t bytes) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  output_unacked_ += bytes;
+}
+
+void Context::output_acked(size_t bytes) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  output_unacked_ -= std::min(bytes, output_unacked_);  // an over-ack cannot open the window further
+  cv_.notify_all();  // under the lock: the waiter may otherwise return and we touch nothing after
+}
+
+bool Context::wait_output_window(size_t window) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (output_unacked_ <= window) return true;
+  }
+  ActiveRequest* me = current_request();
+  if (me && me->cancelled.load()) return false;
+  // Marked waiting (GIL held): a cancel now wakes cv_ (cancel_running) instead of raising
+  // asynchronously, and this wait sees the flag.
+  if (me) me->waiting = true;
+  bool open;
+  {
+    GilRelease unlocked;
+    std::unique_lock<std::mutex> lock(mutex_);
+    // Bounded by the Erlang side's acks, or by the request's cancel (its deadline).
+    cv_.wait(lock, [&] { return output_unacked_ <= window || (me && me->cancelled.load()); });
+    open = !(me && me->cancelled.load());
+  }
+  if (me) me->waiting = false;
+  return open;
+}
+
+size_t Context::early_reply_count() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return early_replies_.size();
 }
 
 void Context::run() {
@@ -171,6 +247,10 @@ void Context::serve(Item& item, std::string& out) {
 Context::WaitEnd Context::wait(uint64_t callback_id, const Clock::time_point* deadline, std::string& reply) {
   ActiveRequest* me = current_request();
   if (me) me->waiting = true;
+  if (callback_id != 0) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    waiting_ids_.push_back(callback_id);
+  }
   PyThreadState* ts = PyEval_SaveThread();
   WaitEnd end = WaitEnd::Deadline;
   std::string out;
@@ -223,7 +303,9 @@ Context::WaitEnd Context::wait(uint64_t callback_id, const Clock::time_point* de
         break;
       }
       std::lock_guard<std::mutex> lock(mutex_);
-      early_replies_[item.h.id] = std::move(body);  // an outer wait's reply
+      // An outer wait's reply; one for a wait that has ended (cancelled) is dropped.
+      if (std::find(waiting_ids_.begin(), waiting_ids_.end(), item.h.id) != waiting_ids_.end())
+        early_replies_[item.h.id] = std::move(body);
       continue;
     }
     // A request for this context while we wait: serve it here, nested.
@@ -236,6 +318,11 @@ Context::WaitEnd Context::wait(uint64_t callback_id, const Clock::time_point* de
       rt_.output().write(out);
       out.clear();
     }
+  }
+  if (callback_id != 0) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    waiting_ids_.pop_back();  // ours: waits nest, so they end innermost first
+    early_replies_.erase(callback_id);
   }
   PyEval_RestoreThread(ts);
   if (me) me->waiting = false;

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <Python.h>
+#include <pthread.h>
 
 #include <atomic>
 #include <chrono>
@@ -52,7 +53,8 @@ class Context {
   Context& operator=(const Context&) = delete;
 
   uint32_t id() const { return id_; }
-  void start();
+  // Starts the thread; false (errno-style failure logged) if the OS refused a thread.
+  bool start();
   // Any thread.
   void push(Item item);
   // Loop thread: if request `id` is still queued, removes it and returns true (the caller replies).
@@ -60,8 +62,23 @@ class Context {
   bool cancel_queued(uint64_t id);
   // GIL held (control thread): interrupts request `id` if it is running or waiting.
   void cancel_running(uint64_t id);
+  // Removes every call/eval/exec/cast still waiting in the queue (not started) and returns them in
+  // queue order; callback replies and other items stay. Any thread; locks mutex_. Used for requeue
+  // (PROTOCOL.md §3.7): by drain, and before the port exits with status 5.
+  std::vector<Item> take_queued();
   void request_stop();
   void join();
+
+  // Output flow control (PROTOCOL.md §3.5): bytes of this context's output frames not yet
+  // acknowledged, guarded by mutex_. output_sent: any thread, before the frame is written.
+  // output_acked: loop thread, on output_ack; wakes a writer blocked in wait_output_window.
+  void output_sent(size_t bytes);
+  void output_acked(size_t bytes);
+  // Context thread, GIL held on entry and exit (released while blocked): returns true once no more
+  // than `window` bytes are unacknowledged, false if the request being served is cancelled first.
+  bool wait_output_window(size_t window);
+  // For tests (_erlang._pending): replies kept for outer waits.
+  size_t early_reply_count();
 
   // The context serving the calling thread, or nullptr for any other thread.
   static Context* current_thread_context();
@@ -82,10 +99,15 @@ class Context {
   bool take_cancelled_id(uint64_t id);
   void popped(const Item& item);  // under mutex_: note the request about to start
 
+  static void* thread_main(void* self);
+
   Runtime& rt_;
   const uint32_t id_;
   const int spin_us_;
-  std::thread thread_;
+  // A pthread, not a std::thread: it gets an explicit stack size (kContextStackSize), so a small
+  // `ulimit -s` cannot make deep terms crash the port.
+  pthread_t thread_{};
+  bool joinable_ = false;
   unsigned long thread_ident_ = 0;
 
   std::mutex mutex_;
@@ -94,7 +116,13 @@ class Context {
   std::atomic<size_t> queued_{0};  // mirrors queue_.size() for lock-free spinning
   bool sleeping_ = false;
   bool stop_ = false;
-  std::unordered_map<uint64_t, std::string> early_replies_;  // replies for outer waits
+  // Replies for outer waits, arrived while an inner wait ran. Only ids in waiting_ids_ (the callback
+  // ids this thread's wait() calls are waiting for, innermost last) are kept, and a wait removes its
+  // own on return, so both hold at most one entry per nesting level: a reply that comes after its
+  // waiter was cancelled is dropped, never kept forever.
+  std::unordered_map<uint64_t, std::string> early_replies_;
+  std::vector<uint64_t> waiting_ids_;
+  size_t output_unacked_ = 0;  // under mutex_
   // A request popped from the queue but not yet started (its thread waits for the GIL) is in neither
   // the queue nor active_: a cancel arriving then is remembered here, and serve() refuses it. Only
   // that window records ids, so the list stays (nearly) empty and serve() skips the lock when it is.

@@ -63,6 +63,62 @@ ErrorText take_error(PyObject* format_exception) {
   return e;
 }
 
+// A body that is one non-negative integer (output_ack), read without the GIL. ETF: small integer,
+// integer, small big; msgpack: positive fixint and uint8..64 (and non-negative int8..64).
+bool parse_count(CodecKind codec, std::string_view b, uint64_t& v) {
+  auto u = [&](size_t at, size_t n) {
+    uint64_t x = 0;
+    for (size_t i = 0; i < n; ++i) x = (x << 8) | static_cast<unsigned char>(b[at + i]);
+    return x;
+  };
+  auto c = [&](size_t i) { return static_cast<unsigned char>(b[i]); };
+  if (codec == CodecKind::Etf) {
+    if (b.size() < 2 || c(0) != 131) return false;
+    if (c(1) == 97 && b.size() == 3) return v = c(2), true;
+    if (c(1) == 98 && b.size() == 6) {
+      auto x = static_cast<int32_t>(static_cast<uint32_t>(u(2, 4)));
+      if (x < 0) return false;
+      return v = static_cast<uint64_t>(x), true;
+    }
+    if (c(1) == 110 && b.size() >= 4 && b.size() == 4 + size_t{c(2)} && c(2) <= 8 && c(3) == 0) {
+      v = 0;
+      for (size_t i = c(2); i > 0; --i) v = (v << 8) | c(3 + i);  // little-endian digits
+      return true;
+    }
+    return false;
+  }
+  if (b.empty()) return false;
+  unsigned char t = c(0);
+  if (t <= 0x7f && b.size() == 1) return v = t, true;
+  size_t n = 0;
+  bool is_signed = false;
+  switch (t) {
+    case 0xcc: n = 1; break;
+    case 0xcd: n = 2; break;
+    case 0xce: n = 4; break;
+    case 0xcf: n = 8; break;
+    case 0xd0: n = 1; is_signed = true; break;
+    case 0xd1: n = 2; is_signed = true; break;
+    case 0xd2: n = 4; is_signed = true; break;
+    case 0xd3: n = 8; is_signed = true; break;
+    default: return false;
+  }
+  if (b.size() != 1 + n) return false;
+  if (is_signed && (c(1) & 0x80)) return false;
+  v = u(1, n);
+  return true;
+}
+
+// Cuts `s` to at most `max` bytes without splitting a UTF-8 sequence.
+std::string_view utf8_prefix(std::string_view s, size_t max) {
+  if (s.size() <= max) return s;
+  size_t n = max;
+  while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
+  return s.substr(0, n);
+}
+
+pid_t g_port_pid = 0;  // the port's own pid, for in_forked_child
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -120,6 +176,12 @@ bool Runtime::init_python() {
   PyConfig_Clear(&config);
   if (PyStatus_Exception(status)) {
     EP_LOG("Python failed to start: %s", status.err_msg ? status.err_msg : "?");
+    if (!opts_.crash_file.empty()) {
+      if (FILE* f = std::fopen(opts_.crash_file.c_str(), "w")) {
+        std::fprintf(f, "Python failed to start: %s\n", status.err_msg ? status.err_msg : "?");
+        std::fclose(f);
+      }
+    }
     return false;
   }
   if (!erlang_types_ready()) return false;
@@ -129,8 +191,27 @@ bool Runtime::init_python() {
     PyRef dir(PyUnicode_FromString(opts_.pylib.c_str()));
     if (!dir || PyList_Insert(sys_path, 0, dir.get()) != 0) return false;
   }
+  builtins_ = PyRef(PyImport_ImportModule("builtins"));
+  if (!builtins_) return false;
+  if (!opts_.crash_file.empty()) {
+    // First, before any of our Python runs: faulthandler writes the Python traceback of a fatal signal
+    // here (and start() the exception of a failed start-up); the owner reports it.
+    PyRef open(PyObject_GetAttrString(builtins_.get(), "open"));
+    crash_file_ = PyRef(open ? PyObject_CallFunction(open.get(), "ss", opts_.crash_file.c_str(), "w") : nullptr);
+    PyRef fh(PyImport_ImportModule("faulthandler"));
+    if (!crash_file_ || !fh) return false;
+    PyRef kwargs(Py_BuildValue("{s:O,s:O}", "file", crash_file_.get(), "all_threads", Py_True));
+    PyRef enable(PyObject_GetAttrString(fh.get(), "enable"));
+    PyRef empty(PyTuple_New(0));
+    if (!kwargs || !enable || !PyRef(PyObject_Call(enable.get(), empty.get(), kwargs.get()))) return false;
+    PyRef reg(PyObject_GetAttrString(fh.get(), "register"));
+    PyRef sigargs(Py_BuildValue("(i)", SIGUSR1));
+    if (!reg || !sigargs || !PyRef(PyObject_Call(reg.get(), sigargs.get(), kwargs.get()))) return false;
+  }
   erlang_module_ = PyRef(PyImport_ImportModule("erlang"));
   if (!erlang_module_) return false;
+  if (crash_file_ && PyObject_SetAttrString(erlang_module_.get(), "_crash_file", crash_file_.get()) != 0)
+    return false;
   PyRef installed(PyObject_CallMethod(erlang_module_.get(), "_install_std_streams", nullptr));
   if (!installed) return false;
   PyRef eval_mod(PyImport_ImportModule("erlang._eval"));
@@ -139,42 +220,66 @@ bool Runtime::init_python() {
   PyRef tb_mod(PyImport_ImportModule("traceback"));
   if (!tb_mod || !compile_block_) return false;
   format_exception_ = PyRef(PyObject_GetAttrString(tb_mod.get(), "format_exception"));
-  builtins_ = PyRef(PyImport_ImportModule("builtins"));
   eval_cache_ = PyRef(PyDict_New());
   exec_cache_ = PyRef(PyDict_New());
   main_str_ = PyRef(PyUnicode_InternFromString("__main__"));
-  if (!format_exception_ || !builtins_ || !eval_cache_ || !exec_cache_ || !main_str_) return false;
+  if (!format_exception_ || !eval_cache_ || !exec_cache_ || !main_str_) return false;
   bool created = false;
   if (!env_for(Py_None, created)) return false;  // the default environment, made up front
-
-  if (!opts_.crash_file.empty()) {
-    // faulthandler writes the Python traceback of a fatal signal here; the owner reports it.
-    PyRef open(PyObject_GetAttrString(builtins_.get(), "open"));
-    PyRef file(open ? PyObject_CallFunction(open.get(), "ss", opts_.crash_file.c_str(), "w") : nullptr);
-    PyRef fh(PyImport_ImportModule("faulthandler"));
-    if (!file || !fh) return false;
-    PyRef kwargs(Py_BuildValue("{s:O,s:O}", "file", file.get(), "all_threads", Py_True));
-    PyRef enable(PyObject_GetAttrString(fh.get(), "enable"));
-    PyRef empty(PyTuple_New(0));
-    if (!kwargs || !enable || !PyRef(PyObject_Call(enable.get(), empty.get(), kwargs.get()))) return false;
-    PyRef reg(PyObject_GetAttrString(fh.get(), "register"));
-    PyRef sigargs(Py_BuildValue("(i)", SIGUSR1));
-    if (!reg || !sigargs || !PyRef(PyObject_Call(reg.get(), sigargs.get(), kwargs.get()))) return false;
-    if (PyObject_SetAttrString(erlang_module_.get(), "_crash_file", file.get()) != 0) return false;
-  }
   return true;
 }
 
+// GIL held, a start-up exception set: writes its formatted traceback to the crash file (the owner
+// reports it with exit status 3) and leaves the exception set for PyErr_Print.
+bool Runtime::write_startup_error() {
+  if (!crash_file_) return false;
+#if PY_VERSION_HEX >= 0x030C0000
+  PyRef value(PyErr_GetRaisedException());
+#else
+  PyObject *t = nullptr, *v = nullptr, *tb = nullptr;
+  PyErr_Fetch(&t, &v, &tb);
+  PyErr_NormalizeException(&t, &v, &tb);
+  if (tb && v) PyException_SetTraceback(v, tb);
+  Py_XDECREF(t);
+  Py_XDECREF(tb);
+  PyRef value(v);
+#endif
+  if (!value) return false;
+  bool ok = false;
+  PyRef tb_mod(PyImport_ImportModule("traceback"));
+  PyRef lines(tb_mod ? PyObject_CallMethod(tb_mod.get(), "format_exception", "O", value.get()) : nullptr);
+  PyRef empty(PyUnicode_FromString(""));
+  PyRef text(lines && empty ? PyUnicode_Join(empty.get(), lines.get()) : PyObject_Str(value.get()));
+  if (text) {
+    PyRef head(PyUnicode_FromString("erlang_python_port: Python failed to start\n"));
+    ok = head && PyRef(PyObject_CallMethod(crash_file_.get(), "write", "O", head.get())) &&
+         PyRef(PyObject_CallMethod(crash_file_.get(), "write", "O", text.get())) &&
+         PyRef(PyObject_CallMethod(crash_file_.get(), "flush", nullptr));
+  }
+  PyErr_Clear();
+#if PY_VERSION_HEX >= 0x030C0000
+  PyErr_SetRaisedException(value.release());
+#else
+  PyErr_Restore(Py_NewRef(reinterpret_cast<PyObject*>(Py_TYPE(value.get()))), Py_NewRef(value.get()),
+                PyException_GetTraceback(value.get()));
+#endif
+  return ok;
+}
+
 bool Runtime::start() {
+  g_port_pid = getpid();
   if (!init_python()) {
-    if (PyErr_Occurred()) PyErr_Print();
+    if (PyErr_Occurred()) {
+      write_startup_error();
+      PyErr_Print();
+    }
     return false;
   }
   PyEval_SaveThread();  // the loop thread never runs Python; contexts and the control thread do
   control_ = std::make_unique<ControlThread>();
   for (int i = 1; i <= opts_.contexts; ++i) {
     auto ctx = std::make_unique<Context>(*this, static_cast<uint32_t>(i), opts_.spin_us);
-    ctx->start();
+    if (!ctx->start()) return false;
     contexts_.emplace(static_cast<uint32_t>(i), std::move(ctx));
   }
   return true;
@@ -309,6 +414,9 @@ void Runtime::dispatch(std::string payload) {
     case Kind::Stats:
       on_stats(h);
       return;
+    case Kind::OutputAck:
+      on_output_ack(h, std::string_view(payload).substr(kHeaderSize));
+      return;
     case Kind::StreamNext:
       protocol_error(h.ctx, h.id, "not_implemented", "streaming is not implemented yet");
       return;
@@ -336,24 +444,82 @@ void Runtime::on_cancel(const Header& h) {
     return;
   }
   uint64_t id = h.id;
-  auto delivered = std::make_shared<std::atomic<bool>>(false);
-  control_->post([c, id, delivered] {
-    GilGuard gil;
-    c->cancel_running(id);
-    delivered->store(true);
-  });
+  // Cancels wait for the control thread in one batch, delivered under one GIL acquisition: a storm of
+  // cancels costs one job at a time, never a backlog of GIL hand-offs that would make a delivered
+  // cancel look stuck. The batch holds each (context, id) once, so it is bounded by the requests.
+  std::shared_ptr<std::atomic<bool>> delivered;
+  bool post = false;
+  {
+    std::lock_guard<std::mutex> lock(cancel_mutex_);
+    if (cancel_batch_.empty()) {
+      cancel_delivered_ = std::make_shared<std::atomic<bool>>(false);
+      post = true;
+    }
+    if (cancel_batched_.emplace(c->id(), id).second) cancel_batch_.emplace_back(c, id);
+    delivered = cancel_delivered_;
+  }
+  if (post) {
+    control_->post([this] {
+      GilGuard gil;
+      std::vector<std::pair<Context*, uint64_t>> batch;
+      std::shared_ptr<std::atomic<bool>> done;
+      {
+        std::lock_guard<std::mutex> lock(cancel_mutex_);
+        batch.swap(cancel_batch_);
+        cancel_batched_.clear();
+        done = std::move(cancel_delivered_);
+      }
+      for (auto& [ctx, rid] : batch) ctx->cancel_running(rid);
+      done->store(true);
+    });
+  }
   // Watchdog: a request stuck in C code that holds the GIL can be neither interrupted nor worked
-  // around inside this process. faulthandler (registered on SIGUSR1) dumps every thread's traceback to
-  // the crash file for the Erlang side, then the port exits so it can be restarted.
-  int stuck_ms = opts_.cancel_stuck_ms;
-  std::thread([c, id, delivered, stuck_ms] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(stuck_ms));
-    if (delivered->load() || c->running_id() != id) return;
-    EP_LOG("request %llu ignores cancellation while holding the GIL: exiting", static_cast<unsigned long long>(id));
-    raise(SIGUSR1);
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    _exit(kExitCancelStuck);
-  }).detach();
+  // around inside this process. If the cancel is still undelivered after cancel_stuck_ms while the
+  // request still runs, check_stuck_cancels (the loop's timer) makes the port exit. Only a request that
+  // runs now can be stuck (a queued one was refused above, a starting one is refused when it starts).
+  if (c->running_id() != id || !stuck_armed_.emplace(c->id(), id).second) return;
+  if (stuck_checks_.size() >= kMaxStuckChecks) {
+    stuck_armed_.erase({c->id(), id});
+    return;
+  }
+  bool idle = stuck_checks_.empty();
+  stuck_checks_.push_back(
+      StuckCheck{c, id, std::move(delivered), Clock::now() + std::chrono::milliseconds(opts_.cancel_stuck_ms)});
+  if (idle && arm_watchdog_) arm_watchdog_(static_cast<uint64_t>(opts_.cancel_stuck_ms));
+}
+
+int64_t Runtime::check_stuck_cancels() {
+  auto now = Clock::now();
+  while (!stuck_checks_.empty() && stuck_checks_.front().due <= now) {
+    StuckCheck s = std::move(stuck_checks_.front());
+    stuck_checks_.pop_front();
+    stuck_armed_.erase({s.ctx->id(), s.id});
+    if (!s.delivered->load() && s.ctx->running_id() == s.id) exit_cancel_stuck(s.id);
+  }
+  if (stuck_checks_.empty()) return -1;
+  auto left = std::chrono::ceil<std::chrono::milliseconds>(stuck_checks_.front().due - now).count();
+  return left < 1 ? 1 : left;
+}
+
+void Runtime::exit_cancel_stuck(uint64_t id) {
+  EP_LOG("request %llu ignores cancellation while holding the GIL: exiting", static_cast<unsigned long long>(id));
+  // faulthandler (registered on SIGUSR1) dumps every thread's traceback to the crash file for the
+  // Erlang side; the handler runs in this thread, before raise returns.
+  raise(SIGUSR1);
+  // What never started goes back to the Erlang side to run elsewhere (PROTOCOL.md §3.7).
+  std::string out;
+  for (auto& [cid, ctx] : contexts_) {
+    for (Item& item : ctx->take_queued()) {
+      size_t start = begin_frame(out, Header{static_cast<uint8_t>(Kind::Requeue), 0, 0, item.h.ctx, item.h.id});
+      write_body(out, [](auto& w) {
+        w.list(0);
+        return true;
+      });
+      finish_frame(out, start);
+    }
+  }
+  if (!out.empty()) out_.write(out);
+  _exit(kExitCancelStuck);
 }
 
 void Runtime::on_callback_reply(Item item) {
@@ -369,16 +535,23 @@ void Runtime::on_callback_reply(Item item) {
     w.ctx->push(std::move(item));
     return;
   }
-  {
-    std::lock_guard<std::mutex> lock(w.thread->mutex);
-    w.thread->reply = std::string(item.body());
-    w.thread->done = true;
-  }
+  // Notified under the lock: once the waiter sees `done` it may return and destroy the condition
+  // variable, so nothing may touch it after the lock is released.
+  std::lock_guard<std::mutex> lock(w.thread->mutex);
+  w.thread->reply = std::string(item.body());
+  w.thread->done = true;
   w.thread->cv.notify_one();
 }
 
+size_t Runtime::waiter_count() {
+  std::lock_guard<std::mutex> lock(waiters_mutex_);
+  return waiters_.size();
+}
+
 void Runtime::on_stats(const Header& h) {
-  control_->post([this, h] {
+  // contexts_ belongs to the loop thread: count here, hand the number to the control thread.
+  size_t contexts = contexts_.size();
+  control_->post([this, h, contexts] {
     std::string out;
     {
       GilGuard gil;
@@ -389,7 +562,7 @@ void Runtime::on_stats(const Header& h) {
         w.atom("envs");
         w.integer(static_cast<int64_t>(envs));
         w.atom("contexts");
-        w.integer(static_cast<int64_t>(contexts_.size()));
+        w.integer(static_cast<int64_t>(contexts));
         w.atom("os_pid");
         w.integer(getpid());
         return true;
@@ -400,13 +573,34 @@ void Runtime::on_stats(const Header& h) {
   });
 }
 
+void Runtime::on_output_ack(const Header& h, std::string_view body) {
+  uint64_t bytes = 0;
+  if (!parse_count(opts_.codec, body, bytes)) {
+    protocol_error(h.ctx, h.id, "bad_body", "output_ack body must be a non-negative integer");
+    return;
+  }
+  if (h.ctx == 0) {
+    std::lock_guard<std::mutex> lock(out0_mutex_);
+    out0_unacked_ -= std::min<uint64_t>(bytes, out0_unacked_);
+    out0_cv_.notify_all();
+    return;
+  }
+  // A context destroyed since it wrote has nobody left to wake.
+  if (Context* c = find_context(h.ctx)) c->output_acked(static_cast<size_t>(std::min<uint64_t>(bytes, SIZE_MAX)));
+}
+
 void Runtime::on_context_create(const Header& h, std::string_view) {
   if (h.ctx == 0 || find_context(h.ctx)) {
     protocol_error(h.ctx, h.id, "bad_shape", "context id 0 or already in use");
     return;
   }
   auto ctx = std::make_unique<Context>(*this, h.ctx, opts_.spin_us);
-  ctx->start();
+  if (!ctx->start()) {
+    std::string out;
+    error_frame(out, h.ctx, h.id, "OSError", "cannot start a thread for the context", "");
+    out_.write(out);
+    return;
+  }
   contexts_.emplace(h.ctx, std::move(ctx));
   write_ok(h);
 }
@@ -430,6 +624,12 @@ void Runtime::on_context_destroy(const Header& h) {
 
 void Runtime::error_frame(std::string& out, uint32_t ctx, uint64_t id, std::string_view cls, std::string_view msg,
                           std::string_view tb) {
+  // Always sendable: past max_out_frame the traceback, then the message, are cut (the 256 bytes
+  // cover the header and the codecs' envelope around the three strings).
+  const size_t room = opts_.max_out_frame > 512 ? opts_.max_out_frame - 256 : 256;
+  cls = utf8_prefix(cls, room / 4);
+  msg = utf8_prefix(msg, room - cls.size());
+  tb = utf8_prefix(tb, room - cls.size() - msg.size());
   size_t start = begin_frame(out, Header{static_cast<uint8_t>(Kind::Error), 0, 0, ctx, id});
   write_body(out, [&](auto& w) {
     w.tuple(3);
@@ -454,7 +654,96 @@ void Runtime::result_frame(std::string& out, uint32_t ctx, uint64_t id, PyObject
     return;
   }
   finish_frame(out, start);
+  if (!frame_fits(out, start)) {
+    // Its length would not fit the frame's length field (or exceeds --max-out-frame): sending it
+    // would desynchronise every later frame. Refuse this one reply instead.
+    size_t size = out.size() - start - 4;
+    out.resize(start);
+    error_frame(out, ctx, id, "OverflowError",
+                "result of " + std::to_string(size) + " bytes exceeds the largest frame the port may send (" +
+                    std::to_string(opts_.max_out_frame) + " bytes)",
+                "");
+  }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Output (PROTOCOL.md §3.5)
+
+void Runtime::output_frame(std::string& out, uint32_t ctx, uint64_t id, int stream, std::string_view text) {
+  // Counted before it is written, so its ack can never arrive first.
+  Context* c = Context::current_thread_context();
+  if (c && c->id() == ctx) {
+    c->output_sent(text.size());
+  } else {
+    std::lock_guard<std::mutex> lock(out0_mutex_);
+    out0_unacked_ += text.size();
+  }
+  size_t start = begin_frame(out, Header{static_cast<uint8_t>(Kind::Output), 0, 0, ctx, id});
+  write_body(out, [&](auto& w) {
+    w.tuple(2);
+    w.integer(stream == 2 ? 2 : 1);
+    w.str(text);
+    return true;
+  });
+  finish_frame(out, start);
+}
+
+bool Runtime::wait_output_window() {
+  if (Context* c = Context::current_thread_context()) return c->wait_output_window(opts_.output_window);
+  {
+    std::lock_guard<std::mutex> lock(out0_mutex_);
+    if (out0_unacked_ <= opts_.output_window) return true;
+  }
+  // GIL first, then the lock (the lock order): released here, taken back after the lock is gone.
+  // Bounded by the Erlang side's acks only: a thread outside contexts serves no request to cancel; it
+  // ends with the port at the latest.
+  GilRelease unlocked;
+  std::unique_lock<std::mutex> lock(out0_mutex_);
+  out0_cv_.wait(lock, [&] { return out0_unacked_ <= opts_.output_window; });
+  return true;
+}
+
+bool Runtime::write_output(int stream, PyObject* text) {
+  Py_ssize_t n = 0;
+  const char* p = PyUnicode_AsUTF8AndSize(text, &n);
+  if (!p) return false;
+  if (in_forked_child()) {
+    // No protocol here (fork child): the text goes to stderr as it is.
+    GilRelease unlocked;
+    for (Py_ssize_t off = 0; off < n;) {
+      ssize_t w = ::write(2, p + off, static_cast<size_t>(n - off));
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) break;
+      off += w;
+    }
+    return true;
+  }
+  Context* c = Context::current_thread_context();
+  ActiveRequest* r = c ? c->current_request() : nullptr;
+  uint32_t ctx = c ? c->id() : 0;
+  uint64_t id = r ? r->id : 0;
+  // Pieces of at most 64 KiB (and within the frame limit), so a long text cannot overrun the window
+  // by more than one piece.
+  size_t piece_max = std::min<size_t>(size_t{64} << 10, opts_.max_out_frame > 1024 ? opts_.max_out_frame - 256 : 768);
+  std::string_view rest(p, static_cast<size_t>(n));
+  std::string frame;
+  while (!rest.empty()) {
+    std::string_view piece = utf8_prefix(rest, piece_max);
+    if (piece.empty()) piece = rest.substr(0, piece_max);  // not UTF-8 (cannot happen for a str)
+    rest.remove_prefix(piece.size());
+    if (!wait_output_window()) {
+      PyErr_SetString(cancelled_error_, "request cancelled while its output waited for the Erlang side");
+      return false;
+    }
+    frame.clear();
+    output_frame(frame, ctx, id, stream, piece);
+    GilRelease unlocked;
+    out_.write(frame);
+  }
+  return true;
+}
+
+bool Runtime::in_forked_child() { return g_port_pid != 0 && getpid() != g_port_pid; }
 
 // ---------------------------------------------------------------------------------------------
 // Requests (context thread, GIL held)
@@ -618,14 +907,7 @@ void Runtime::serve_call(std::string& out, const Header& h, PyObject* body, bool
       // Fire and forget: nobody waits, so the failure goes to the Erlang logger as stderr output.
       ErrorText e = take_error(format_exception_.get());
       std::string text = "py:cast failed: " + e.cls + ": " + e.msg + "\n" + e.tb;
-      size_t start = begin_frame(out, Header{static_cast<uint8_t>(Kind::Output), 0, 0, h.ctx, 0});
-      write_body(out, [&](auto& w) {
-        w.tuple(2);
-        w.integer(2);
-        w.str(text);
-        return true;
-      });
-      finish_frame(out, start);
+      output_frame(out, h.ctx, 0, 2, utf8_prefix(text, opts_.max_out_frame > 512 ? opts_.max_out_frame - 256 : 256));
     }
     return;
   }

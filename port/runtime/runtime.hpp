@@ -14,6 +14,7 @@
 #include <thread>
 #include <unordered_map>
 #include <deque>
+#include <set>
 
 #include "codec.hpp"
 #include "context.hpp"
@@ -33,9 +34,19 @@ struct Options {
   // A cancel that cannot get the GIL this long, while its request still runs, means C code holds the
   // GIL and ignores cancellation: nothing else in this port can run, so the port exits (status 5).
   int cancel_stuck_ms = 250;
+  // Unacknowledged output bytes a context (ctx 0: threads outside contexts) may have before its next
+  // write blocks (PROTOCOL.md §3.5).
+  size_t output_window = 256 * 1024;
+  // The largest frame the port sends: the length field is 32 bits. A reply that would be bigger is
+  // refused with an error reply (tests lower it with --max-out-frame).
+  size_t max_out_frame = kMaxOutFrame;
 };
 
 constexpr int kExitCancelStuck = 5;
+// Context threads get this stack, whatever `ulimit -s` says: deep enough for the codecs' nesting
+// limits (10,000 levels of decode; 1,000 of encode) and for Python's own recursion limit, with room to
+// spare. Only touched pages are committed.
+constexpr size_t kContextStackSize = size_t{64} << 20;
 
 // Runs small jobs that need the GIL but must not hold up the loop thread (cancel, env drop, stats).
 class ControlThread {
@@ -95,6 +106,29 @@ class Runtime {
   // the callback_reply `callback_id`. Returns false with a Python exception set if cancelled.
   bool round_trip(uint64_t callback_id, const std::string& frame, std::string& reply);
   uint64_t next_callback_id() { return next_callback_id_.fetch_add(1) + 1; }
+
+  // The cancel watchdog (on_cancel) runs on the loop thread, from one libuv timer that main() owns:
+  // main hands over how to (re)arm it, and the timer's callback calls check_stuck_cancels, which
+  // returns the milliseconds until the next check is due (-1: none left, the timer stays idle).
+  void set_watchdog_timer(std::function<void(uint64_t delay_ms)> arm) { arm_watchdog_ = std::move(arm); }
+  int64_t check_stuck_cancels();
+
+  // Output (PROTOCOL.md §3.5), GIL held: sends `text` (a str) as output frames on `stream`, in
+  // pieces, each after waiting (GIL released) for the calling thread's window. False with a Python
+  // exception set: CancelledError if its request was cancelled while it waited.
+  bool write_output(int stream, PyObject* text);
+  // Appends one output frame for `text` and counts it in the calling thread's window (never blocks).
+  void output_frame(std::string& out, uint32_t ctx, uint64_t id, int stream, std::string_view text);
+  // Whether the frame that starts at `start` in `out` (finished) is small enough to send.
+  bool frame_fits(const std::string& out, size_t start) const {
+    return out.size() - start - 4 <= opts_.max_out_frame;
+  }
+  size_t max_out_frame() const { return opts_.max_out_frame; }
+  // Callback waiters registered (for tests, _erlang._pending).
+  size_t waiter_count();
+  // True in a child made by fork(): the protocol descriptors are closed there (main.cpp's atfork
+  // handler), so nothing may be sent and no reply can come.
+  static bool in_forked_child();
   Output& output() { return out_; }
   size_t env_count() const { return envs_.size(); }
   PyObject* cancelled_error() const { return cancelled_error_; }
@@ -117,6 +151,12 @@ class Runtime {
   void on_cancel(const Header& h);
   void on_callback_reply(Item item);
   void on_stats(const Header& h);
+  void on_output_ack(const Header& h, std::string_view body);
+  [[noreturn]] void exit_cancel_stuck(uint64_t id);
+  // Blocks (GIL released) while the window of the calling thread's context (ctx 0: a thread outside
+  // contexts) is full. False if the request being served is cancelled meanwhile.
+  bool wait_output_window();
+  bool write_startup_error();
   void on_context_create(const Header& h, std::string_view body);
   void on_context_destroy(const Header& h);
   void write_ok(const Header& h);  // result `ok` for a context request
@@ -138,6 +178,32 @@ class Runtime {
   std::map<uint32_t, std::unique_ptr<Context>> contexts_;  // loop thread only (after start)
   std::unique_ptr<ControlThread> control_;
 
+  // Cancels whose request may hold the GIL: each is checked once, cancel_stuck_ms after it arrived
+  // (in arrival order, so the front is due first). Loop thread only. Bounded: one entry per
+  // (context, request) cancelled while it was that context's running request, for cancel_stuck_ms;
+  // past kMaxStuckChecks (a cancel storm over requests that do finish) new ones are not checked.
+  struct StuckCheck {
+    Context* ctx;
+    uint64_t id;
+    std::shared_ptr<std::atomic<bool>> delivered;
+    Clock::time_point due;
+  };
+  static constexpr size_t kMaxStuckChecks = 65536;
+  // Cancels of running requests not yet delivered by the control thread (on_cancel), under
+  // cancel_mutex_; cancel_delivered_ is set once the batch has been delivered.
+  std::mutex cancel_mutex_;
+  std::vector<std::pair<Context*, uint64_t>> cancel_batch_;
+  std::set<std::pair<uint32_t, uint64_t>> cancel_batched_;
+  std::shared_ptr<std::atomic<bool>> cancel_delivered_;
+  std::deque<StuckCheck> stuck_checks_;
+  std::set<std::pair<uint32_t, uint64_t>> stuck_armed_;
+  std::function<void(uint64_t)> arm_watchdog_;
+
+  // The output window of threads outside contexts (ctx 0): unacknowledged bytes, under out0_mutex_.
+  std::mutex out0_mutex_;
+  std::condition_variable out0_cv_;
+  size_t out0_unacked_ = 0;
+
   std::mutex waiters_mutex_;
   std::unordered_map<uint64_t, Waiter> waiters_;
   std::atomic<uint64_t> next_callback_id_{0};
@@ -153,6 +219,7 @@ class Runtime {
   PyRef exec_cache_;  // source -> code object
   PyRef main_str_;
   PyObject* cancelled_error_ = nullptr;  // borrowed from the _erlang module, which lives forever
+  PyRef crash_file_;  // the Python file faulthandler writes to (opened first thing at start-up)
 };
 
 }  // namespace ep
