@@ -43,10 +43,10 @@ struct Options {
 };
 
 constexpr int kExitCancelStuck = 5;
-// Context threads get this stack, whatever `ulimit -s` says: deep enough for the codecs' nesting
-// limits (10,000 levels of decode; 1,000 of encode) and for Python's own recursion limit, with room to
-// spare. Only touched pages are committed.
-constexpr size_t kContextStackSize = size_t{64} << 20;
+// Context threads get this stack, whatever `ulimit -s` says: the codecs' nesting limit (10,000 levels
+// of decode) needs about 1.5 MiB, and Python's own recursion more; 16 MiB leaves room to spare. Only
+// touched pages are committed.
+constexpr size_t kContextStackSize = size_t{16} << 20;
 
 // Runs small jobs that need the GIL but must not hold up the loop thread (cancel, env drop, stats).
 class ControlThread {
