@@ -10,7 +10,7 @@
 	output_window_blocks_until_acked/1, cancel_unblocks_blocked_writer/1,
 	thread_outside_context_bounded/1, oversized_reply_refused/1, fork_child_releases_pipes/1,
 	sleep_bad_and_huge_lengths/1, deep_term_small_stack/1, startup_failure_crash_file/1,
-	cancelled_callback_leaves_nothing/1, bad_output_ack/1]).
+	cancelled_callback_leaves_nothing/1, bad_output_ack/1, thread_callbacks_stress/1]).
 
 -define(KIND_EVAL, 2).
 -define(KIND_CANCEL, 5).
@@ -29,7 +29,8 @@ all() ->
 	[cancel_storm_bounded_threads, stuck_cancel_requeues_then_exits, output_window_blocks_until_acked,
 	 cancel_unblocks_blocked_writer, thread_outside_context_bounded, oversized_reply_refused,
 	 fork_child_releases_pipes, sleep_bad_and_huge_lengths, deep_term_small_stack,
-	 startup_failure_crash_file, cancelled_callback_leaves_nothing, bad_output_ack].
+	 startup_failure_crash_file, cancelled_callback_leaves_nothing, bad_output_ack,
+	 thread_callbacks_stress].
 
 init_per_suite(Config) ->
 	{module, py_codec} = code:ensure_loaded(py_codec),
@@ -163,6 +164,14 @@ oversized_reply_refused(Config) ->
 	{Out, {result, 3}} = ack_until_final(Port, Id2, Config, 10000),
 	true = length(Out) >= 4,
 	<<_:200000/binary, "\n">> = iolist_to_binary([T || {_, _, _, T} <- Out]),
+	%% Pieces are cut between characters, never inside one.
+	Id3 = next_id(),
+	send(Port, ?KIND_EVAL, 1, Id3, eval_body(<<"print('\\u00e9' * 100000, end='')\n4">>), Config),
+	{Out3, {result, 4}} = ack_until_final(Port, Id3, Config, 10000),
+	true = length(Out3) >= 4,
+	[] = [T || {_, _, _, T} <- Out3, unicode:characters_to_binary(T) =/= T],
+	Accents = binary:copy(<<16#c3, 16#a9>>, 100000),
+	Accents = iolist_to_binary([T || {_, _, _, T} <- Out3]),
 	{error, {<<"OverflowError">>, _, _}} = eval(Port, <<"__import__('erlang').call('f', 'x' * 100000)">>, Config),
 	{result, 5} = eval(Port, <<"2+3">>, Config).
 
@@ -266,6 +275,36 @@ bad_output_ack(Config) ->
 	{?KIND_PROTOCOL_ERROR, 1, 78, _} = receive_frame(Port, 5000),
 	send(Port, ?KIND_OUTPUT_ACK, 1, 79, 1 bsl 40, Config),
 	{result, 2} = eval(Port, <<"1+1">>, Config).
+
+%% 2. Threads outside contexts waiting on callbacks, answered as fast as they ask: each reply reaches
+%% its own waiter (the waiter is woken under its lock, so it cannot be gone when it is notified; a
+%% sanitizer build would report the use-after-free this used to allow).
+thread_callbacks_stress(Config) ->
+	{Port, _} = start(Config, ["--contexts", "1"]),
+	Code = <<"import threading, erlang\nout = []\n"
+		"def w(k):\n    s = 0\n    for i in range(200):\n        s += erlang.call('echo', k * 1000 + i)\n"
+		"    out.append(s)\n"
+		"ts = [threading.Thread(target=w, args=(k,)) for k in range(4)]\n"
+		"for t in ts: t.start()\n"
+		"for t in ts: t.join()\n"
+		"sorted(out)">>,
+	send(Port, ?KIND_EVAL, 1, 41, eval_body(Code), Config),
+	Expected = [lists:sum([K * 1000 + I || I <- lists:seq(0, 199)]) || K <- lists:seq(0, 3)],
+	{result, Expected} = answer_callbacks(Port, 41, Config, deadline(30000), 0),
+	{result, {0, 0}} = eval(Port, <<"__import__('_erlang')._pending()">>, Config).
+
+answer_callbacks(Port, Id, Config, Deadline, N) ->
+	case receive_frame(Port, left(Deadline)) of
+		{?KIND_CALLBACK, 0, 0, B} ->
+			{Cb, <<"echo">>, [V]} = decode(B, Config),
+			send(Port, ?KIND_CALLBACK_REPLY, 0, Cb, {ok, V}, Config),
+			answer_callbacks(Port, Id, Config, Deadline, N + 1);
+		{?KIND_RESULT, 1, Id, B} ->
+			800 = N,
+			{result, decode(B, Config)};
+		Other ->
+			error({unexpected, Other})
+	end.
 
 %% Internal.
 
