@@ -10,7 +10,8 @@
 	output_window_blocks_until_acked/1, cancel_unblocks_blocked_writer/1,
 	thread_outside_context_bounded/1, oversized_reply_refused/1, fork_child_releases_pipes/1,
 	sleep_bad_and_huge_lengths/1, deep_term_small_stack/1, startup_failure_crash_file/1,
-	cancelled_callback_leaves_nothing/1, bad_output_ack/1, thread_callbacks_stress/1]).
+	cancelled_callback_leaves_nothing/1, bad_output_ack/1, thread_callbacks_stress/1,
+	stats_counts_contexts_when_asked/1]).
 
 -define(KIND_EVAL, 2).
 -define(KIND_CANCEL, 5).
@@ -30,7 +31,7 @@ all() ->
 	 cancel_unblocks_blocked_writer, thread_outside_context_bounded, oversized_reply_refused,
 	 fork_child_releases_pipes, sleep_bad_and_huge_lengths, deep_term_small_stack,
 	 startup_failure_crash_file, cancelled_callback_leaves_nothing, bad_output_ack,
-	 thread_callbacks_stress].
+	 thread_callbacks_stress, stats_counts_contexts_when_asked].
 
 init_per_suite(Config) ->
 	{module, py_codec} = code:ensure_loaded(py_codec),
@@ -292,6 +293,22 @@ thread_callbacks_stress(Config) ->
 	Expected = [lists:sum([K * 1000 + I || I <- lists:seq(0, 199)]) || K <- lists:seq(0, 3)],
 	{result, Expected} = answer_callbacks(Port, 41, Config, deadline(30000), 0),
 	{result, {0, 0}} = eval(Port, <<"__import__('_erlang')._pending()">>, Config).
+
+%% 2. stats counts the contexts as they are when it is asked (the count is taken on the loop thread,
+%% which owns the context list), not later on the control thread, which read the list unguarded while
+%% the loop changed it: here the control thread waits for the GIL while 50 contexts are created.
+stats_counts_contexts_when_asked(Config) ->
+	{Port, OsPid} = start(Config, ["--contexts", "1"]),
+	send(Port, ?KIND_EVAL, 1, 51,
+		eval_body(<<"import time\nt = time.monotonic() + 1\nwhile time.monotonic() < t:\n    pass\n1">>), Config),
+	timer:sleep(200),
+	send(Port, 10, 0, 52, [], Config),
+	_ = [send(Port, 7, 100 + I, 600 + I, {worker}, Config) || I <- lists:seq(1, 50)],
+	Replies = [receive_frame(Port, 10000) || _ <- lists:seq(1, 52)],
+	[{?KIND_RESULT, 0, 52, Stats}] = [F || F = {_, _, 52, _} <- Replies],
+	#{contexts := 1, envs := _, os_pid := OsPid} = decode(Stats, Config),
+	50 = length([ok || {?KIND_RESULT, _, Id, B} <- Replies, Id > 600, decode(B, Config) =:= ok]),
+	[{?KIND_RESULT, 1, 51, _}] = [F || F = {_, _, 51, _} <- Replies].
 
 answer_callbacks(Port, Id, Config, Deadline, N) ->
 	case receive_frame(Port, left(Deadline)) of
