@@ -215,6 +215,8 @@ port_exited(Slot, Generation, Reason) ->
 -spec init({explicit, term(), context_mode(), atom() | undefined} | {default, pos_integer()})
 	-> {ok, #s{}} | {stop, term()}.
 init({default, N}) ->
+	%% So terminate/2 unregisters it when its supervisor stops it.
+	process_flag(trap_exit, true),
 	case py_router:config() of
 		#{num_ports := Ports, contexts_per_port := PerPort} when N =< Ports * PerPort ->
 			Slot = (N - 1) rem Ports + 1,
