@@ -201,13 +201,15 @@ place(Ctx) ->
 		{error, not_started}
 	end.
 
-%% Called by py_port when OS process Generation of Slot died: its explicit contexts end.
--spec port_exited(pos_integer(), non_neg_integer(), term()) -> ok.
+%% Called by py_port when OS process Generation of Slot died (all: a new owner starts, every explicit
+%% context of the slot belonged to its predecessor): those explicit contexts end.
+-spec port_exited(pos_integer(), pos_integer() | all, term()) -> ok.
 port_exited(Slot, Generation, Reason) ->
-	Pids = try ets:select(?TAB, [{{'$1', Slot, '_', Generation, '_', '_'}, [], ['$1']}])
+	Gen = case Generation of all -> '_'; _ -> Generation end,
+	Found = try ets:select(?TAB, [{{'_', Slot, '_', Gen, '_', '_'}, [], ['$_']}])
 		catch error:badarg -> []
 		end,
-	_ = [Pid ! {py_port_exited, Slot, Generation, Reason} || Pid <- Pids],
+	_ = [Pid ! {py_port_exited, Slot, G, Reason} || {Pid, _, _, G, _, _} <- Found, G > 0],
 	ok.
 
 %% gen_server.

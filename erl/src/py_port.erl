@@ -188,6 +188,8 @@ init({Slot, Opts}) ->
 	%% Requests left by a previous owner of this slot that crashed: nobody will answer them.
 	fail_inflight(Slot, #{exit_status => undefined, signal => undefined, traceback => <<>>,
 		reason => owner_down}),
+	ok = py_context:port_exited(Slot, all, #{exit_status => undefined, signal => undefined,
+		traceback => <<>>, reason => owner_down}),
 	%% The first start is synchronous: the application is only up once every slot said hello, and a
 	%% port that cannot start (no executable, Python broken) fails the application start loudly.
 	try start_os_process(State0) of
@@ -298,6 +300,9 @@ terminate(Reason, State = #state{slot = Slot, port = Port, os_pid = OsPid}) ->
 		_ -> owner_down
 	end,
 	fail_inflight(Slot, #{exit_status => undefined, signal => undefined, traceback => <<>>, reason => Why}),
+	%% A new owner counts generations from 0 again: the explicit contexts of this one must go.
+	ok = py_context:port_exited(Slot, State#state.generation, #{exit_status => undefined,
+		signal => undefined, traceback => <<>>, reason => Why}),
 	_ = [gen_server:reply(From, {error, Why}) || {From, _} <- State#state.waiters],
 	case Port of
 		undefined ->

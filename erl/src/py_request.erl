@@ -166,7 +166,14 @@ place(Key) ->
 %% A context process's place (py_context registers it in py_contexts).
 context_place(Pid) ->
 	try ets:lookup(py_contexts, Pid) of
-		[{_, Slot, Ctx, Gen, _Pool, _Mode}] -> #place{slot = Slot, ctx = Ctx, gen = Gen, chooser = Pid};
+		[{_, Slot, Ctx, Gen, _Pool, _Mode}] when Gen =:= 0 ->
+			#place{slot = Slot, ctx = Ctx, gen = Gen, chooser = Pid};
+		[{_, Slot, Ctx, Gen, _Pool, _Mode}] ->
+			%% An explicit context killed without running its terminate/2 left its entry behind.
+			case is_process_alive(Pid) of
+				true -> #place{slot = Slot, ctx = Ctx, gen = Gen, chooser = Pid};
+				false -> ets:delete(py_contexts, Pid), {error, {context_down, Pid}}
+			end;
 		[] -> {error, {context_down, Pid}}
 	catch error:badarg ->
 		{error, not_started}
@@ -278,10 +285,10 @@ ready(#place{slot = Slot, gen = 0, chooser = Chooser} = Place, SeenGen, Deadline
 				{Slot1, CtxIndex} when is_integer(Slot1), Slot1 =/= Slot ->
 					{moved, Place#place{slot = Slot1, ctx = {index, CtxIndex}}};
 				_ ->
-					wait_ready(Owner, max(Gen, SeenGen), Deadline)
+					wait_ready(Place, Owner, max(Gen, SeenGen), Deadline)
 			end;
 		#{owner := Owner} ->
-			wait_ready(Owner, SeenGen, Deadline);
+			wait_ready(Place, Owner, SeenGen, Deadline);
 		undefined ->
 			{error, not_started}
 	end;
@@ -292,8 +299,10 @@ ready(#place{slot = Slot, gen = Gen, chooser = Pid}, _SeenGen, _Deadline) ->
 		#{} -> {error, {context_down, Pid}}
 	end.
 
-wait_ready(Owner, SeenGen, Deadline) ->
+wait_ready(Place, Owner, SeenGen, Deadline) ->
 	try py_port:wait_ready(Owner, SeenGen, remaining(Deadline)) of
+		%% Condemned while we waited: its next generation (or another slot).
+		{ok, #{status := condemned, generation := Gen}} -> ready(Place, Gen, Deadline);
 		{ok, Info} -> {ok, Info};
 		{error, Why} -> {error, {not_running, Why}}
 	catch

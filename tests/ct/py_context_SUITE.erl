@@ -15,7 +15,8 @@
 	failure_isolation/1, owngil_and_bad_mode_refused/1, explicit_contexts_spread_over_ports/1,
 	stop_destroys_the_context/1, start_link_dies_with_owner/1, port_death_ends_explicit_context/1,
 	default_contexts_reattach_after_restart/1, process_bound_env_in_context/1, python_actor_gen_server/1,
-	ml_pipeline_main_module/1, interp_id_and_subinterp/1, context_down_errors/1,
+	ml_pipeline_main_module/1, interp_id_and_subinterp/1, context_down_errors/1, killed_context_is_down/1,
+	owner_crash_ends_explicit_contexts/1,
 	nested_flag_marks_callbacks/1, nested_python_erlang_python_on_context/1,
 	local_env_reference/1, local_env_freed_when_owner_exits/1, one_request_at_a_time/1]).
 
@@ -28,7 +29,8 @@ all() ->
 	 owngil_and_bad_mode_refused, explicit_contexts_spread_over_ports, stop_destroys_the_context,
 	 start_link_dies_with_owner, port_death_ends_explicit_context, default_contexts_reattach_after_restart,
 	 process_bound_env_in_context, python_actor_gen_server, ml_pipeline_main_module,
-	 interp_id_and_subinterp, context_down_errors, nested_flag_marks_callbacks,
+	 interp_id_and_subinterp, context_down_errors, killed_context_is_down,
+	 owner_crash_ends_explicit_contexts, nested_flag_marks_callbacks,
 	 nested_python_erlang_python_on_context, {group, port_v2}].
 
 %% NEEDS-PORT-V2.
@@ -289,6 +291,38 @@ context_down_errors(_) ->
 	Down = py_context:call(Dead, math, sqrt, [4]),
 	Down = py_context:exec(Dead, <<"x = 1">>),
 	{error, {context_down, Dead}} = py_context:create_local_env(Dead).
+
+%% A context killed outright (no terminate/2) is down for its later callers too.
+killed_context_is_down(_) ->
+	{ok, Ctx} = py_context:new(#{}),
+	{ok, 1} = py:eval(Ctx, <<"1">>),
+	MRef = erlang:monitor(process, Ctx),
+	exit(Ctx, kill),
+	receive {'DOWN', MRef, process, Ctx, killed} -> ok after 5000 -> error(alive) end,
+	{error, {context_down, Ctx}} = py:eval(Ctx, <<"1">>),
+	{error, {context_down, Ctx}} = py_context:place(Ctx).
+
+%% When a slot's owner itself crashes, its successor counts OS processes afresh: the explicit contexts
+%% of the slot end ({port_exited, #{reason := owner_down}}); the default pool's go on.
+owner_crash_ends_explicit_contexts(_) ->
+	{ok, Ctx} = py_context:new(#{}),
+	{ok, #{slot := Slot}} = py_context:place(Ctx),
+	#{owner := Owner} = py_port:info(Slot),
+	MRef = erlang:monitor(process, Ctx),
+	exit(Owner, kill),
+	receive
+		{'DOWN', MRef, process, Ctx, {shutdown, {port_exited, #{reason := owner_down}}}} -> ok
+	after 10000 ->
+		error(context_did_not_exit)
+	end,
+	ok = py_ct_helper:eventually(fun() ->
+		case py_port:info(Slot) of
+			#{status := up, owner := O} -> O =/= Owner;
+			_ -> false
+		end
+	end, 30000),
+	{error, {context_down, Ctx}} = py:eval(Ctx, <<"1">>),
+	{ok, 2} = py:eval(py:context(Slot), <<"1+1">>).
 
 %% The nested flag (PROTOCOL.md §3.4) is set exactly while the process runs a callback of a request on
 %% the same {Slot, Ctx, Generation}.
