@@ -223,8 +223,9 @@ ctx_id(#place{ctx = CtxId}, _) ->
 	CtxId.
 
 %% Only ports that answered context_init know the nested flag (py_port publishes nested => true); an
-%% older port refuses any flag.
-flags(Kind, #{nested := true}, Slot, Ctx, Gen) when Kind =:= call; Kind =:= eval; Kind =:= exec; Kind =:= cast ->
+%% older port refuses any flag. The flag is defined on call/eval/exec only (PROTOCOL.md §1.1): a cast
+%% nobody waits for is never nested.
+flags(Kind, #{nested := true}, Slot, Ctx, Gen) when Kind =:= call; Kind =:= eval; Kind =:= exec ->
 	nested_flag(Slot, Ctx, Gen);
 flags(_, _, _, _, _) ->
 	0.
