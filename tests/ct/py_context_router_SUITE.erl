@@ -13,7 +13,8 @@
 	bind_explicit_context/1, start_stop_default_pool/1, named_pool_lifecycle/1, registry_priority/1,
 	registered_calls_route_to_pool/1, registered_pool_not_started/1, pool_binding/1,
 	pool_member_restarts_after_port_death/1, cached_place_survives_app_restart/1,
-	condemned_slot_is_skipped/1, started_request_never_rerun/1, queued_work_requeued_on_successor/1]).
+	condemned_slot_is_skipped/1, started_request_never_rerun/1, queued_work_requeued_on_successor/1,
+	requeue_moves_free_caller/1, requeue_waits_for_successor/1, requeue_on_explicit_context/1]).
 
 -define(ENV, [{num_ports, 2}, {contexts_per_port, 2}, {cancel_grace_ms, 1000}]).
 
@@ -22,7 +23,8 @@ all() ->
 	 bind_explicit_context, start_stop_default_pool, named_pool_lifecycle, registry_priority,
 	 registered_calls_route_to_pool, registered_pool_not_started, pool_binding,
 	 pool_member_restarts_after_port_death, cached_place_survives_app_restart, condemned_slot_is_skipped,
-	 started_request_never_rerun, {group, port_v2}].
+	 started_request_never_rerun, requeue_moves_free_caller, requeue_waits_for_successor,
+	 requeue_on_explicit_context, {group, port_v2}].
 
 groups() ->
 	[{port_v2, [], [queued_work_requeued_on_successor]}].
@@ -348,3 +350,65 @@ queued_work_requeued_on_successor(_) ->
 	{ok, 2} = receive {bound, B, G1} when G1 > Gen -> B after 20000 -> error(no_bound) end,
 	{ok, 3} = receive {free, F, _} -> F after 20000 -> error(no_free) end,
 	_ = {Bound, Free}.
+
+%% The requeue cases below play the owner's part: they take a caller's py_inflight entry, as the owner
+%% does for a final frame, and hand it a `requeue' frame (PROTOCOL.md §3.7), so the caller's side is
+%% tested against any port. (The original request still runs; its answer finds no entry.)
+
+%% A requeued request of a caller that did not choose its place, whose slot is condemned, is sent
+%% again on another slot.
+requeue_moves_free_caller(_) ->
+	Info = py_port:info(1),
+	Self = self(),
+	Caller = spawn(fun() ->
+		_ = put(py_router_place, {1, 0}),
+		R = py:eval(<<"__import__('time').sleep(0.3) or 7">>, #{}, 10000),
+		Self ! {done, R, py_router:pick(self())}
+	end),
+	try
+		Id = inflight_of(Caller),
+		ok = persistent_term:put({py_port, 1}, Info#{status => condemned}),
+		ok = hand_back(Id, Caller, Info)
+	after
+		ok = persistent_term:put({py_port, 1}, Info)
+	end,
+	{{ok, 7}, {2, _}} = receive {done, R, P} -> {R, P} after 10000 -> error(no_answer) end.
+
+%% A bound caller's requeued request waits for the slot's next OS process and runs there, within its
+%% deadline.
+requeue_waits_for_successor(_) ->
+	Info = #{generation := Gen, os_pid := OsPid} = py_port:info(1),
+	Self = self(),
+	Caller = spawn(fun() ->
+		ok = py_router:bind({1, 0}),
+		R = py:eval(<<"__import__('time').sleep(0.3) or 8">>, #{}, 20000),
+		Self ! {done, R, py_ct_helper:generation(1)}
+	end),
+	ok = hand_back(inflight_of(Caller), Caller, Info),
+	%% Still the same OS process: the caller waits for the next one.
+	receive {done, Early, _} -> error({answered_on_old_port, Early}) after 600 -> ok end,
+	_ = os:cmd("kill -9 " ++ integer_to_list(OsPid)),
+	{{ok, 8}, G} = receive {done, R, G0} -> {R, G0} after 20000 -> error(no_answer) end,
+	true = G > Gen.
+
+%% A requeued request on an explicit context (whose state dies with its port) is context_down.
+requeue_on_explicit_context(_) ->
+	{ok, E} = py_context:new(#{}),
+	{ok, #{slot := Slot}} = py_context:place(E),
+	Self = self(),
+	Caller = spawn(fun() -> Self ! {done, py:eval(E, <<"__import__('time').sleep(0.3) or 9">>)} end),
+	ok = hand_back(inflight_of(Caller), Caller, py_port:info(Slot)),
+	{error, {context_down, E}} = receive {done, R} -> R after 10000 -> error(no_answer) end.
+
+%% The id of Pid's request in flight, once it has one.
+inflight_of(Pid) ->
+	ok = py_ct_helper:eventually(fun() ->
+		ets:select(py_inflight, [{{'_', Pid, '_'}, [], [true]}]) =/= []
+	end, 10000),
+	[Id] = ets:select(py_inflight, [{{'$1', Pid, '_'}, [], ['$1']}]),
+	Id.
+
+hand_back(Id, Pid, #{codec := Codec}) ->
+	[_] = ets:take(py_inflight, Id),
+	Pid ! {py_frame, Id, 75, 0, iolist_to_binary(py_codec:encode(Codec, []))},
+	ok.
