@@ -112,7 +112,8 @@ start_link_default(N) ->
 	gen_server:start_link(?MODULE, {default, N}, []).
 
 %% Destroys the context (its queued work finishes first; its environments and objects are freed) and
-%% ends the process. A default-pool context only ends its process: the port keeps its thread.
+%% ends the process. A default-pool context only ends its process (the port keeps its thread), and its
+%% pool supervisor starts a new one for the same context.
 -spec stop(context()) -> ok.
 stop(Ctx) when is_pid(Ctx) ->
 	try gen_server:call(Ctx, stop, ?CONTROL_TIMEOUT + 5000)

@@ -55,6 +55,7 @@
 %% The owner's own context_init requests: below the callers' ids, far above the port's callback ids.
 -define(INIT_BASE, (1 bsl 40)).
 
+%% nested: the port answered context_init, so it knows PROTOCOL v2's contexts (the nested flag, drain).
 -type info() :: #{owner := pid(), status := up | down | condemned, slot := pos_integer(),
 	nested => boolean(),
 	port => port(), codec => py_codec:codec(), contexts => tuple(), os_pid => non_neg_integer(),
@@ -393,9 +394,7 @@ condemn(State = #state{slot = Slot, info = Info, status = up, nested = Nested}) 
 	Condemned = Info#{status => condemned},
 	ok = persistent_term:put({py_port, Slot}, Condemned),
 	_ = Nested andalso send_to_port(py_codec:frame(drain, 0, 0, codec(State), []), State),
-	State#state{info = Condemned};
-condemn(State) ->
-	State.
+	State#state{info = Condemned}.
 
 publish_down(#state{slot = Slot}) ->
 	ok = persistent_term:put({py_port, Slot}, #{owner => self(), status => down, slot => Slot}).
