@@ -18,7 +18,7 @@
 	default_contexts_reattach_after_restart/1, process_bound_env_in_context/1, python_actor_gen_server/1,
 	ml_pipeline_main_module/1, interp_id_and_subinterp/1, context_down_errors/1, killed_context_is_down/1,
 	owner_crash_ends_explicit_contexts/1, user_supervisor_restarts_context/1,
-	restarted_port_gets_registry_back/1,
+	restarted_port_gets_registry_back/1, nested_flag_on_the_wire/1,
 	nested_flag_marks_callbacks/1, nested_python_erlang_python_on_context/1,
 	local_env_reference/1, local_env_freed_when_owner_exits/1, one_request_at_a_time/1]).
 
@@ -33,6 +33,7 @@ all() ->
 	 process_bound_env_in_context, python_actor_gen_server, ml_pipeline_main_module,
 	 interp_id_and_subinterp, context_down_errors, killed_context_is_down,
 	 owner_crash_ends_explicit_contexts, user_supervisor_restarts_context, nested_flag_marks_callbacks,
+	 nested_flag_on_the_wire,
 	 nested_python_erlang_python_on_context, {group, port_v2}].
 
 %% NEEDS-PORT-V2.
@@ -391,6 +392,27 @@ nested_flag_marks_callbacks(_) ->
 	end),
 	ok = py:exec(Ctx, <<"def inner():\n    return 'inner'\n">>),
 	{ok, {<<"ok">>, <<"inner">>}} = py:eval(Ctx, <<"erlang.call('ctx_spawned')">>).
+
+%% The flag reaches the wire on exactly the nested request. Shown against a port that predates the
+%% flag (it refuses any flag: bad_flags) by publishing the slot as flag-capable; a port that knows the
+%% flag serves the nested request (nested_python_erlang_python_on_context).
+nested_flag_on_the_wire(_) ->
+	{ok, Ctx} = py_context:new(#{}),
+	{ok, #{slot := Slot}} = py_context:place(Ctx),
+	case py_port:info(Slot) of
+		#{nested := true} ->
+			{skip, "the port knows the nested flag"};
+		Info ->
+			ok = py:register_function(ctx_nested_eval, fun([]) -> py:eval(Ctx, <<"1">>) end),
+			ok = persistent_term:put({py_port, Slot}, Info#{nested => true}),
+			try
+				{ok, 2} = py:eval(Ctx, <<"2">>),
+				{ok, {<<"error">>, {<<"protocol_error">>, <<"bad_flags">>, _}}} =
+					py:eval(Ctx, <<"erlang.call('ctx_nested_eval')">>)
+			after
+				ok = persistent_term:put({py_port, Slot}, Info)
+			end
+	end.
 
 %% Python -> Erlang -> Python on the same explicit context, 5 deep: each nested request is served on
 %% the waiting one's stack.

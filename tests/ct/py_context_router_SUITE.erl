@@ -14,7 +14,8 @@
 	registered_calls_route_to_pool/1, registered_pool_not_started/1, pool_binding/1,
 	pool_member_restarts_after_port_death/1, cached_place_survives_app_restart/1,
 	condemned_slot_is_skipped/1, started_request_never_rerun/1, queued_work_requeued_on_successor/1,
-	requeue_moves_free_caller/1, requeue_waits_for_successor/1, requeue_on_explicit_context/1]).
+	requeue_moves_free_caller/1, requeue_waits_for_successor/1, requeue_on_explicit_context/1,
+	all_slots_condemned_waits/1, cast_leaves_condemned_slot/1]).
 
 -define(ENV, [{num_ports, 2}, {contexts_per_port, 2}, {cancel_grace_ms, 1000}]).
 
@@ -24,7 +25,7 @@ all() ->
 	 registered_calls_route_to_pool, registered_pool_not_started, pool_binding,
 	 pool_member_restarts_after_port_death, cached_place_survives_app_restart, condemned_slot_is_skipped,
 	 started_request_never_rerun, requeue_moves_free_caller, requeue_waits_for_successor,
-	 requeue_on_explicit_context, {group, port_v2}].
+	 requeue_on_explicit_context, all_slots_condemned_waits, cast_leaves_condemned_slot, {group, port_v2}].
 
 groups() ->
 	[{port_v2, [], [queued_work_requeued_on_successor]}].
@@ -312,6 +313,41 @@ condemned_slot_is_skipped(_) ->
 	end,
 	{ok, 1} = py:eval(E, <<"1">>),
 	_ = Other.
+
+%% With every slot condemned a free caller has nowhere to move: it waits (one turn of the ring, then
+%% the next generation) and its deadline ends the wait.
+all_slots_condemned_waits(_) ->
+	Infos = [py_port:info(S) || S <- [1, 2]],
+	Self = self(),
+	try
+		_ = [persistent_term:put({py_port, S}, I#{status => condemned}) || I = #{slot := S} <- Infos],
+		spawn(fun() ->
+			_ = put(py_router_place, {1, 0}),
+			T0 = erlang:monotonic_time(millisecond),
+			Self ! {done, py:eval(<<"1">>, #{}, 300), py_ct_helper:elapsed_ms(T0)}
+		end),
+		{{error, timeout}, Ms} = receive {done, R, T} -> {R, T} after 10000 -> error(no_answer) end,
+		true = Ms >= 250
+	after
+		_ = [persistent_term:put({py_port, S}, I) || I = #{slot := S} <- Infos]
+	end.
+
+%% A cast of a free caller whose slot is condemned goes to another slot.
+cast_leaves_condemned_slot(_) ->
+	Info = py_port:info(1),
+	Self = self(),
+	try
+		ok = persistent_term:put({py_port, 1}, Info#{status => condemned}),
+		spawn(fun() ->
+			_ = put(py_router_place, {1, 0}),
+			ok = py:cast(erlang, send, [Self, <<"cast">>]),
+			Self ! {place, py_router:pick(self())}
+		end),
+		receive <<"cast">> -> ok after 10000 -> error(no_cast) end,
+		{2, _} = receive {place, P} -> P after 10000 -> error(no_place) end
+	after
+		ok = persistent_term:put({py_port, 1}, Info)
+	end.
 
 %% A request Python started is never run twice: killed with its port (a cancel grace expired on the
 %% same port), it fails with port_exited, and its side effect happened once.
