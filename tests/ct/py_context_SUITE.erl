@@ -64,6 +64,10 @@ init_per_testcase(_Case, Config) ->
 		undefined -> ok = py_ct_helper:start_app([{num_ports, 2}, {contexts_per_port, 2}]);
 		_ -> ok
 	end,
+	%% A case may have killed a port: the next one starts with both up.
+	ok = py_ct_helper:eventually(fun() ->
+		lists:all(fun(S) -> maps:get(status, py_port:info(S), down) =:= up end, [1, 2])
+	end, 30000),
 	Config.
 
 end_per_testcase(_Case, _Config) ->

@@ -356,7 +356,7 @@ started_request_never_rerun(_) ->
 	Gen = py_ct_helper:generation(1),
 	Runner = spawn(fun() ->
 		ok = py_router:bind({1, 1}),
-		Self ! {runner, py:eval(<<"erlang.send(p, 'ran') or __import__('time').sleep(30)">>, #{p => Self}, 20000)}
+		Self ! {runner, py:eval(<<"(erlang.send(p, 'ran'), __import__('time').sleep(30))">>, #{p => Self}, 20000)}
 	end),
 	receive <<"ran">> -> ok after 10000 -> error(not_started) end,
 	{error, timeout} = py_ct_helper:on(1, 0, fun() -> py:call(time, sleep, [30], #{}, 100) end),
@@ -404,11 +404,12 @@ requeue_moves_free_caller(_) ->
 	try
 		Id = inflight_of(Caller),
 		ok = persistent_term:put({py_port, 1}, Info#{status => condemned}),
-		ok = hand_back(Id, Caller, Info)
+		ok = hand_back(Id, Caller, Info),
+		%% The slot stays condemned until the caller is done.
+		{{ok, 7}, {2, _}} = receive {done, R, P} -> {R, P} after 10000 -> error(no_answer) end
 	after
 		ok = persistent_term:put({py_port, 1}, Info)
-	end,
-	{{ok, 7}, {2, _}} = receive {done, R, P} -> {R, P} after 10000 -> error(no_answer) end.
+	end.
 
 %% A bound caller's requeued request waits for the slot's next OS process and runs there, within its
 %% deadline.
