@@ -52,7 +52,7 @@ init_per_testcase(_Case, Config) ->
 		_ -> ok
 	end,
 	ok = py_ct_helper:eventually(fun() ->
-		lists:all(fun(S) -> maps:get(status, py_port:info(S)) =:= up end, [1, 2])
+		lists:all(fun(S) -> case py_port:info(S) of #{status := up} -> true; _ -> false end end, [1, 2])
 	end, 30000),
 	Config.
 
