@@ -96,6 +96,7 @@ rows() ->
      {"start-up (fresh ports)", fun row_startup/1},
      {"latency py:call", fun row_latency_call/1},
      {"latency py:eval", fun row_latency_eval/1},
+     {"latency explicit context", fun row_latency_context/1},
      {"callback round trip", fun row_callback/1},
      {"state_incr", fun row_state_incr/1},
      {"RSS after latency runs", fun row_rss_after/1},
@@ -165,6 +166,25 @@ row_latency_eval(C = #{p := #{lat_n := N, lat_warm := W}}) ->
           echo_label(S), {ratio_le, 2.0}),
       row("py:eval(<<\"1+1\">>) p99 (us)", us, val(p99, Ours), val(p99, Echo),
           echo_label(S), none)], C}.
+
+%% py:call on an explicit context (py_context:new/1) beside a plain py:call: the context's place is one
+%% ETS read, then the same path (the context process is not in it).
+row_latency_context(C = #{p := #{lat_n := N, lat_warm := W}}) ->
+    Setup = fun() ->
+                    {ok, Ctx} = py_context:new(#{}),
+                    put(bench_ctx, Ctx)
+            end,
+    Call = fun() -> {ok, 4.0} = py:call(get(bench_ctx), math, sqrt, [16]) end,
+    R = measure(fun() ->
+                        compare_latency(
+                          [{ours, ours_v(C, Call, Setup)},
+                           {plain, ours_v(C, fun() -> {ok, 4.0} = py:call(math, sqrt, [16]) end)}], W, N)
+                end),
+    {Ours, Plain} = {pick(ours, R), pick(plain, R)},
+    {[row("py:call(Ctx, math, sqrt, [16]) p50 (us)", us, val(p50, Ours), val(p50, Plain),
+          "plain py:call(math, sqrt, [16])", {ratio_le, 1.1}),
+      row("py:call(Ctx, math, sqrt, [16]) p99 (us)", us, val(p99, Ours), val(p99, Plain),
+          "plain py:call(math, sqrt, [16])", none)], C}.
 
 %% Python -> Erlang -> Python: erlang.call of a registered Erlang function, beside plain py:eval.
 row_callback(C = #{p := #{cb_n := N, lat_warm := W}}) ->

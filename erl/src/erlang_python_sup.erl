@@ -3,8 +3,11 @@
 %% Its init creates the application's public ETS tables, so they belong to this process and outlive
 %% any crash below it: py_inflight ({ReqId, CallerPid, Slot}: who waits for which request),
 %% py_callbacks (the Erlang functions registered for Python), py_state (the shared state) and
-%% py_shared_dicts. It also computes the pool layout from the application env and publishes it
-%% (py_router). Children, in start order: py_shared_dict, then py_port_sup with one py_port per slot.
+%% py_shared_dicts, py_contexts (where each context process lives, pool membership: py_context) and
+%% py_pool_registry (py_context_router). It also computes the pool layout from the application env and
+%% publishes it (py_router). Children, in start order: py_shared_dict, py_port_sup with one py_port per
+%% slot, py_context_sup (explicit contexts), py_context_pool_sup (the default pool's context processes
+%% and the named pools).
 %%
 %% Application env (all optional):
 %%   num_ports          port OS processes                  default erlang:system_info(schedulers)
@@ -63,11 +66,19 @@ init([]) ->
 	ok = py_callback:init_tab(),
 	ok = py_state:init_tab(),
 	ok = py_shared_dict:init_tab(),
+	py_contexts = ets:new(py_contexts, [set, public, named_table,
+		{write_concurrency, true}, {read_concurrency, true}]),
+	py_pool_registry = ets:new(py_pool_registry, [set, public, named_table, {read_concurrency, true}]),
+	ok = py_context_router:init_pool_registry(),
 	Layout = #{num_ports := NumPorts, port_opts := PortOpts} = layout(),
 	ok = py_router:set_config(Layout),
 	Children = [
 		#{id => py_shared_dict, start => {py_shared_dict, start_link, []}, type => worker},
 		#{id => py_port_sup, start => {py_port_sup, start_link, [NumPorts, PortOpts]},
+			type => supervisor, shutdown => infinity},
+		#{id => py_context_sup, start => {py_context_sup, start_link, []},
+			type => supervisor, shutdown => infinity},
+		#{id => py_context_pool_sup, start => {py_context_pool_sup, start_link, []},
 			type => supervisor, shutdown => infinity}
 	],
 	{ok, {#{strategy => rest_for_one, intensity => 5, period => 10}, Children}}.

@@ -6,12 +6,27 @@
 %% process, later `py:eval`/`py:call('__main__', ...)` from that process see, and no other process
 %% does. The environment is freed when the process exits.
 %%
+%% Contexts: every call shape also takes a context first (a py_context pid: py:context/0,1,
+%% py_context:new/1, a pool member), e.g. py:call(Ctx, M, F, A) or py:eval(Ctx, Code); the call runs in
+%% that context, in the calling process's environment there. A pool name first (an atom) with the
+%% arguments as a list, py:call(io, M, F, A) / py:call(io, M, F, A, Kwargs), runs on a context of that
+%% pool. How the overloads are told apart:
+%%   call/4  (Pid, M, F, Args)        4th a list, 1st a pid
+%%           (Pool, M, F, Args)       4th a list, 1st an atom
+%%           (M, F, Args, Kwargs)     4th a map
+%%   call/5  (Pid, M, F, Args, Kwargs) / (Pool, M, F, Args, Kwargs): 4th a list, 5th a map
+%%           (M, F, Args, Kwargs, Timeout): 3rd a list, 4th a map
+%%   eval/2, eval/3, exec/2, spawn_call/4, cast/4: a pid first is a context.
+%% py:call/3,4,5 of a module (or function) registered with register_pool/2 go to that pool.
+%%
 %% Results are {ok, Value} or {error, Reason}:
 %%   {error, {ClassAtom, MessageString}}   a Python exception, e.g. {'NameError', "name 'x' is not defined"}
 %%                                         (ClassAtom is a binary for a class name that is not an atom yet)
 %%   {error, timeout}                      the timeout passed; the request was cancelled in Python
 %%   {error, {port_exited, Map}}           the Python process died (Map: exit_status, signal, traceback, reason)
 %%   {error, {protocol_error, Reason, Detail}}  the port could not read the request
+%%   {error, {context_down, Ctx}}          Ctx is not a running context (stopped, or its port died)
+%%   {error, {pool_not_started, Pool}}     a call routed to a pool that is not running
 -module(py).
 
 %% Calls.
@@ -29,6 +44,19 @@
 -export([await/2]).
 -export([cast/3]).
 -export([cast/4]).
+-export([cast/5]).
+-export([spawn_call/5]).
+
+%% Contexts and pools.
+-export([context/0]).
+-export([context/1]).
+-export([start_contexts/0]).
+-export([start_contexts/1]).
+-export([stop_contexts/0]).
+-export([contexts_started/0]).
+-export([get_local_env/1]).
+-export([register_pool/2]).
+-export([unregister_pool/1]).
 
 %% Callbacks (Python -> Erlang).
 -export([register_function/2]).
@@ -91,16 +119,29 @@
 call(Module, Function, Args) ->
 	call(Module, Function, Args, #{}, default_timeout()).
 
-%% Module.Function(*Args, **Kwargs).
--spec call(py_module(), py_func(), py_args(), py_kwargs()) -> py_result().
+%% Module.Function(*Args, **Kwargs); or Module.Function(*Args) on a context or a pool.
+-spec call(py_module(), py_func(), py_args(), py_kwargs()) -> py_result();
+	(pid() | py_context_router:pool_name(), py_module(), py_func(), py_args()) -> py_result().
+call(Ctx, Module, Function, Args) when is_pid(Ctx); is_atom(Ctx) andalso is_list(Args) ->
+	call(Ctx, Module, Function, Args, #{});
 call(Module, Function, Args, Kwargs) ->
 	call(Module, Function, Args, Kwargs, default_timeout()).
 
--spec call(py_module(), py_func(), py_args(), py_kwargs(), timeout()) -> py_result().
+-spec call(py_module(), py_func(), py_args(), py_kwargs(), timeout()) -> py_result();
+	(pid() | py_context_router:pool_name(), py_module(), py_func(), py_args(), py_kwargs()) -> py_result().
+call(Ctx, Module, Function, Args, Kwargs) when is_list(Args), is_map(Kwargs), is_pid(Ctx) orelse is_atom(Ctx) ->
+	case ctx_route(Ctx) of
+		{error, _} = Error -> Error;
+		Route -> py_request:run(call, Route, {self(), name(Module), name(Function), Args, Kwargs},
+			default_timeout(), true)
+	end;
 call(Module, Function, Args, Kwargs, Timeout) when is_list(Args), is_map(Kwargs),
 		(is_integer(Timeout) andalso Timeout >= 0) orelse Timeout =:= infinity ->
 	Body = {self(), name(Module), name(Function), Args, Kwargs},
-	py_request:run(call, self(), Body, Timeout, true).
+	case route(Module, Function) of
+		{error, _} = Error -> Error;
+		Route -> py_request:run(call, Route, Body, Timeout, true)
+	end.
 
 %% The value of Code: an expression, or statements followed by an expression (its value), or
 %% statements only (none). Runs in the calling process's environment.
@@ -109,11 +150,17 @@ eval(Code) ->
 	eval(Code, #{}, default_timeout()).
 
 %% Locals (atom or binary keys) are local names while Code runs.
--spec eval(py_code(), map()) -> py_result().
+-spec eval(py_code(), map()) -> py_result();
+	(pid(), py_code()) -> py_result().
+eval(Ctx, Code) when is_pid(Ctx) ->
+	eval(Ctx, Code, #{});
 eval(Code, Locals) ->
 	eval(Code, Locals, default_timeout()).
 
--spec eval(py_code(), map(), timeout()) -> py_result().
+-spec eval(py_code(), map(), timeout()) -> py_result();
+	(pid(), py_code(), map()) -> py_result().
+eval(Ctx, Code, Locals) when is_pid(Ctx), is_map(Locals) ->
+	py_request:run(eval, {ctx, Ctx}, {self(), code(Code), Locals}, default_timeout(), true);
 eval(Code, Locals, Timeout) when is_map(Locals),
 		(is_integer(Timeout) andalso Timeout >= 0) orelse Timeout =:= infinity ->
 	py_request:run(eval, self(), {self(), code(Code), Locals}, Timeout, true).
@@ -123,7 +170,10 @@ eval(Code, Locals, Timeout) when is_map(Locals),
 exec(Code) ->
 	exec(Code, default_timeout()).
 
--spec exec(py_code(), timeout()) -> ok | {error, term()}.
+-spec exec(py_code(), timeout()) -> ok | {error, term()};
+	(pid(), py_code()) -> ok | {error, term()}.
+exec(Ctx, Code) when is_pid(Ctx) ->
+	py_request:run(exec, {ctx, Ctx}, {self(), code(Code)}, default_timeout(), true);
 exec(Code, Timeout) when is_integer(Timeout), Timeout >= 0; Timeout =:= infinity ->
 	py_request:run(exec, self(), {self(), code(Code)}, Timeout, true).
 
@@ -134,17 +184,42 @@ exec(Code, Timeout) when is_integer(Timeout), Timeout >= 0; Timeout =:= infinity
 spawn_call(Module, Function, Args) ->
 	spawn_call(Module, Function, Args, #{}).
 
--spec spawn_call(py_module(), py_func(), py_args(), py_kwargs()) -> py_ref().
+-spec spawn_call(py_module(), py_func(), py_args(), py_kwargs()) -> py_ref();
+	(pid(), py_module(), py_func(), py_args()) -> py_ref().
+spawn_call(Ctx, Module, Function, Args) when is_pid(Ctx) ->
+	spawn_call(Ctx, Module, Function, Args, #{});
 spawn_call(Module, Function, Args, Kwargs) when is_list(Args), is_map(Kwargs) ->
+	%% The caller's place and environment, resolved here: the spawned process has its own dictionary.
+	Route = case route(Module, Function) of
+		Caller when Caller =:= self() ->
+			case py_router:pick(Caller) of
+				{error, _} -> Caller;
+				{ctx, Pid} -> {ctx, Pid};
+				{Slot, CtxIndex} -> {slot, Slot, CtxIndex}
+			end;
+		Other ->
+			Other
+	end,
+	spawn_routed(Route, Module, Function, Args, Kwargs).
+
+%% On context Ctx.
+-spec spawn_call(pid(), py_module(), py_func(), py_args(), py_kwargs()) -> py_ref().
+spawn_call(Ctx, Module, Function, Args, Kwargs) when is_pid(Ctx), is_list(Args), is_map(Kwargs) ->
+	spawn_routed({ctx, Ctx}, Module, Function, Args, Kwargs).
+
+spawn_routed(Route, Module, Function, Args, Kwargs) ->
 	Caller = self(),
 	Body = {Caller, name(Module), name(Function), Args, Kwargs},
-	%% The caller's place and environment, resolved here: the spawned process has its own dictionary.
-	Route = case py_router:pick(Caller) of
-		{error, _} -> Caller;
-		{Slot, CtxIndex} -> {slot, Slot, CtxIndex}
-	end,
+	%% A spawn_call from inside a callback is nested in that callback's request (PROTOCOL.md §3.4).
+	Nested = py_request:nested_marker(),
 	Pid = spawn(fun() ->
-		receive {go, Ref} -> Caller ! {py_async, Ref, py_request:run(call, Route, Body, infinity, true)}
+		receive {go, Ref} ->
+			ok = py_request:set_nested_marker(Nested),
+			Result = case Route of
+				{error, _} = Error -> Error;
+				_ -> py_request:run(call, Route, Body, infinity, true)
+			end,
+			Caller ! {py_async, Ref, Result}
 		end
 	end),
 	Ref = erlang:monitor(process, Pid),
@@ -173,9 +248,80 @@ await(Ref, Timeout) ->
 cast(Module, Function, Args) ->
 	cast(Module, Function, Args, #{}).
 
--spec cast(py_module(), py_func(), py_args(), py_kwargs()) -> ok.
+-spec cast(py_module(), py_func(), py_args(), py_kwargs()) -> ok;
+	(pid(), py_module(), py_func(), py_args()) -> ok.
+cast(Ctx, Module, Function, Args) when is_pid(Ctx) ->
+	cast(Ctx, Module, Function, Args, #{});
 cast(Module, Function, Args, Kwargs) when is_list(Args), is_map(Kwargs) ->
-	py_request:cast(self(), {self(), name(Module), name(Function), Args, Kwargs}, 5000).
+	case route(Module, Function) of
+		{error, Why} -> logger:warning("erlang_python: py:cast dropped: ~tp", [Why]);
+		Route -> py_request:cast(Route, {self(), name(Module), name(Function), Args, Kwargs}, 5000)
+	end.
+
+%% On context Ctx.
+-spec cast(pid(), py_module(), py_func(), py_args(), py_kwargs()) -> ok.
+cast(Ctx, Module, Function, Args, Kwargs) when is_pid(Ctx), is_list(Args), is_map(Kwargs) ->
+	py_request:cast({ctx, Ctx}, {self(), name(Module), name(Function), Args, Kwargs}, 5000).
+
+%% Contexts and pools.
+
+%% The calling process's context: its binding (py_context_router:bind_context/1), else its own place
+%% in the default pool (the one py:call/3 from it uses).
+-spec context() -> pid().
+context() ->
+	py_context_router:get_context().
+
+%% Context N (1-based) of the default pool.
+-spec context(pos_integer()) -> pid().
+context(N) ->
+	py_context_router:get_context(N).
+
+%% The default pool (started with the application): its contexts.
+-spec start_contexts() -> {ok, [pid()]} | {error, term()}.
+start_contexts() ->
+	py_context_router:start().
+
+-spec start_contexts(map()) -> {ok, [pid()]} | {error, term()}.
+start_contexts(Opts) ->
+	py_context_router:start(Opts).
+
+-spec stop_contexts() -> ok.
+stop_contexts() ->
+	py_context_router:stop().
+
+-spec contexts_started() -> boolean().
+contexts_started() ->
+	py_context_router:is_started().
+
+%% An explicit environment of the calling process in context Ctx (made on first use, kept in the
+%% process dictionary, freed when the process exits), for py_context:call/7, eval/5, exec/3.
+-spec get_local_env(pid()) -> reference().
+get_local_env(Ctx) when is_pid(Ctx) ->
+	case get({py_local_env, Ctx}) of
+		Env when is_reference(Env) ->
+			Env;
+		undefined ->
+			case py_context:create_local_env(Ctx) of
+				{ok, Env} ->
+					_ = put({py_local_env, Ctx}, Env),
+					Env;
+				{error, Why} ->
+					error(Why)
+			end
+	end.
+
+%% Routes Module:* (Module) or Module:Func ({Module, Func}) to Pool.
+-spec register_pool(py_context_router:pool_name(), atom() | {atom(), atom()}) -> ok.
+register_pool(Pool, {Module, Func}) ->
+	py_context_router:register_pool(Pool, Module, Func);
+register_pool(Pool, Module) ->
+	py_context_router:register_pool(Pool, Module).
+
+-spec unregister_pool(atom() | {atom(), atom()}) -> ok.
+unregister_pool({Module, Func}) ->
+	py_context_router:unregister_pool(Module, Func);
+unregister_pool(Module) ->
+	py_context_router:unregister_pool(Module).
 
 %% Callbacks.
 
@@ -321,6 +467,24 @@ tracemalloc_stop() ->
 	ok_or_error(system_eval(<<"__import__('tracemalloc').stop()">>)).
 
 %% Internal.
+
+%% The route of a call of Module:Function by the calling process: its own place, unless a pool is
+%% registered for it.
+route(Module, Function) ->
+	case py_context_router:route(Module, Function) of
+		default -> self();
+		Pool -> ctx_route(Pool)
+	end.
+
+ctx_route(Ctx) when is_pid(Ctx) ->
+	{ctx, Ctx};
+ctx_route(default) ->
+	self();
+ctx_route(Pool) when is_atom(Pool) ->
+	case py_context_router:pool_context(Pool) of
+		{ok, Ctx} -> {ctx, Ctx};
+		{error, _} = Error -> Error
+	end.
 
 %% An eval outside any process-bound environment (it creates none), on the caller's port.
 system_eval(Code) ->

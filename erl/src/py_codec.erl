@@ -7,6 +7,7 @@
 
 %% API.
 -export([frame/5]).
+-export([frame/6]).
 -export([encode/2]).
 -export([decode/2]).
 -export([kind/1]).
@@ -17,7 +18,7 @@
 
 -type codec() :: etf | msgpack.
 -type kind() :: call | eval | exec | cast | cancel | callback_reply | context_create | context_destroy
-	| env_drop | stats | stream_next.
+	| env_drop | stats | stream_next | output_ack | context_init | drain | ref_op.
 
 %% API.
 
@@ -25,6 +26,11 @@
 -spec frame(kind(), non_neg_integer(), non_neg_integer(), codec(), term()) -> iodata().
 frame(Kind, Ctx, Id, Codec, Body) ->
 	[<<(kind(Kind)), 0, 0:16, Ctx:32, Id:64>> | encode(Codec, Body)].
+
+%% The same with header flags (bit 0: nested, PROTOCOL.md §3.4).
+-spec frame(kind(), 0..255, non_neg_integer(), non_neg_integer(), codec(), term()) -> iodata().
+frame(Kind, Flags, Ctx, Id, Codec, Body) ->
+	[<<(kind(Kind)), Flags, 0:16, Ctx:32, Id:64>> | encode(Codec, Body)].
 
 -spec encode(codec(), term()) -> iodata().
 encode(etf, Term) -> term_to_binary(Term, [{minor_version, 2}]);
@@ -45,7 +51,7 @@ protocol_atoms() ->
 	 badarg, improper_list].
 
 %% The kind byte of an E->P message (PROTOCOL.md §3).
--spec kind(kind()) -> 1..11.
+-spec kind(kind()) -> 1..15.
 kind(call) -> 1;
 kind(eval) -> 2;
 kind(exec) -> 3;
@@ -56,4 +62,8 @@ kind(context_create) -> 7;
 kind(context_destroy) -> 8;
 kind(env_drop) -> 9;
 kind(stats) -> 10;
-kind(stream_next) -> 11.
+kind(stream_next) -> 11;
+kind(output_ack) -> 12;
+kind(context_init) -> 13;
+kind(drain) -> 14;
+kind(ref_op) -> 15.

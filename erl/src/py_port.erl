@@ -16,6 +16,14 @@
 %% The forwarded message is {py_frame, Id, Kind, Ctx, Body}; after a port death each caller in flight
 %% gets {py_frame, Id, port_exited, 0, Reason} instead.
 %%
+%% After every hello the owner sends context_init (PROTOCOL.md §3.6: paths, imports and preload from
+%% py_import) to each of the port's contexts and publishes the slot up only when all have answered
+%% (bounded by the start timeout). When it decides to kill the port (a cancel grace expired) it first
+%% publishes the slot condemned, so callers stop sending there, and sends drain: the port hands back the
+%% requests it had not started (`requeue', routed to their callers like a final frame), which they send
+%% again elsewhere. When the OS process dies, the explicit contexts that lived in it are told
+%% (py_context:port_exited/3).
+%%
 %% Ids: callers number requests from ?REQ_BASE and casts from ?CAST_BASE (py_request), so they never
 %% collide with the port's own callback ids, which count from 1.
 -module(py_port).
@@ -44,8 +52,12 @@
 %% Request id ranges; the same values are in py_request.
 -define(REQ_BASE, (1 bsl 48)).
 -define(CAST_BASE, (1 bsl 56)).
+%% The owner's own context_init requests: below the callers' ids, far above the port's callback ids.
+-define(INIT_BASE, (1 bsl 40)).
 
--type info() :: #{owner := pid(), status := up | down, slot := pos_integer(),
+%% nested: the port answered context_init, so it knows PROTOCOL v2's contexts (the nested flag, drain).
+-type info() :: #{owner := pid(), status := up | down | condemned, slot := pos_integer(),
+	nested => boolean(),
 	port => port(), codec => py_codec:codec(), contexts => tuple(), os_pid => non_neg_integer(),
 	generation => non_neg_integer(), python => binary(), build => atom(), hello => map()}.
 -type exit_reason() :: #{exit_status := non_neg_integer() | undefined,
@@ -72,7 +84,11 @@
 	envs = #{} :: #{pid() => reference()},
 	cancels = #{} :: #{non_neg_integer() => reference()},
 	cancel_waiters = #{} :: #{non_neg_integer() => [gen_server:from()]},
-	done_early = #{} :: #{non_neg_integer() => true}
+	done_early = #{} :: #{non_neg_integer() => true},
+	%% context_init requests of the current generation not answered yet (id => ctx), and whether the
+	%% port knows context_init (and so the nested flag and drain).
+	inits = #{} :: #{non_neg_integer() => non_neg_integer()},
+	nested = false :: boolean()
 }).
 
 -define(HELLO, 64).
@@ -86,6 +102,7 @@
 -define(STREAM_CHUNK, 72).
 -define(STREAM_END, 73).
 -define(LOG, 74).
+-define(REQUEUE, 75).
 
 %% The port exits with 5 when a cancelled request holds the GIL and cannot even be interrupted
 %% (its --cancel-stuck-ms watchdog): like our grace timer expiring, so reported the same way.
@@ -172,6 +189,8 @@ init({Slot, Opts}) ->
 	%% Requests left by a previous owner of this slot that crashed: nobody will answer them.
 	fail_inflight(Slot, #{exit_status => undefined, signal => undefined, traceback => <<>>,
 		reason => owner_down}),
+	ok = py_context:port_exited(Slot, all, #{exit_status => undefined, signal => undefined,
+		traceback => <<>>, reason => owner_down}),
 	%% The first start is synchronous: the application is only up once every slot said hello, and a
 	%% port that cannot start (no executable, Python broken) fails the application start loudly.
 	try start_os_process(State0) of
@@ -245,12 +264,21 @@ handle_info({cancel_expired, Id, Gen}, State = #state{generation = Gen, cancels 
 			logger:warning("erlang_python: request ~b on port ~b (os pid ~b) ignored its cancel for "
 				"~b ms; killing the port", [Id, State#state.slot, OsPid,
 				maps:get(cancel_grace_ms, State#state.opts)]),
+			State1 = condemn(State),
 			ok = kill_with_dump(OsPid),
-			{noreply, State#state{cancels = Cancels1, kill_reason = cancel_grace_expired}};
+			{noreply, State1#state{cancels = Cancels1, kill_reason = cancel_grace_expired}};
 		error ->
 			{noreply, State}
 	end;
 handle_info({cancel_expired, _, _}, State) ->
+	{noreply, State};
+handle_info({init_timeout, Gen}, State = #state{generation = Gen, status = starting, inits = Inits,
+		os_pid = OsPid}) when map_size(Inits) > 0 ->
+	logger:error("erlang_python: port ~b (os pid ~p) did not answer context_init in time; killing it",
+		[State#state.slot, OsPid]),
+	ok = kill(OsPid),
+	{noreply, State};
+handle_info({init_timeout, _}, State) ->
 	{noreply, State};
 handle_info(restart, State = #state{status = down}) ->
 	try start_os_process(State) of
@@ -273,6 +301,9 @@ terminate(Reason, State = #state{slot = Slot, port = Port, os_pid = OsPid}) ->
 		_ -> owner_down
 	end,
 	fail_inflight(Slot, #{exit_status => undefined, signal => undefined, traceback => <<>>, reason => Why}),
+	%% A new owner counts generations from 0 again: the explicit contexts of this one must go.
+	ok = py_context:port_exited(Slot, State#state.generation, #{exit_status => undefined,
+		signal => undefined, traceback => <<>>, reason => Why}),
 	_ = [gen_server:reply(From, {error, Why}) || {From, _} <- State#state.waiters],
 	case Port of
 		undefined ->
@@ -297,10 +328,12 @@ start_os_process(State = #state{exe = Exe, args = Args, crash_file = CrashFile, 
 
 await_first_hello(State = #state{port = Port}, Timeout) ->
 	receive
-		{Port, {data, <<?HELLO, _/binary>> = Frame}} ->
-			{ok, frame(Frame, Port, State)};
 		{Port, {data, Frame}} ->
-			await_first_hello(frame(Frame, Port, State), Timeout);
+			%% Up once the hello came and every context answered its context_init.
+			case frame(Frame, Port, State) of
+				State1 = #state{status = up} -> {ok, State1};
+				State1 -> await_first_hello(State1, Timeout)
+			end;
 		{Port, {exit_status, Status}} ->
 			_ = persistent_term:erase({py_port, State#state.slot}),
 			{stop, {port_start_failed, exit_reason(Status, State)}}
@@ -310,7 +343,7 @@ await_first_hello(State = #state{port = Port}, Timeout) ->
 		{stop, {port_start_failed, no_hello}}
 	end.
 
-hello(Body, State = #state{slot = Slot, port = Port, generation = Gen, waiters = Waiters, opts = Opts}) ->
+hello(Body, State = #state{slot = Slot, port = Port, generation = Gen, opts = Opts}) ->
 	Codec = maps:get(codec, Opts),
 	Hello = #{contexts := Contexts} = py_codec:decode(Codec, Body),
 	Codec = maps:get(codec, Hello, Codec),
@@ -318,11 +351,50 @@ hello(Body, State = #state{slot = Slot, port = Port, generation = Gen, waiters =
 		contexts => list_to_tuple(Contexts), os_pid => maps:get(os_pid, Hello, State#state.os_pid),
 		generation => Gen, python => maps:get(python, Hello, <<>>),
 		build => maps:get(build, Hello, undefined), hello => Hello},
+	init_contexts(Contexts, State#state{info = Info}).
+
+%% Sends context_init to every context of the new OS process; the slot goes up when all answered.
+init_contexts(Contexts, State = #state{port = Port, generation = Gen, opts = Opts}) ->
+	Body = py_import:context_init_body(),
+	Inits = maps:from_list([{?INIT_BASE + erlang:unique_integer([positive]), Ctx} || Ctx <- Contexts]),
+	_ = [catch port_command(Port, py_codec:frame(context_init, Ctx, Id, codec(State), Body))
+		|| {Id, Ctx} <- maps:to_list(Inits)],
+	_ = erlang:send_after(maps:get(start_timeout, Opts, 60000), self(), {init_timeout, Gen}),
+	State#state{inits = Inits, nested = true}.
+
+%% The answer to a context_init. An error is logged (the registry entry is broken, the port is not);
+%% unknown_kind means a port that predates context_init: it gets no nested flags and no drain.
+init_reply(Kind, Ctx, Id, Body, State = #state{inits = Inits, slot = Slot}) ->
+	State1 = case {Kind, decode_quietly(Kind, Body, State)} of
+		{?RESULT, _} ->
+			State;
+		{?PROTOCOL_ERROR, {unknown_kind, _}} ->
+			State#state{nested = false};
+		{_, Why} ->
+			logger:error("erlang_python: port ~b context ~b: context_init failed: ~tp", [Slot, Ctx, Why]),
+			State
+	end,
+	State2 = State1#state{inits = maps:remove(Id, Inits)},
+	case map_size(State2#state.inits) of
+		0 -> publish_up(State2);
+		_ -> State2
+	end.
+
+publish_up(State = #state{slot = Slot, generation = Gen, waiters = Waiters, nested = Nested, info = Info0}) ->
+	Info = Info0#{nested => Nested},
 	ok = persistent_term:put({py_port, Slot}, Info),
 	Ready = [From || {From, Seen} <- Waiters, Seen < Gen],
 	_ = [gen_server:reply(From, {ok, Info}) || From <- Ready],
 	State#state{status = up, info = Info,
 		waiters = [W || W = {_, Seen} <- Waiters, Seen >= Gen]}.
+
+%% The owner is about to kill the port: no new work goes there (callers wait for the next generation
+%% or move), and the port hands back what it has not started (PROTOCOL.md §3.7).
+condemn(State = #state{slot = Slot, info = Info, status = up, nested = Nested}) ->
+	Condemned = Info#{status => condemned},
+	ok = persistent_term:put({py_port, Slot}, Condemned),
+	_ = Nested andalso send_to_port(py_codec:frame(drain, 0, 0, codec(State), []), State),
+	State#state{info = Condemned}.
 
 publish_down(#state{slot = Slot}) ->
 	ok = persistent_term:put({py_port, Slot}, #{owner => self(), status => down, slot => Slot}).
@@ -340,8 +412,10 @@ frame(Bad, _Port, State) ->
 		[State#state.slot, binary:part(Bad, 0, min(byte_size(Bad), 16))]),
 	State.
 
+frame(Kind, Ctx, Id, Body, _, State = #state{inits = Inits}) when Id < ?REQ_BASE, is_map_key(Id, Inits) ->
+	init_reply(Kind, Ctx, Id, Body, State);
 frame(Kind, Ctx, Id, Body, _, State) when Id =/= 0, (Kind =:= ?RESULT orelse Kind =:= ?ERROR
-		orelse Kind =:= ?PROTOCOL_ERROR orelse Kind =:= ?STREAM_END) ->
+		orelse Kind =:= ?PROTOCOL_ERROR orelse Kind =:= ?STREAM_END orelse Kind =:= ?REQUEUE) ->
 	case ets:take(py_inflight, Id) of
 		[{_, Pid, _}] ->
 			Pid ! {py_frame, Id, Kind, Ctx, Body},
@@ -383,10 +457,11 @@ frame(?PROTOCOL_ERROR, _, Id, Body, _, State) ->
 		[State#state.slot, Id, py_codec:decode(codec(State), Body)]),
 	State;
 frame(?ENV_CREATED, _, 0, Body, _, State = #state{envs = Envs}) ->
-	Pid = py_codec:decode(codec(State), Body),
-	case Envs of
-		#{Pid := _} -> State;
-		#{} -> State#state{envs = Envs#{Pid => erlang:monitor(process, Pid)}}
+	case py_codec:decode(codec(State), Body) of
+		Pid when is_pid(Pid), is_map_key(Pid, Envs) -> State;
+		Pid when is_pid(Pid) -> State#state{envs = Envs#{Pid => erlang:monitor(process, Pid)}};
+		%% An explicit environment (a reference): its context process frees it (py_context).
+		_ -> State
 	end;
 frame(?LOG, _, 0, Body, _, State) ->
 	{Level, Logger, Message} = py_codec:decode(codec(State), Body),
@@ -419,6 +494,10 @@ orphan_final(Kind, _Ctx, Id, Body, State = #state{cancels = Cancels, done_early 
 			%% The caller took its entry but its cancel_watch cast has not arrived yet.
 			State#state{done_early = Done#{Id => true}}
 	end;
+orphan_final(?REQUEUE, _Ctx, Id, _Body, State) when Id >= ?CAST_BASE ->
+	%% Casts keep no body on the Erlang side, so one the condemned port did not start is lost.
+	logger:warning("erlang_python: a py:cast queued on condemned port ~b was dropped", [State#state.slot]),
+	State;
 orphan_final(Kind, _Ctx, Id, Body, State) when Id >= ?CAST_BASE ->
 	logger:warning("erlang_python: a py:cast on port ~b failed: ~tp",
 		[State#state.slot, decode_quietly(Kind, Body, State)]),
@@ -548,11 +627,12 @@ port_died(Status, State = #state{slot = Slot, envs = Envs, cancels = Cancels}) -
 	end,
 	publish_down(State),
 	fail_inflight(Slot, Reason),
+	ok = py_context:port_exited(Slot, State#state.generation, Reason),
 	_ = [erlang:demonitor(MRef, [flush]) || MRef <- maps:values(Envs)],
 	_ = [erlang:cancel_timer(TRef) || TRef <- maps:values(Cancels)],
 	_ = [gen_server:reply(From, ok) || Froms <- maps:values(State#state.cancel_waiters), From <- Froms],
 	schedule_restart(State#state{port = undefined, status = down, envs = #{}, cancels = #{}, cancel_waiters = #{},
-		done_early = #{}, info = #{}}).
+		done_early = #{}, info = #{}, inits = #{}}).
 
 exit_reason(Status, #state{crash_file = CrashFile, kill_reason = Kill}) ->
 	Traceback = case file:read_file(CrashFile) of

@@ -7,6 +7,17 @@
 %% (`erlang.call`) in its own process, so `self()` in them is the caller, and nested py calls from
 %% them go to the same context, which keeps serving while it waits for the callback's reply.
 %%
+%% Routing: a request goes to a place: a slot, a context there (an index into the contexts of the
+%% port's hello, or an explicit context's id) and the port generation it must run in (0: whichever is
+%% current; an explicit context lives and dies with one generation). A slot that is condemned (py_port
+%% is about to kill it) gets no new work: a process that did not choose its place moves to another slot
+%% (py_router:move/1), any other waits for the slot's next generation; an explicit context there is
+%% gone ({error, {context_down, Pid}}). A request the port hands back with `requeue' never ran, so it is
+%% sent again the same way, within its deadline (PROTOCOL.md §3.7).
+%%
+%% Nesting: a request made while this process runs a callback of a request on the same context and
+%% generation carries the `nested' flag (PROTOCOL.md §3.4), see nested_flag/3.
+%%
 %% Timeouts: the caller takes its entry out of py_inflight. If it got it, nobody will forward the
 %% answer any more: it sends the cancel frame itself and asks the owner to watch the grace period. If it
 %% did not, the owner already took it and the answer is in the mailbox or on its way: it returns that.
@@ -16,6 +27,10 @@
 -export([run/5]).
 -export([cast/3]).
 -export([any_info/0]).
+-export([control/6]).
+-export([nested_flag/3]).
+-export([nested_marker/0]).
+-export([set_nested_marker/1]).
 
 -export_type([route/0]).
 
@@ -28,6 +43,11 @@
 -define(CALLBACK, 67).
 -define(OUTPUT, 69).
 -define(PROTOCOL_ERROR, 70).
+-define(REQUEUE, 75).
+
+%% Process dictionary key: the {Slot, Ctx, Generation} of the requests whose callbacks this process is
+%% running, innermost first.
+-define(NESTED, py_nested).
 
 %% Process dictionary key: requests this process timed out on, whose cancel may still be under way.
 -define(CANCEL_PENDING, py_cancel_pending).
@@ -35,13 +55,25 @@
 %% How long a caller that lost the race with the owner waits for the answer that is on its way.
 -define(LATE_REPLY_MS, 5000).
 
-%% A routing key (the calling process) or an explicit {Slot, ContextIndex}.
--type route() :: term() | {slot, pos_integer(), non_neg_integer()}.
+%% A routing key (the calling process), an explicit {Slot, ContextIndex}, or a context process.
+-type route() :: term() | {slot, pos_integer(), non_neg_integer()} | {ctx, pid()}.
+
+%% Where a request goes. ctx: an index into the hello's contexts, or an explicit context id. gen: the
+%% generation it must run in, 0 for the current one. chooser: self_key (the calling process's own
+%% place, which it may leave when its slot is condemned), fixed (a hashed key or an explicit slot), or
+%% the pid of the explicit context (named in its context_down error).
+-record(place, {
+	slot :: pos_integer(),
+	ctx :: {index, non_neg_integer()} | pos_integer(),
+	gen = 0 :: non_neg_integer(),
+	chooser :: self_key | fixed | pid()
+}).
 
 -record(req, {
 	id :: pos_integer(),
-	kind :: call | eval | exec,
+	kind :: call | eval | exec | context_create | context_init | context_destroy,
 	port :: port(),
+	slot :: pos_integer(),
 	codec :: py_codec:codec(),
 	owner :: pid(),
 	generation :: non_neg_integer(),
@@ -55,22 +87,22 @@
 -spec run(call | eval | exec, route(), term(), timeout(), boolean()) -> term().
 run(Kind, Route, Body, Timeout, Retry) ->
 	Deadline = deadline(Timeout),
-	case target(Route) of
+	case place(Route) of
 		{error, _} = Error ->
 			Error;
-		{Slot, CtxIndex} ->
-			send(Kind, Slot, CtxIndex, Body, Deadline, Retry, 0)
+		Place ->
+			send(Kind, Place, Body, Deadline, Retry, 0)
 	end.
 
 %% Fire and forget: writes a cast frame, waits for nothing. Returns ok even when no port is up (the
 %% cast is then dropped with a warning in the log).
 -spec cast(route(), term(), timeout()) -> ok.
 cast(Route, Body, ReadyTimeout) ->
-	case target(Route) of
-		{error, _} ->
-			ok;
-		{Slot, CtxIndex} ->
-			cast(Slot, CtxIndex, Body, deadline(ReadyTimeout), true, 0)
+	case place(Route) of
+		{error, Why} ->
+			logger:warning("erlang_python: py:cast dropped: ~tp", [Why]);
+		Place ->
+			cast(Place, Body, deadline(ReadyTimeout), true, 0)
 	end.
 
 %% The info of some slot that is up (waiting for slot 1 if none is).
@@ -79,43 +111,128 @@ any_info() ->
 	Infos = [py_port:info(S) || S <- lists:seq(1, py_router:num_slots())],
 	case [I || I = #{status := up} <- Infos] of
 		[Info | _] -> {ok, Info};
-		[] -> ready(1, 0, deadline(30000))
+		[] -> ready(#place{slot = 1, ctx = {index, 0}, chooser = fixed}, 0, deadline(30000))
 	end.
+
+%% A request of the context machinery (py_context): Kind on context CtxId of Slot, which must still be
+%% OS process Generation. {ok, Value} or {error, Reason}.
+-spec control(context_create | context_init | context_destroy, pos_integer(), pos_integer(),
+	pos_integer(), term(), timeout()) -> {ok, term()} | {error, term()}.
+control(Kind, Slot, CtxId, Generation, Body, Timeout) ->
+	Place = #place{slot = Slot, ctx = CtxId, gen = Generation, chooser = self()},
+	send(Kind, Place, Body, deadline(Timeout), false, 0).
+
+%% The header flags of a request to {Slot, Ctx, Generation}: nested (1) when this process is running a
+%% callback of a request on that same context and generation (PROTOCOL.md §3.4), else 0. A process
+%% dictionary read when it runs no callback.
+-spec nested_flag(pos_integer(), non_neg_integer(), non_neg_integer()) -> 0 | 1.
+nested_flag(Slot, Ctx, Generation) ->
+	case get(?NESTED) of
+		undefined -> 0;
+		Stack ->
+			case lists:member({Slot, Ctx, Generation}, Stack) of
+				true -> 1;
+				false -> 0
+			end
+	end.
+
+%% The callbacks this process is running, for a process it starts to work on its behalf (py:spawn_call
+%% from inside a callback is still nested in it).
+-spec nested_marker() -> [{pos_integer(), non_neg_integer(), non_neg_integer()}] | undefined.
+nested_marker() ->
+	get(?NESTED).
+
+-spec set_nested_marker([{pos_integer(), non_neg_integer(), non_neg_integer()}] | undefined) -> ok.
+set_nested_marker(undefined) ->
+	ok;
+set_nested_marker(Stack) ->
+	_ = put(?NESTED, Stack),
+	ok.
 
 %% Internal: sending.
 
-target({slot, Slot, CtxIndex}) ->
-	{Slot, CtxIndex};
-target(Key) ->
-	py_router:pick(Key).
+place({slot, Slot, CtxIndex}) ->
+	#place{slot = Slot, ctx = {index, CtxIndex}, chooser = fixed};
+place({ctx, Pid}) ->
+	context_place(Pid);
+place(Key) ->
+	case py_router:pick(Key) of
+		{ctx, Pid} -> context_place(Pid);
+		{error, _} = Error -> Error;
+		{Slot, CtxIndex} when Key =:= self() -> #place{slot = Slot, ctx = {index, CtxIndex}, chooser = self_key};
+		{Slot, CtxIndex} -> #place{slot = Slot, ctx = {index, CtxIndex}, chooser = fixed}
+	end.
 
-send(Kind, Slot, CtxIndex, Body, Deadline, Retry, SeenGen) ->
+%% A context process's place (py_context registers it in py_contexts).
+context_place(Pid) ->
+	try ets:lookup(py_contexts, Pid) of
+		[{_, Slot, Ctx, Gen, _Pool, _Mode}] when Gen =:= 0 ->
+			#place{slot = Slot, ctx = Ctx, gen = Gen, chooser = Pid};
+		[{_, Slot, Ctx, Gen, _Pool, _Mode}] ->
+			%% An explicit context killed without running its terminate/2 left its entry behind.
+			case is_process_alive(Pid) of
+				true -> #place{slot = Slot, ctx = Ctx, gen = Gen, chooser = Pid};
+				false -> ets:delete(py_contexts, Pid), {error, {context_down, Pid}}
+			end;
+		[] -> {error, {context_down, Pid}}
+	catch error:badarg ->
+		{error, not_started}
+	end.
+
+send(Kind, Place, Body, Deadline, Retry, SeenGen) ->
 	ok = settle_cancels(Deadline),
-	case ready(Slot, SeenGen, Deadline) of
-		{ok, #{port := Port, codec := Codec, owner := Owner, generation := Gen, contexts := Contexts}} ->
-			Ctx = element(CtxIndex rem tuple_size(Contexts) + 1, Contexts),
+	case ready(Place, SeenGen, Deadline) of
+		{ok, Info = #{port := Port, codec := Codec, owner := Owner, generation := Gen}} ->
+			Slot = Place#place.slot,
+			Ctx = ctx_id(Place, Info),
 			Id = ?REQ_BASE + erlang:unique_integer([positive]),
-			case encode(Kind, Ctx, Id, Codec, Body) of
+			case encode(Kind, flags(Kind, Info, Slot, Ctx, Gen), Ctx, Id, Codec, Body) of
 				{error, _} = Error ->
 					Error;
 				Frame ->
 					true = ets:insert(py_inflight, {Id, self(), Slot}),
-					Req = #req{id = Id, kind = Kind, port = Port, codec = Codec, owner = Owner,
+					Req = #req{id = Id, kind = Kind, port = Port, slot = Slot, codec = Codec, owner = Owner,
 						generation = Gen, ctx = Ctx, deadline = Deadline},
 					try port_command(Port, Frame) of
-						true -> wait(Req)
+						true ->
+							case wait(Req) of
+								requeue -> requeued(Kind, Place, Body, Deadline, Retry, Gen);
+								Result -> Result
+							end
 					catch error:badarg ->
-						port_closed(Req, Slot, CtxIndex, Body, Retry)
+						port_closed(Req, Place, Body, Retry)
 					end
 			end;
+		{moved, Place1} ->
+			send(Kind, Place1, Body, Deadline, Retry, 0);
 		{error, _} = Error ->
 			Error
 	end.
 
+%% The condemned port handed the request back unstarted: send it again where it may go now (another
+%% slot, or the slot's next generation), within the same deadline. Each round needs a new generation or
+%% a move, and the deadline bounds the rounds.
+requeued(_Kind, #place{chooser = Pid}, _Body, _Deadline, _Retry, _Gen) when is_pid(Pid) ->
+	{error, {context_down, Pid}};
+requeued(Kind, Place, Body, Deadline, Retry, Gen) ->
+	send(Kind, Place, Body, Deadline, Retry, Gen).
+
+ctx_id(#place{ctx = {index, CtxIndex}}, #{contexts := Contexts}) ->
+	element(CtxIndex rem tuple_size(Contexts) + 1, Contexts);
+ctx_id(#place{ctx = CtxId}, _) ->
+	CtxId.
+
+%% Only ports that answered context_init know the nested flag (py_port publishes nested => true); an
+%% older port refuses any flag. The flag is defined on call/eval/exec only (PROTOCOL.md §1.1): a cast
+%% nobody waits for is never nested.
+flags(Kind, #{nested := true}, Slot, Ctx, Gen) when Kind =:= call; Kind =:= eval; Kind =:= exec ->
+	nested_flag(Slot, Ctx, Gen);
+flags(_, _, _, _, _) ->
+	0.
+
 %% The port closed under us: the OS process died and the owner has not published it yet. Wait for
 %% the next generation and try once more.
-port_closed(Req = #req{id = Id, kind = Kind, generation = Gen, deadline = Deadline}, Slot, CtxIndex, Body,
-		Retry) ->
+port_closed(Req = #req{id = Id, kind = Kind, generation = Gen, deadline = Deadline}, Place, Body, Retry) ->
 	Outcome = case ets:take(py_inflight, Id) of
 		[_] -> {error, {port_exited, #{exit_status => undefined, signal => undefined,
 			traceback => <<>>, reason => crashed}}};
@@ -123,53 +240,75 @@ port_closed(Req = #req{id = Id, kind = Kind, generation = Gen, deadline = Deadli
 		[] -> late(Req)
 	end,
 	case Retry of
-		true -> send(Kind, Slot, CtxIndex, Body, Deadline, false, Gen);
-		false -> Outcome
+		true when Place#place.gen =:= 0 -> send(Kind, Place, Body, Deadline, false, Gen);
+		_ -> Outcome
 	end.
 
-encode(Kind, Ctx, Id, Codec, Body) ->
+encode(Kind, Flags, Ctx, Id, Codec, Body) ->
 	try
-		py_codec:frame(Kind, Ctx, Id, Codec, Body)
+		py_codec:frame(Kind, Flags, Ctx, Id, Codec, Body)
 	catch error:{badarg, Why} ->
 		{error, {badarg, Why}}
 	end.
 
-cast(Slot, CtxIndex, Body, Deadline, Retry, SeenGen) ->
-	case ready(Slot, SeenGen, Deadline) of
-		{ok, #{port := Port, codec := Codec, generation := Gen, contexts := Contexts}} ->
-			Ctx = element(CtxIndex rem tuple_size(Contexts) + 1, Contexts),
+cast(Place = #place{slot = Slot}, Body, Deadline, Retry, SeenGen) ->
+	case ready(Place, SeenGen, Deadline) of
+		{ok, Info = #{port := Port, codec := Codec, generation := Gen}} ->
+			Ctx = ctx_id(Place, Info),
 			Id = ?CAST_BASE + erlang:unique_integer([positive]),
-			case encode(cast, Ctx, Id, Codec, Body) of
+			case encode(cast, flags(cast, Info, Slot, Ctx, Gen), Ctx, Id, Codec, Body) of
 				{error, Why} ->
 					logger:warning("erlang_python: py:cast not sent: ~tp", [Why]);
 				Frame ->
 					try port_command(Port, Frame) of
 						true -> ok
-					catch error:badarg when Retry ->
-						cast(Slot, CtxIndex, Body, Deadline, false, Gen);
+					catch error:badarg when Retry, Place#place.gen =:= 0 ->
+						cast(Place, Body, Deadline, false, Gen);
 					error:badarg ->
 						logger:warning("erlang_python: py:cast dropped, port ~b is down", [Slot])
 					end
 			end;
+		{moved, Place1} ->
+			cast(Place1, Body, Deadline, Retry, 0);
 		{error, Why} ->
 			logger:warning("erlang_python: py:cast dropped, port ~b is not ready: ~tp", [Slot, Why])
 	end.
 
-%% The slot's info once it is up with a generation newer than SeenGen.
-ready(Slot, SeenGen, Deadline) ->
+%% The slot's info once it is up with a generation newer than SeenGen (for an explicit context: while
+%% it is still its generation), or {moved, Place} when the caller's own slot is condemned and it may go
+%% elsewhere.
+ready(#place{slot = Slot, gen = 0, chooser = Chooser} = Place, SeenGen, Deadline) ->
 	case py_port:info(Slot) of
 		#{status := up, generation := Gen} = Info when Gen > SeenGen ->
 			{ok, Info};
-		#{owner := Owner} ->
-			try py_port:wait_ready(Owner, SeenGen, remaining(Deadline)) of
-				{ok, Info} -> {ok, Info};
-				{error, Why} -> {error, {not_running, Why}}
-			catch
-				exit:{timeout, _} -> {error, timeout};
-				exit:{Why, _} -> {error, {not_running, Why}}
+		#{status := condemned, owner := Owner, generation := Gen} ->
+			case Chooser =:= self_key andalso not py_router:bound() andalso py_router:move(Slot) of
+				{Slot1, CtxIndex} when is_integer(Slot1), Slot1 =/= Slot ->
+					{moved, Place#place{slot = Slot1, ctx = {index, CtxIndex}}};
+				_ ->
+					wait_ready(Place, Owner, max(Gen, SeenGen), Deadline)
 			end;
+		#{owner := Owner} ->
+			wait_ready(Place, Owner, SeenGen, Deadline);
 		undefined ->
 			{error, not_started}
+	end;
+ready(#place{slot = Slot, gen = Gen, chooser = Pid}, _SeenGen, _Deadline) ->
+	case py_port:info(Slot) of
+		#{status := up, generation := Gen} = Info -> {ok, Info};
+		undefined -> {error, not_started};
+		#{} -> {error, {context_down, Pid}}
+	end.
+
+wait_ready(Place, Owner, SeenGen, Deadline) ->
+	try py_port:wait_ready(Owner, SeenGen, remaining(Deadline)) of
+		%% Condemned while we waited: its next generation (or another slot).
+		{ok, #{status := condemned, generation := Gen}} -> ready(Place, Gen, Deadline);
+		{ok, Info} -> {ok, Info};
+		{error, Why} -> {error, {not_running, Why}}
+	catch
+		exit:{timeout, _} -> {error, timeout};
+		exit:{Why, _} -> {error, {not_running, Why}}
 	end.
 
 %% Internal: waiting.
@@ -208,12 +347,15 @@ frame(Kind, Ctx, Term, Req) when Kind =:= ?CALLBACK; Kind =:= ?OUTPUT ->
 	wait(Req);
 frame(port_exited, _, Reason, _) ->
 	{error, {port_exited, Reason}};
+frame(?REQUEUE, _, _, _) ->
+	requeue;
 frame(Kind, _, Term, Req) ->
 	abandon(Req, Kind, {unexpected, Term}).
 
 %% A callback (run it here, reply on the port) or an output frame (print it) of the request.
-interim(?CALLBACK, Ctx, {CbId, Name, Args}, #req{codec = Codec, port = Port}) ->
-	_ = catch port_command(Port, py_callback:reply_frame(Name, Args, Ctx, CbId, Codec)),
+interim(?CALLBACK, Ctx, {CbId, Name, Args}, #req{codec = Codec, port = Port, slot = Slot, generation = Gen}) ->
+	Reply = in_callback({Slot, Ctx, Gen}, fun() -> py_callback:reply_frame(Name, Args, Ctx, CbId, Codec) end),
+	_ = catch port_command(Port, Reply),
 	ok;
 interim(?OUTPUT, _, {Stream, Text}, _) ->
 	Device = case Stream of
@@ -222,6 +364,19 @@ interim(?OUTPUT, _, {Stream, Text}, _) ->
 	end,
 	_ = catch io:put_chars(Device, Text),
 	ok.
+
+%% Runs a callback of a request on Marker ({Slot, Ctx, Generation}) with Marker on the nesting stack.
+in_callback(Marker, Fun) ->
+	Outer = get(?NESTED),
+	_ = put(?NESTED, [Marker | case Outer of undefined -> []; _ -> Outer end]),
+	try
+		Fun()
+	after
+		case Outer of
+			undefined -> erase(?NESTED);
+			_ -> put(?NESTED, Outer)
+		end
+	end.
 
 timed_out(Req) ->
 	case give_up(Req) of
