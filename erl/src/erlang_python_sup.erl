@@ -16,6 +16,8 @@
 %%   spin_us            the port's busy-poll window (0: the port's default)
 %%   max_frame          the largest frame the port accepts, bytes (0: the port's default, 1 GiB)
 %%   context_mode       what py:execution_mode/0 reports; default worker
+%%   max_concurrent     Python operations in flight before py calls are refused (py_semaphore); 1024
+%%   imports, paths     the py_import registry at start: [{Module, Func}], [Path]
 -module(erlang_python_sup).
 -behaviour(supervisor).
 
@@ -63,11 +65,15 @@ init([]) ->
 	ok = py_callback:init_tab(),
 	ok = py_state:init_tab(),
 	ok = py_shared_dict:init_tab(),
+	ok = py_semaphore:init(),
+	ok = py_import:init(),
 	Layout = #{num_ports := NumPorts, port_opts := PortOpts} = layout(),
 	ok = py_router:set_config(Layout),
 	Children = [
 		#{id => py_shared_dict, start => {py_shared_dict, start_link, []}, type => worker},
 		#{id => py_port_sup, start => {py_port_sup, start_link, [NumPorts, PortOpts]},
-			type => supervisor, shutdown => infinity}
+			type => supervisor, shutdown => infinity},
+		%% Last: its restart (it re-monitors from the table) restarts nothing else.
+		#{id => py_semaphore, start => {py_semaphore, start_link, []}, type => worker}
 	],
 	{ok, {#{strategy => rest_for_one, intensity => 5, period => 10}, Children}}.

@@ -29,6 +29,13 @@
 -export([await/2]).
 -export([cast/3]).
 -export([cast/4]).
+-export([parallel/1]).
+
+%% Python object references.
+-export([call_method/3]).
+-export([getattr/2]).
+-export([to_term/1]).
+-export([is_ref/1]).
 
 %% Callbacks (Python -> Erlang).
 -export([register_function/2]).
@@ -99,8 +106,8 @@ call(Module, Function, Args, Kwargs) ->
 -spec call(py_module(), py_func(), py_args(), py_kwargs(), timeout()) -> py_result().
 call(Module, Function, Args, Kwargs, Timeout) when is_list(Args), is_map(Kwargs),
 		(is_integer(Timeout) andalso Timeout >= 0) orelse Timeout =:= infinity ->
-	Body = {self(), name(Module), name(Function), Args, Kwargs},
-	py_request:run(call, self(), Body, Timeout, true).
+	Body = py_ref:call_body(self(), name(Module), name(Function), Args, Kwargs),
+	limited(fun() -> py_request:run(call, self(), Body, Timeout, true) end).
 
 %% The value of Code: an expression, or statements followed by an expression (its value), or
 %% statements only (none). Runs in the calling process's environment.
@@ -116,7 +123,7 @@ eval(Code, Locals) ->
 -spec eval(py_code(), map(), timeout()) -> py_result().
 eval(Code, Locals, Timeout) when is_map(Locals),
 		(is_integer(Timeout) andalso Timeout >= 0) orelse Timeout =:= infinity ->
-	py_request:run(eval, self(), {self(), code(Code), Locals}, Timeout, true).
+	limited(fun() -> py_request:run(eval, self(), {self(), code(Code), Locals}, Timeout, true) end).
 
 %% Runs statements in the calling process's environment.
 -spec exec(py_code()) -> ok | {error, term()}.
@@ -125,7 +132,7 @@ exec(Code) ->
 
 -spec exec(py_code(), timeout()) -> ok | {error, term()}.
 exec(Code, Timeout) when is_integer(Timeout), Timeout >= 0; Timeout =:= infinity ->
-	py_request:run(exec, self(), {self(), code(Code)}, Timeout, true).
+	limited(fun() -> py_request:run(exec, self(), {self(), code(Code)}, Timeout, true) end).
 
 %% Starts the call in another process and returns at once; py:await/1,2 collects the result. The
 %% call uses the caller's context and environment; Erlang functions Python calls back meanwhile run in
@@ -176,6 +183,35 @@ cast(Module, Function, Args) ->
 -spec cast(py_module(), py_func(), py_args(), py_kwargs()) -> ok.
 cast(Module, Function, Args, Kwargs) when is_list(Args), is_map(Kwargs) ->
 	py_request:cast(self(), {self(), name(Module), name(Function), Args, Kwargs}, 5000).
+
+%% Runs the calls at the same time, spread over the contexts of the pool (ports first, so calls on
+%% different ports really run in parallel), at most one per context at once. {ok, Results}: one
+%% {ok, Value} or {error, Reason} per call, in the order of Calls. The calls run outside the caller's
+%% process-bound environment.
+-spec parallel([{py_module(), py_func(), py_args()}]) -> {ok, [py_result()]}.
+parallel(Calls) when is_list(Calls) ->
+	py_parallel:run([parallel_call(Call) || Call <- Calls], default_timeout()).
+
+%% Python object references (a call with #{return => ref} in its kwargs returns one).
+
+%% Ref.Method(*Args), in the context that holds the object.
+-spec call_method(py_ref:ref(), atom() | binary(), py_args()) -> py_result().
+call_method(Ref, Method, Args) ->
+	limited(fun() -> py_ref:call_method(Ref, Method, Args, #{}, default_timeout()) end).
+
+%% Ref.Name.
+-spec getattr(py_ref:ref(), atom() | binary()) -> py_result().
+getattr(Ref, Name) ->
+	limited(fun() -> py_ref:getattr(Ref, Name, default_timeout()) end).
+
+%% The object as a term (what the call would have returned without return => ref).
+-spec to_term(py_ref:ref()) -> py_result().
+to_term(Ref) ->
+	limited(fun() -> py_ref:to_term(Ref, default_timeout()) end).
+
+-spec is_ref(term()) -> boolean().
+is_ref(Term) ->
+	py_ref:is_ref(Term).
 
 %% Callbacks.
 
@@ -321,6 +357,15 @@ tracemalloc_stop() ->
 	ok_or_error(system_eval(<<"__import__('tracemalloc').stop()">>)).
 
 %% Internal.
+
+%% Every call/eval/exec holds a py_semaphore slot while it runs; when none is free it fails at once.
+limited(Fun) ->
+	py_semaphore:run(Fun).
+
+parallel_call({Module, Function, Args}) when is_list(Args) ->
+	{name(Module), name(Function), Args};
+parallel_call(Call) ->
+	error(badarg, [Call]).
 
 %% An eval outside any process-bound environment (it creates none), on the caller's port.
 system_eval(Code) ->
