@@ -12,7 +12,7 @@
 	release_without_acquire/1, release_after_python_exception/1, release_after_erlang_exception/1,
 	release_after_timeout/1, killed_caller_frees_slot/1, killed_holder_frees_slot/1,
 	reaper_restart_keeps_reaping/1, nested_call_holds_two_slots/1, race_never_admits_over_max/1,
-	call_during_callback_overloaded_when_full/1]).
+	call_during_callback_overloaded_when_full/1, reaper_monitors_bounded_by_live_processes/1]).
 
 all() ->
 	[docs_status_calls, default_limit_allows_100_callers, app_env_max_concurrent, init_is_idempotent,
@@ -20,7 +20,8 @@ all() ->
 	 acquire_waits_for_release, release_without_acquire, release_after_python_exception,
 	 release_after_erlang_exception, release_after_timeout, killed_caller_frees_slot,
 	 killed_holder_frees_slot, reaper_restart_keeps_reaping, nested_call_holds_two_slots,
-	 race_never_admits_over_max, call_during_callback_overloaded_when_full].
+	 race_never_admits_over_max, call_during_callback_overloaded_when_full,
+	 reaper_monitors_bounded_by_live_processes].
 
 init_per_suite(Config) ->
 	ok = py_ct_helper:start_app([{num_ports, 2}, {contexts_per_port, 2}]),
@@ -266,6 +267,23 @@ race_never_admits_over_max(_) ->
 	Admitted = py_semaphore:current(),
 	_ = [P ! done || P <- Pids],
 	ok = py_ct_helper:eventually(fun() -> py_semaphore:current() =:= 0 end, 5000).
+
+%% The reaper monitors a process once, however many calls it makes, and forgets it when it exits:
+%% its monitors are bounded by the live processes that have held a slot.
+reaper_monitors_bounded_by_live_processes(_) ->
+	Reaper = whereis(py_semaphore),
+	Monitors = fun() -> {monitors, Ms} = process_info(Reaper, monitors), length(Ms) end,
+	Base = Monitors(),
+	Self = self(),
+	Pids = [spawn(fun() ->
+		_ = [{ok, 2} = py:eval(<<"1+1">>) || _ <- lists:seq(1, 5)],
+		Self ! {done, self()},
+		receive exit -> ok after 10000 -> ok end
+	end) || _ <- lists:seq(1, 20)],
+	_ = [receive {done, P} -> ok after 10000 -> error(no_done) end || P <- Pids],
+	ok = py_ct_helper:eventually(fun() -> Monitors() =:= Base + 20 end, 5000),
+	_ = [P ! exit || P <- Pids],
+	ok = py_ct_helper:eventually(fun() -> Monitors() =:= Base end, 5000).
 
 %% Internal.
 
