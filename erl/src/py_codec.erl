@@ -17,7 +17,7 @@
 
 -type codec() :: etf | msgpack.
 -type kind() :: call | eval | exec | cast | cancel | callback_reply | context_create | context_destroy
-	| env_drop | stats | stream_next | ref_op.
+	| env_drop | stats | stream_next | output_ack | context_init | drain | ref_op.
 
 %% API.
 
@@ -57,4 +57,7 @@ kind(context_destroy) -> 8;
 kind(env_drop) -> 9;
 kind(stats) -> 10;
 kind(stream_next) -> 11;
+kind(output_ack) -> 12;
+kind(context_init) -> 13;
+kind(drain) -> 14;
 kind(ref_op) -> 15.
