@@ -191,7 +191,13 @@ usable_from_another_process(_) ->
 %% POST-MERGE. After its port restarted, a reference is stale (the object died with the OS process).
 stale_after_port_restart(_) ->
 	with_ref_op(fun() ->
-		{ok, Ref} = py_ct_helper:on(1, 0, fun() -> py:call(builtins, list, [[1]], #{return => ref}) end),
+		%% Made by a process on slot 1 that stays alive (its exit would free the object anyway).
+		Self = self(),
+		{Owner, MRef} = py_ct_helper:spawn_routed({1, 0}, fun() ->
+			Self ! {ref, self(), py:call(builtins, list, [[1]], #{return => ref})},
+			receive exit -> ok after 30000 -> ok end
+		end),
+		Ref = receive {ref, Owner, {ok, R}} -> R after 10000 -> error(no_ref) end,
 		{ok, 1} = py:call_method(Ref, '__len__', []),
 		Gen = py_ct_helper:generation(1),
 		_ = os:cmd("kill -9 " ++ integer_to_list(py_ct_helper:os_pid(1))),
@@ -202,7 +208,9 @@ stale_after_port_restart(_) ->
 			end
 		end, 10000),
 		{error, stale_ref} = py:call_method(Ref, '__len__', []),
-		{error, stale_ref} = py:to_term(Ref)
+		{error, stale_ref} = py:to_term(Ref),
+		Owner ! exit,
+		receive {'DOWN', MRef, process, Owner, _} -> ok after 10000 -> error(owner_stuck) end
 	end).
 
 %% Internal.
