@@ -188,7 +188,7 @@ cast(Module, Function, Args, Kwargs) when is_list(Args), is_map(Kwargs) ->
 %% different ports really run in parallel), at most one per context at once. {ok, Results}: one
 %% {ok, Value} or {error, Reason} per call, in the order of Calls. The calls run outside the caller's
 %% process-bound environment.
--spec parallel([{py_module(), py_func(), py_args()}]) -> {ok, [py_result()]}.
+-spec parallel([{py_module(), py_func(), py_args()}]) -> {ok, [py_result()]} | {error, term()}.
 parallel(Calls) when is_list(Calls) ->
 	py_parallel:run([parallel_call(Call) || Call <- Calls], default_timeout()).
 
