@@ -19,6 +19,8 @@
 %%   spin_us            the port's busy-poll window (0: the port's default)
 %%   max_frame          the largest frame the port accepts, bytes (0: the port's default, 1 GiB)
 %%   context_mode       what py:execution_mode/0 reports; default worker
+%%   max_concurrent     Python operations in flight before py calls are refused (py_semaphore); 1024
+%%   imports, paths     the py_import registry at start: [{Module, Func}], [Path]
 -module(erlang_python_sup).
 -behaviour(supervisor).
 
@@ -70,6 +72,8 @@ init([]) ->
 		{write_concurrency, true}, {read_concurrency, true}]),
 	py_pool_registry = ets:new(py_pool_registry, [set, public, named_table, {read_concurrency, true}]),
 	ok = py_context_router:init_pool_registry(),
+	ok = py_semaphore:init(),
+	ok = py_import:init(),
 	Layout = #{num_ports := NumPorts, port_opts := PortOpts} = layout(),
 	ok = py_router:set_config(Layout),
 	Children = [
@@ -79,6 +83,8 @@ init([]) ->
 		#{id => py_context_sup, start => {py_context_sup, start_link, []},
 			type => supervisor, shutdown => infinity},
 		#{id => py_context_pool_sup, start => {py_context_pool_sup, start_link, []},
-			type => supervisor, shutdown => infinity}
+			type => supervisor, shutdown => infinity},
+		%% Last: its restart (it re-monitors from the table) restarts nothing else.
+		#{id => py_semaphore, start => {py_semaphore, start_link, []}, type => worker}
 	],
 	{ok, {#{strategy => rest_for_one, intensity => 5, period => 10}, Children}}.

@@ -57,6 +57,13 @@
 -export([get_local_env/1]).
 -export([register_pool/2]).
 -export([unregister_pool/1]).
+-export([parallel/1]).
+
+%% Python object references.
+-export([call_method/3]).
+-export([getattr/2]).
+-export([to_term/1]).
+-export([is_ref/1]).
 
 %% Callbacks (Python -> Erlang).
 -export([register_function/2]).
@@ -132,15 +139,15 @@ call(Module, Function, Args, Kwargs) ->
 call(Ctx, Module, Function, Args, Kwargs) when is_list(Args), is_map(Kwargs), is_pid(Ctx) orelse is_atom(Ctx) ->
 	case ctx_route(Ctx) of
 		{error, _} = Error -> Error;
-		Route -> py_request:run(call, Route, {self(), name(Module), name(Function), Args, Kwargs},
-			default_timeout(), true)
+		Route -> limited(fun() -> py_request:run(call, Route,
+			py_ref:call_body(self(), name(Module), name(Function), Args, Kwargs), default_timeout(), true) end)
 	end;
 call(Module, Function, Args, Kwargs, Timeout) when is_list(Args), is_map(Kwargs),
 		(is_integer(Timeout) andalso Timeout >= 0) orelse Timeout =:= infinity ->
-	Body = {self(), name(Module), name(Function), Args, Kwargs},
+	Body = py_ref:call_body(self(), name(Module), name(Function), Args, Kwargs),
 	case route(Module, Function) of
 		{error, _} = Error -> Error;
-		Route -> py_request:run(call, Route, Body, Timeout, true)
+		Route -> limited(fun() -> py_request:run(call, Route, Body, Timeout, true) end)
 	end.
 
 %% The value of Code: an expression, or statements followed by an expression (its value), or
@@ -160,10 +167,10 @@ eval(Code, Locals) ->
 -spec eval(py_code(), map(), timeout()) -> py_result();
 	(pid(), py_code(), map()) -> py_result().
 eval(Ctx, Code, Locals) when is_pid(Ctx), is_map(Locals) ->
-	py_request:run(eval, {ctx, Ctx}, {self(), code(Code), Locals}, default_timeout(), true);
+	limited(fun() -> py_request:run(eval, {ctx, Ctx}, {self(), code(Code), Locals}, default_timeout(), true) end);
 eval(Code, Locals, Timeout) when is_map(Locals),
 		(is_integer(Timeout) andalso Timeout >= 0) orelse Timeout =:= infinity ->
-	py_request:run(eval, self(), {self(), code(Code), Locals}, Timeout, true).
+	limited(fun() -> py_request:run(eval, self(), {self(), code(Code), Locals}, Timeout, true) end).
 
 %% Runs statements in the calling process's environment.
 -spec exec(py_code()) -> ok | {error, term()}.
@@ -173,9 +180,9 @@ exec(Code) ->
 -spec exec(py_code(), timeout()) -> ok | {error, term()};
 	(pid(), py_code()) -> ok | {error, term()}.
 exec(Ctx, Code) when is_pid(Ctx) ->
-	py_request:run(exec, {ctx, Ctx}, {self(), code(Code)}, default_timeout(), true);
+	limited(fun() -> py_request:run(exec, {ctx, Ctx}, {self(), code(Code)}, default_timeout(), true) end);
 exec(Code, Timeout) when is_integer(Timeout), Timeout >= 0; Timeout =:= infinity ->
-	py_request:run(exec, self(), {self(), code(Code)}, Timeout, true).
+	limited(fun() -> py_request:run(exec, self(), {self(), code(Code)}, Timeout, true) end).
 
 %% Starts the call in another process and returns at once; py:await/1,2 collects the result. The
 %% call uses the caller's context and environment; Erlang functions Python calls back meanwhile run in
@@ -322,6 +329,35 @@ unregister_pool({Module, Func}) ->
 	py_context_router:unregister_pool(Module, Func);
 unregister_pool(Module) ->
 	py_context_router:unregister_pool(Module).
+
+%% Runs the calls at the same time, spread over the contexts of the pool (ports first, so calls on
+%% different ports really run in parallel), at most one per context at once. {ok, Results}: one
+%% {ok, Value} or {error, Reason} per call, in the order of Calls. The calls run outside the caller's
+%% process-bound environment.
+-spec parallel([{py_module(), py_func(), py_args()}]) -> {ok, [py_result()]} | {error, term()}.
+parallel(Calls) when is_list(Calls) ->
+	py_parallel:run([parallel_call(Call) || Call <- Calls], default_timeout()).
+
+%% Python object references (a call with #{return => ref} in its kwargs returns one).
+
+%% Ref.Method(*Args), in the context that holds the object.
+-spec call_method(py_ref:ref(), atom() | binary(), py_args()) -> py_result().
+call_method(Ref, Method, Args) ->
+	limited(fun() -> py_ref:call_method(Ref, Method, Args, #{}, default_timeout()) end).
+
+%% Ref.Name.
+-spec getattr(py_ref:ref(), atom() | binary()) -> py_result().
+getattr(Ref, Name) ->
+	limited(fun() -> py_ref:getattr(Ref, Name, default_timeout()) end).
+
+%% The object as a term (what the call would have returned without return => ref).
+-spec to_term(py_ref:ref()) -> py_result().
+to_term(Ref) ->
+	limited(fun() -> py_ref:to_term(Ref, default_timeout()) end).
+
+-spec is_ref(term()) -> boolean().
+is_ref(Term) ->
+	py_ref:is_ref(Term).
 
 %% Callbacks.
 
@@ -485,6 +521,15 @@ ctx_route(Pool) when is_atom(Pool) ->
 		{ok, Ctx} -> {ctx, Ctx};
 		{error, _} = Error -> Error
 	end.
+
+%% Every call/eval/exec holds a py_semaphore slot while it runs; when none is free it fails at once.
+limited(Fun) ->
+	py_semaphore:run(Fun).
+
+parallel_call({Module, Function, Args}) when is_list(Args) ->
+	{name(Module), name(Function), Args};
+parallel_call(Call) ->
+	error(badarg, [Call]).
 
 %% An eval outside any process-bound environment (it creates none), on the caller's port.
 system_eval(Code) ->

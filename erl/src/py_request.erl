@@ -25,6 +25,7 @@
 
 %% API.
 -export([run/5]).
+-export([run_pinned/6]).
 -export([cast/3]).
 -export([any_info/0]).
 -export([control/6]).
@@ -71,7 +72,7 @@
 
 -record(req, {
 	id :: pos_integer(),
-	kind :: call | eval | exec | context_create | context_init | context_destroy,
+	kind :: call | eval | exec | ref_op | context_create | context_init | context_destroy,
 	port :: port(),
 	slot :: pos_integer(),
 	codec :: py_codec:codec(),
@@ -197,7 +198,7 @@ send(Kind, Place, Body, Deadline, Retry, SeenGen) ->
 						true ->
 							case wait(Req) of
 								requeue -> requeued(Kind, Place, Body, Deadline, Retry, Gen);
-								Result -> Result
+								Result -> ref_result(Body, Slot, Req, Result)
 							end
 					catch error:badarg ->
 						port_closed(Req, Place, Body, Retry)
@@ -229,6 +230,49 @@ flags(Kind, #{nested := true}, Slot, Ctx, Gen) when Kind =:= call; Kind =:= eval
 	nested_flag(Slot, Ctx, Gen);
 flags(_, _, _, _, _) ->
 	0.
+
+%% A call with #{return => ref} (py_ref:call_body/5) is answered {py_ref, ObjId, TypeName}: a
+%% reference that remembers where the object lives (this slot, context and OS process).
+ref_result({Env, _, _, _, _, #{return := ref}}, Slot, #req{ctx = Ctx, generation = Gen},
+		{ok, {py_ref, ObjId, Type}}) ->
+	{ok, py_ref:new(Slot, Ctx, Gen, Env, ObjId, Type)};
+ref_result(_, _, _, Result) ->
+	Result.
+
+%% One request to context Ctx (an id, not an index) of the OS process Gen of Slot and nowhere else:
+%% an object reference lives there. When that process is gone the object is too: {error, stale_ref},
+%% and no retry.
+-spec run_pinned(ref_op, pos_integer(), pos_integer(), pos_integer(), term(), timeout()) -> term().
+run_pinned(Kind, Slot, Ctx, Gen, Body, Timeout) ->
+	Deadline = deadline(Timeout),
+	ok = settle_cancels(Deadline),
+	case py_port:info(Slot) of
+		#{status := up, generation := Gen, port := Port, codec := Codec, owner := Owner} ->
+			Id = ?REQ_BASE + erlang:unique_integer([positive]),
+			case encode(Kind, Ctx, Id, Codec, Body) of
+				{error, _} = Error ->
+					Error;
+				Frame ->
+					true = ets:insert(py_inflight, {Id, self(), Slot}),
+					Req = #req{id = Id, kind = Kind, port = Port, slot = Slot, codec = Codec, owner = Owner,
+						generation = Gen, ctx = Ctx, deadline = Deadline},
+					try port_command(Port, Frame) of
+						true ->
+							case wait(Req) of
+								%% Its port is condemned: the object dies with it.
+								requeue -> {error, stale_ref};
+								Result -> Result
+							end
+					catch error:badarg ->
+						case ets:take(py_inflight, Id) of
+							[_] -> {error, stale_ref};
+							[] -> late(Req)
+						end
+					end
+			end;
+		_ ->
+			{error, stale_ref}
+	end.
 
 %% The port closed under us: the OS process died and the owner has not published it yet. Wait for
 %% the next generation and try once more.
