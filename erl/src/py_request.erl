@@ -249,7 +249,7 @@ run_pinned(Kind, Slot, Ctx, Gen, Body, Timeout) ->
 	case py_port:info(Slot) of
 		#{status := up, generation := Gen, port := Port, codec := Codec, owner := Owner} ->
 			Id = ?REQ_BASE + erlang:unique_integer([positive]),
-			case encode(Kind, Ctx, Id, Codec, Body) of
+			case encode(Kind, 0, Ctx, Id, Codec, Body) of
 				{error, _} = Error ->
 					Error;
 				Frame ->
