@@ -4,7 +4,8 @@
 %% any crash below it: py_inflight ({ReqId, CallerPid, Slot}: who waits for which request),
 %% py_callbacks (the Erlang functions registered for Python), py_state (the shared state) and
 %% py_shared_dicts. It also computes the pool layout from the application env and publishes it
-%% (py_router). Children, in start order: py_shared_dict, then py_port_sup with one py_port per slot.
+%% (py_router). Children, in start order: py_shared_dict, then py_port_sup with one py_port per slot;
+%% they are independent (one_for_one).
 %%
 %% Application env (all optional):
 %%   num_ports          port OS processes                  default erlang:system_info(schedulers)
@@ -16,6 +17,8 @@
 %%   spin_us            the port's busy-poll window (0: the port's default)
 %%   max_frame          the largest frame the port accepts, bytes (0: the port's default, 1 GiB)
 %%   context_mode       what py:execution_mode/0 reports; default worker
+%%   start_timeout      how long a port may take to say hello, every start, ms; default 60000
+%%   max_state_entries  the most keys the shared state (py_state) holds; default infinity
 -module(erlang_python_sup).
 -behaviour(supervisor).
 
@@ -52,7 +55,8 @@ layout() ->
 		contexts => PerPort,
 		cancel_grace_ms => Env(cancel_grace_ms, 2000),
 		spin_us => Env(spin_us, 0),
-		max_frame => Env(max_frame, 0)}}.
+		max_frame => Env(max_frame, 0),
+		start_timeout => Env(start_timeout, 60000)}}.
 
 %% supervisor.
 
@@ -70,4 +74,8 @@ init([]) ->
 		#{id => py_port_sup, start => {py_port_sup, start_link, [NumPorts, PortOpts]},
 			type => supervisor, shutdown => infinity}
 	],
-	{ok, {#{strategy => rest_for_one, intensity => 5, period => 10}, Children}}.
+	%% one_for_one: only what depends on a process restarts with it. The ports do not depend on
+	%% py_shared_dict (they read its table, which this supervisor owns, and it monitors the owners
+	%% again from that table when it restarts), so its crash costs nobody an environment. A child
+	%% added here that depends on another one goes under its own rest_for_one supervisor with it.
+	{ok, {#{strategy => one_for_one, intensity => 5, period => 10}, Children}}.

@@ -84,6 +84,9 @@
 -type py_result() :: {ok, term()} | {error, term()}.
 -type py_ref() :: reference().
 
+%% Process dictionary key of a pending spawn_call: {?SPAWN_CALL, Ref} => its holder.
+-define(SPAWN_CALL, py_spawn_call).
+
 %% Calls.
 
 %% Module.Function(*Args).
@@ -99,7 +102,7 @@ call(Module, Function, Args, Kwargs) ->
 -spec call(py_module(), py_func(), py_args(), py_kwargs(), timeout()) -> py_result().
 call(Module, Function, Args, Kwargs, Timeout) when is_list(Args), is_map(Kwargs),
 		(is_integer(Timeout) andalso Timeout >= 0) orelse Timeout =:= infinity ->
-	Body = {self(), name(Module), name(Function), Args, Kwargs},
+	Body = {py_request:env_owner(), name(Module), name(Function), Args, Kwargs},
 	py_request:run(call, self(), Body, Timeout, true).
 
 %% The value of Code: an expression, or statements followed by an expression (its value), or
@@ -116,7 +119,7 @@ eval(Code, Locals) ->
 -spec eval(py_code(), map(), timeout()) -> py_result().
 eval(Code, Locals, Timeout) when is_map(Locals),
 		(is_integer(Timeout) andalso Timeout >= 0) orelse Timeout =:= infinity ->
-	py_request:run(eval, self(), {self(), code(Code), Locals}, Timeout, true).
+	py_request:run(eval, self(), {py_request:env_owner(), code(Code), Locals}, Timeout, true).
 
 %% Runs statements in the calling process's environment.
 -spec exec(py_code()) -> ok | {error, term()}.
@@ -125,11 +128,16 @@ exec(Code) ->
 
 -spec exec(py_code(), timeout()) -> ok | {error, term()}.
 exec(Code, Timeout) when is_integer(Timeout), Timeout >= 0; Timeout =:= infinity ->
-	py_request:run(exec, self(), {self(), code(Code)}, Timeout, true).
+	py_request:run(exec, self(), {py_request:env_owner(), code(Code)}, Timeout, true).
 
 %% Starts the call in another process and returns at once; py:await/1,2 collects the result. The
 %% call uses the caller's context and environment; Erlang functions Python calls back meanwhile run in
-%% that other process.
+%% that other process (nested py calls from them still use the caller's environment).
+%%
+%% Two processes per call: a holder, monitored by the caller (the Ref), keeps the result until an
+%% await collects it, and a worker runs the request. Nothing is ever sent to the caller unasked: an
+%% await that timed out leaves no message behind, and a later await still collects the result. When
+%% the caller exits, the holder kills the worker and its request is cancelled like a dead caller's.
 -spec spawn_call(py_module(), py_func(), py_args()) -> py_ref().
 spawn_call(Module, Function, Args) ->
 	spawn_call(Module, Function, Args, #{}).
@@ -137,35 +145,93 @@ spawn_call(Module, Function, Args) ->
 -spec spawn_call(py_module(), py_func(), py_args(), py_kwargs()) -> py_ref().
 spawn_call(Module, Function, Args, Kwargs) when is_list(Args), is_map(Kwargs) ->
 	Caller = self(),
-	Body = {Caller, name(Module), name(Function), Args, Kwargs},
-	%% The caller's place and environment, resolved here: the spawned process has its own dictionary.
-	Route = case py_router:pick(Caller) of
-		{error, _} -> Caller;
-		{Slot, CtxIndex} -> {slot, Slot, CtxIndex}
-	end,
-	Pid = spawn(fun() ->
-		receive {go, Ref} -> Caller ! {py_async, Ref, py_request:run(call, Route, Body, infinity, true)}
-		end
-	end),
-	Ref = erlang:monitor(process, Pid),
-	Pid ! {go, Ref},
+	Env = py_request:env_owner(),
+	Body = {Env, name(Module), name(Function), Args, Kwargs},
+	%% The caller's place and environment, resolved here: the worker has its own dictionary.
+	Place = py_router:pick(Caller),
+	Holder = spawn(fun() -> spawn_call_holder(Caller, Env, Place, Body) end),
+	Ref = erlang:monitor(process, Holder),
+	_ = put({?SPAWN_CALL, Ref}, Holder),
 	Ref.
 
 -spec await(py_ref()) -> py_result().
 await(Ref) ->
 	await(Ref, infinity).
 
-%% {error, timeout} leaves the call running: a later await can still collect it.
+%% {error, timeout} leaves the call running and nothing in the mailbox: a later await can still
+%% collect it. A Ref that is not a pending spawn_call of this process (already collected) is badarg.
 -spec await(py_ref(), timeout()) -> py_result().
 await(Ref, Timeout) ->
+	Holder = case get({?SPAWN_CALL, Ref}) of
+		undefined -> error(badarg, [Ref, Timeout]);
+		H -> H
+	end,
+	%% Replies come through an alias that dies with this await: a reply that misses it is dropped,
+	%% and the holder keeps the result until it hears the reply was taken.
+	Reply = erlang:alias(),
+	Holder ! {collect, Reply},
 	receive
-		{py_async, Ref, Result} ->
-			true = erlang:demonitor(Ref, [flush]),
+		{py_async, Reply, Result} ->
+			collected(Ref, Holder, Reply),
 			Result;
 		{'DOWN', Ref, process, _, Reason} ->
+			_ = erlang:unalias(Reply),
+			_ = erase({?SPAWN_CALL, Ref}),
 			{error, {spawn_call_failed, Reason}}
 	after Timeout ->
-		{error, timeout}
+		_ = erlang:unalias(Reply),
+		%% A reply sent before the alias went is here already.
+		receive
+			{py_async, Reply, Result} ->
+				collected(Ref, Holder, Reply),
+				Result
+		after 0 ->
+			{error, timeout}
+		end
+	end.
+
+collected(Ref, Holder, Reply) ->
+	_ = erlang:unalias(Reply),
+	Holder ! {taken, Reply},
+	true = erlang:demonitor(Ref, [flush]),
+	_ = erase({?SPAWN_CALL, Ref}),
+	ok.
+
+%% The holder of one spawn_call. Bounded: it lives until its result is taken or its caller exits.
+spawn_call_holder(Caller, Env, Place, Body) ->
+	CallerMon = erlang:monitor(process, Caller),
+	Tag = make_ref(),
+	Self = self(),
+	{Worker, WorkerMon} = spawn_monitor(fun() ->
+		Route = case Place of
+			{error, _} -> self();
+			{Slot, CtxIndex} -> ok = py_router:bind(Place), {slot, Slot, CtxIndex}
+		end,
+		ok = py_request:act_for(Env),
+		Self ! {Tag, py_request:run(call, Route, Body, infinity, true)}
+	end),
+	receive
+		{Tag, Result} ->
+			erlang:demonitor(WorkerMon, [flush]),
+			spawn_call_hold(Result, CallerMon, none);
+		{'DOWN', WorkerMon, process, Worker, Reason} ->
+			spawn_call_hold({error, {spawn_call_failed, Reason}}, CallerMon, none);
+		{'DOWN', CallerMon, process, Caller, _} ->
+			exit(Worker, kill),
+			receive {'DOWN', WorkerMon, process, Worker, _} -> ok end,
+			%% Its request was the caller's; nobody will read the answer.
+			ok = py_port:forget_caller(Worker)
+	end.
+
+spawn_call_hold(Result, CallerMon, Sent) ->
+	receive
+		{collect, Reply} ->
+			Reply ! {py_async, Reply, Result},
+			spawn_call_hold(Result, CallerMon, Reply);
+		{taken, Sent} ->
+			ok;
+		{'DOWN', CallerMon, process, _, _} ->
+			ok
 	end.
 
 %% Module.Function(*Args) without waiting for, or getting, a result.
@@ -175,17 +241,18 @@ cast(Module, Function, Args) ->
 
 -spec cast(py_module(), py_func(), py_args(), py_kwargs()) -> ok.
 cast(Module, Function, Args, Kwargs) when is_list(Args), is_map(Kwargs) ->
-	py_request:cast(self(), {self(), name(Module), name(Function), Args, Kwargs}, 5000).
+	py_request:cast(self(), {py_request:env_owner(), name(Module), name(Function), Args, Kwargs}, 5000).
 
 %% Callbacks.
 
-%% Makes Fun callable from Python as `erlang.Name(...)`; Fun gets the list of the arguments.
--spec register_function(atom() | binary(), fun((list()) -> term())) -> ok.
+%% Makes Fun callable from Python as `erlang.Name(...)`; Fun gets the list of the arguments. Names
+%% starting with `_` are reserved: {error, {reserved_name, Name}}.
+-spec register_function(atom() | binary(), fun((list()) -> term())) -> ok | {error, {reserved_name, binary()}}.
 register_function(Name, Fun) ->
 	py_callback:register_function(Name, Fun).
 
 %% Makes Module:Function(Args) callable from Python as `erlang.Name(...)`.
--spec register_function(atom() | binary(), module(), atom()) -> ok.
+-spec register_function(atom() | binary(), module(), atom()) -> ok | {error, {reserved_name, binary()}}.
 register_function(Name, Module, Function) ->
 	py_callback:register_function(Name, Module, Function).
 

@@ -17,7 +17,7 @@
 
 -type codec() :: etf | msgpack.
 -type kind() :: call | eval | exec | cast | cancel | callback_reply | context_create | context_destroy
-	| env_drop | stats | stream_next.
+	| env_drop | stats | stream_next | output_ack.
 
 %% API.
 
@@ -45,7 +45,7 @@ protocol_atoms() ->
 	 badarg, improper_list].
 
 %% The kind byte of an E->P message (PROTOCOL.md §3).
--spec kind(kind()) -> 1..11.
+-spec kind(kind()) -> 1..12.
 kind(call) -> 1;
 kind(eval) -> 2;
 kind(exec) -> 3;
@@ -56,4 +56,5 @@ kind(context_create) -> 7;
 kind(context_destroy) -> 8;
 kind(env_drop) -> 9;
 kind(stats) -> 10;
-kind(stream_next) -> 11.
+kind(stream_next) -> 11;
+kind(output_ack) -> 12.

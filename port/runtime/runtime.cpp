@@ -309,6 +309,10 @@ void Runtime::dispatch(std::string payload) {
     case Kind::Stats:
       on_stats(h);
       return;
+    case Kind::OutputAck:
+      // Placeholder until the output window (PROTOCOL.md §3.5) lands: nothing is held back yet, so an
+      // acknowledgement has nothing to release.
+      return;
     case Kind::StreamNext:
       protocol_error(h.ctx, h.id, "not_implemented", "streaming is not implemented yet");
       return;
