@@ -159,43 +159,51 @@ await(Ref) ->
 	await(Ref, infinity).
 
 %% {error, timeout} leaves the call running and nothing in the mailbox: a later await can still
-%% collect it. A Ref that is not a pending spawn_call of this process (already collected) is badarg.
+%% collect it. A result that is there already is returned even with a zero timeout. A Ref that is
+%% not a pending spawn_call of this process (already collected) is badarg.
 -spec await(py_ref(), timeout()) -> py_result().
 await(Ref, Timeout) ->
 	Holder = case get({?SPAWN_CALL, Ref}) of
 		undefined -> error(badarg, [Ref, Timeout]);
 		H -> H
 	end,
-	%% Replies come through an alias that dies with this await: a reply that misses it is dropped,
-	%% and the holder keeps the result until it hears the reply was taken.
+	%% The holder answers a collect at once, with the result or `pending`, and sends a pending result
+	%% to the same alias when it comes. The alias dies with this await: a result that misses it is
+	%% dropped, and the holder keeps it until it hears it was taken.
 	Reply = erlang:alias(),
 	Holder ! {collect, Reply},
 	receive
 		{py_async, Reply, Result} ->
-			collected(Ref, Holder, Reply),
-			Result;
+			collected(Ref, Holder, Reply, Result);
+		{py_pending, Reply} ->
+			receive
+				{py_async, Reply, Result} ->
+					collected(Ref, Holder, Reply, Result);
+				{'DOWN', Ref, process, _, Reason} ->
+					_ = erlang:unalias(Reply),
+					_ = erase({?SPAWN_CALL, Ref}),
+					{error, {spawn_call_failed, Reason}}
+			after Timeout ->
+				_ = erlang:unalias(Reply),
+				%% A result sent before the alias went is here already.
+				receive
+					{py_async, Reply, Result} -> collected(Ref, Holder, Reply, Result)
+				after 0 ->
+					{error, timeout}
+				end
+			end;
 		{'DOWN', Ref, process, _, Reason} ->
 			_ = erlang:unalias(Reply),
 			_ = erase({?SPAWN_CALL, Ref}),
 			{error, {spawn_call_failed, Reason}}
-	after Timeout ->
-		_ = erlang:unalias(Reply),
-		%% A reply sent before the alias went is here already.
-		receive
-			{py_async, Reply, Result} ->
-				collected(Ref, Holder, Reply),
-				Result
-		after 0 ->
-			{error, timeout}
-		end
 	end.
 
-collected(Ref, Holder, Reply) ->
+collected(Ref, Holder, Reply, Result) ->
 	_ = erlang:unalias(Reply),
 	Holder ! {taken, Reply},
 	true = erlang:demonitor(Ref, [flush]),
 	_ = erase({?SPAWN_CALL, Ref}),
-	ok.
+	Result.
 
 %% The holder of one spawn_call. Bounded: it lives until its result is taken or its caller exits.
 spawn_call_holder(Caller, Env, Place, Body) ->
@@ -210,18 +218,31 @@ spawn_call_holder(Caller, Env, Place, Body) ->
 		ok = py_request:act_for(Env),
 		Self ! {Tag, py_request:run(call, Route, Body, infinity, true)}
 	end),
+	spawn_call_pending(Tag, Worker, WorkerMon, Caller, CallerMon, none).
+
+%% Waiting for the worker; Reply is the alias of the await in progress, if any.
+spawn_call_pending(Tag, Worker, WorkerMon, Caller, CallerMon, Reply) ->
 	receive
 		{Tag, Result} ->
 			erlang:demonitor(WorkerMon, [flush]),
-			spawn_call_hold(Result, CallerMon, none);
+			spawn_call_done(Result, CallerMon, Reply);
 		{'DOWN', WorkerMon, process, Worker, Reason} ->
-			spawn_call_hold({error, {spawn_call_failed, Reason}}, CallerMon, none);
+			spawn_call_done({error, {spawn_call_failed, Reason}}, CallerMon, Reply);
+		{collect, NewReply} ->
+			NewReply ! {py_pending, NewReply},
+			spawn_call_pending(Tag, Worker, WorkerMon, Caller, CallerMon, NewReply);
 		{'DOWN', CallerMon, process, Caller, _} ->
 			exit(Worker, kill),
 			receive {'DOWN', WorkerMon, process, Worker, _} -> ok end,
 			%% Its request was the caller's; nobody will read the answer.
 			ok = py_port:forget_caller(Worker)
 	end.
+
+spawn_call_done(Result, CallerMon, none) ->
+	spawn_call_hold(Result, CallerMon, none);
+spawn_call_done(Result, CallerMon, Reply) ->
+	Reply ! {py_async, Reply, Result},
+	spawn_call_hold(Result, CallerMon, Reply).
 
 spawn_call_hold(Result, CallerMon, Sent) ->
 	receive
