@@ -221,8 +221,11 @@ handle_cast({forget_caller, Pid}, State) ->
 	{noreply, cancel_requests_of(Pid, State)}.
 
 -spec handle_info(term(), #state{}) -> {noreply, #state{}}.
-handle_info({Port, {data, Frame}}, State) when is_port(Port) ->
+handle_info({Port, {data, Frame}}, State = #state{port = Port}) ->
 	{noreply, frame(Frame, Port, State)};
+handle_info({Port, {data, _}}, State) when is_port(Port) ->
+	%% A port that is no longer ours (an OS process already replaced, or a kill program).
+	{noreply, State};
 handle_info({Port, {exit_status, Status}}, State = #state{port = Port}) ->
 	{noreply, port_died(Status, State)};
 handle_info({Port, {exit_status, _}}, State) when is_port(Port) ->
@@ -254,6 +257,10 @@ handle_info({'DOWN', MRef, process, Pid, _}, State = #state{envs = Envs}) ->
 		_ ->
 			{noreply, State}
 	end;
+handle_info({cancel_expired, Id, Gen}, State = #state{generation = Gen, cancels = Cancels,
+		kill_reason = Kill}) when Kill =/= undefined ->
+	%% The port is being killed already: one kill, one warning.
+	{noreply, State#state{cancels = maps:remove(Id, Cancels)}};
 handle_info({cancel_expired, Id, Gen}, State = #state{generation = Gen, cancels = Cancels,
 		os_pid = OsPid, status = up}) ->
 	case maps:take(Id, Cancels) of
@@ -735,7 +742,7 @@ kill_if_ours(OsPid, Start, Sig) ->
 					false;
 				Kill ->
 					_ = catch open_port({spawn_executable, Kill},
-						[{args, [Sig, integer_to_list(OsPid)]}, exit_status, out]),
+						[{args, [Sig, integer_to_list(OsPid)]}, exit_status, in]),
 					true
 			end;
 		false ->

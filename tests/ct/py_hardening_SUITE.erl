@@ -357,7 +357,7 @@ failed_cast_warning(_) ->
 %% still cost one SIGUSR1 and one SIGKILL, through the kill program, no shell (traced).
 one_kill_per_death(_) ->
 	Slot = 2,
-	#{owner := Owner, os_pid := OsPid} = py_port:info(Slot),
+	#{owner := Owner, os_pid := OsPid, generation := Gen} = py_port:info(Slot),
 	Stubborn = <<"import time\nwhile True:\n    try:\n        time.sleep(0.01)\n    except BaseException:\n        pass\n">>,
 	erlang:trace_pattern({py_port, kill_if_ours, 3}, true, [local]),
 	erlang:trace_pattern({os, cmd, '_'}, true, [local]),
@@ -365,7 +365,9 @@ one_kill_per_death(_) ->
 	try
 		Rs = [py_ct_helper:spawn_on(Slot, C, fun() -> py:exec(Stubborn, 200) end) || C <- [0, 1]],
 		_ = [receive {P, result, {error, timeout}} -> ok after 10000 -> error(no_timeout) end || {P, _} <- Rs],
-		ok = py_ct_helper:eventually(fun() -> not py_ct_helper:os_alive(OsPid) end, 10000),
+		ok = py_ct_helper:eventually(fun() -> not py_ct_helper:os_alive(OsPid) andalso
+			maps:get(generation, py_port:info(Slot)) > Gen andalso maps:get(status, py_port:info(Slot)) =:= up
+		end, 10000),
 		{ok, 2} = py_ct_helper:on(Slot, 0, fun() -> py:eval(<<"1+1">>, #{}, 20000) end),
 		timer:sleep(200)
 	after
