@@ -488,13 +488,18 @@ orphan(?OUTPUT, Ctx, Id, Body, _, State) ->
 orphan(_, _, _, _, _, State) ->
 	State.
 
-%% Output nobody waits for (from a thread that serves no request, or of a request whose caller
-%% stopped waiting) goes to the log, stdout at notice and stderr at warning, so both show at the
-%% default level; then it is acknowledged, or the port's output window (PROTOCOL.md §3.5) would stay
-%% full and block the printer.
+%% Output nobody waits for goes to the log. From a thread that serves no request (id 0): stdout at
+%% notice and stderr at warning, so both show at the default level. Of a request whose caller
+%% stopped waiting (it timed out; the request is being cancelled): at info, or a flood would flood
+%% the log too. Either way it is acknowledged, or the port's output window (PROTOCOL.md §3.5) would
+%% stay full and block the printer.
 log_output(Ctx, Id, Body, State) ->
 	{Stream, Text} = py_codec:decode(codec(State), Body),
-	Level = case Stream of 2 -> warning; _ -> notice end,
+	Level = if
+		Id =/= 0 -> info;
+		Stream =:= 2 -> warning;
+		true -> notice
+	end,
 	log(Level, "port ~b ~s: ~ts", [State#state.slot, stream_name(Stream), Text], State),
 	Size = if is_binary(Text) -> byte_size(Text); true -> 0 end,
 	send_to_port(py_codec:frame(output_ack, Ctx, Id, codec(State), Size), State),
