@@ -365,8 +365,11 @@ one_kill_per_death(_) ->
 	try
 		Rs = [py_ct_helper:spawn_on(Slot, C, fun() -> py:exec(Stubborn, 200) end) || C <- [0, 1]],
 		_ = [receive {P, result, {error, timeout}} -> ok after 10000 -> error(no_timeout) end || {P, _} <- Rs],
-		ok = py_ct_helper:eventually(fun() -> not py_ct_helper:os_alive(OsPid) andalso
-			maps:get(generation, py_port:info(Slot)) > Gen andalso maps:get(status, py_port:info(Slot)) =:= up
+		ok = py_ct_helper:eventually(fun() ->
+			case py_port:info(Slot) of
+				#{status := up, generation := G} -> G > Gen andalso not py_ct_helper:os_alive(OsPid);
+				_ -> false
+			end
 		end, 10000),
 		{ok, 2} = py_ct_helper:on(Slot, 0, fun() -> py:eval(<<"1+1">>, #{}, 20000) end),
 		timer:sleep(200)
