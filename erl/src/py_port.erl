@@ -631,8 +631,10 @@ port_died(Status, State0 = #state{slot = Slot, envs = Envs, cancels = Cancels, s
 
 %% Whether a death counts against the port's restart backoff. Not when we killed it (a cancel that
 %% was ignored: the request's fault, not the port's), when it gave up on such a request itself
-%% (status 5), or when something outside killed it with SIGKILL.
+%% (status 5), when something outside killed it with SIGKILL, or when its port closed under it (no
+%% exit status).
 self_inflicted(_, Kill) when Kill =/= undefined -> false;
+self_inflicted(undefined, _) -> false;
 self_inflicted(?EXIT_CANCEL_STUCK, _) -> false;
 self_inflicted(Status, _) -> signal(Status) =/= sigkill.
 

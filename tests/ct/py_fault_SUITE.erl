@@ -9,7 +9,7 @@
 
 -export([all/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2, end_per_testcase/2]).
 -export([kill_9/1, sigstop_then_cont/1, sigstop_with_timeouts/1, os_exit/1, segfault/1,
-	memory_rlimit/1, stdin_closed/1, backoff_spares_killed_ports/1]).
+	memory_rlimit/1, stdin_closed/1, backoff_spares_killed_ports/1, backoff_for_own_deaths/1]).
 
 -define(N, 100).
 -define(GRACE, 1000).
@@ -22,7 +22,7 @@
 
 all() ->
 	[kill_9, sigstop_then_cont, sigstop_with_timeouts, os_exit, segfault, memory_rlimit, stdin_closed,
-	 backoff_spares_killed_ports].
+	 backoff_spares_killed_ports, backoff_for_own_deaths].
 
 init_per_suite(Config) ->
 	ok = py_ct_helper:start_app([{num_ports, 2}, {contexts_per_port, 2}, {cancel_grace_ms, ?GRACE},
@@ -132,6 +132,21 @@ backoff_spares_killed_ports(_Config) ->
 	ct:pal("restart times after six kill -9 in a row: ~w ms", [Times]),
 	true = lists:max(Times) < 1000,
 	{ok, 2} = py_ct_helper:on(?SLOT, 0, fun() -> py:eval(<<"1+1">>, #{}, 10000) end).
+
+%% The counterpart: a port that keeps exiting on its own right after its start is restarted with
+%% growing delays (0, 0, 100, 200 ms for four such deaths in a row). On slot 2, which has no history
+%% in this suite (and keeps this one for a minute).
+backoff_for_own_deaths(_Config) ->
+	Times = [begin
+		Gen = py_ct_helper:generation(2),
+		T0 = erlang:monotonic_time(millisecond),
+		{error, {port_exited, #{exit_status := 4}}} =
+			py_ct_helper:on(2, 0, fun() -> py:eval(<<"__import__('os')._exit(4)">>, #{}, 10000) end),
+		ok = await_up(2, Gen, 10000),
+		py_ct_helper:elapsed_ms(T0)
+	end || _ <- lists:seq(1, 4)],
+	ct:pal("restart times after four os._exit in a row: ~w ms", [Times]),
+	true = lists:last(Times) >= 200.
 
 %% Helpers.
 

@@ -14,7 +14,7 @@
 	hello_timeout_after_restart/1, start_failure_reported/1, start_failure_traceback/1,
 	shared_dict_crash_spares_ports/1, await_timeout_no_stray/1, spawn_call_dies_with_caller/1,
 	thread_output_visible/1, failed_cast_warning/1, one_kill_per_death/1,
-	state_table_bounded/1, state_reserved_key/1, python_api_details/1]).
+	state_table_bounded/1, state_reserved_key/1, python_api_details/1, pylib_install_atomic/1]).
 
 %% Used through the tracer in one_kill_per_death.
 -export([log/2]).
@@ -28,7 +28,7 @@ all() ->
 	 hello_timeout_after_restart, start_failure_reported, {group, start_crash_file},
 	 shared_dict_crash_spares_ports, await_timeout_no_stray, spawn_call_dies_with_caller,
 	 thread_output_visible, failed_cast_warning, one_kill_per_death,
-	 state_table_bounded, state_reserved_key, python_api_details].
+	 state_table_bounded, state_reserved_key, python_api_details, pylib_install_atomic].
 
 %% These two need the port side of issue 7 (helper hp): the output window (PROTOCOL.md §3.5) and the
 %% crash file written before a start-up failure exits. Skipped until that port is merged: REMOVE the
@@ -443,6 +443,38 @@ python_api_details(_) ->
 	{error, {'ImportError', _}} = py:eval(<<"from erlang import surely_not_registered">>),
 	{error, {'TypeError', _}} = py:eval(<<"erlang.whereis(123)">>),
 	{ok, none} = py:eval(<<"erlang.whereis('surely_no_such_process')">>).
+
+%% tools/build_port.sh installs pylib atomically: ports that restart while it runs (three times)
+%% all start, and it leaves one tree behind a symlink.
+pylib_install_atomic(_) ->
+	Priv = code:priv_dir(erlang_python),
+	Self = self(),
+	Builder = spawn_link(fun() ->
+		%% priv is erl/priv (through rebar3's symlink): the checkout is two levels up, physically
+		Outs = [os:cmd("cd -P '" ++ Priv ++ "' && cd ../.. && sh tools/build_port.sh 2>&1; echo rc=$?")
+			|| _ <- [1, 2, 3]],
+		Self ! {built, Outs}
+	end),
+	Restarts = restart_until_built(Builder, 0),
+	ct:pal("~b port restarts while pylib was installed three times", [Restarts]),
+	true = Restarts > 0,
+	{ok, Link} = file:read_link(filename:join(Priv, "pylib")),
+	{ok, Names} = file:list_dir(Priv),
+	[Link] = [N || N <- Names, lists:prefix(".pylib", N)],
+	true = filelib:is_regular(filename:join([Priv, "pylib", "erlang", "__init__.py"])).
+
+restart_until_built(Builder, N) ->
+	receive
+		{built, Outs} ->
+			[{true, _} = {lists:suffix("rc=0\n", O), O} || O <- Outs],
+			N
+	after 0 ->
+		{error, {port_exited, _}} = py_ct_helper:on(2, 0, fun() -> py:eval(<<"__import__('os')._exit(1)">>) end),
+		%% the restarted port must start (an import of a half-copied pylib would exit 3)
+		{ok, 2} = py_ct_helper:on(2, 0, fun() -> py:eval(<<"__import__('erlang') and 1+1">>, #{}, 20000) end),
+		_ = Builder,
+		restart_until_built(Builder, N + 1)
+	end.
 
 %% Helpers.
 
