@@ -51,7 +51,7 @@
 	generation => non_neg_integer(), python => binary(), build => atom(), hello => map()}.
 -type exit_reason() :: #{exit_status := non_neg_integer() | undefined,
 	signal := atom() | {signal, pos_integer()} | undefined, traceback := binary(),
-	reason := crashed | cancel_grace_expired | no_hello | shutdown | owner_down}.
+	reason := crashed | cancel_grace_expired | no_hello | shutdown | owner_down, error => term()}.
 -type opts() :: #{codec := py_codec:codec(), contexts := pos_integer(), cancel_grace_ms := non_neg_integer(),
 	spin_us := non_neg_integer(), max_frame => non_neg_integer(), start_timeout => timeout()}.
 
