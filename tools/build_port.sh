@@ -15,6 +15,20 @@ fi
 meson compile -C "$build" >/dev/null || meson compile -C "$build"
 mkdir -p erl/priv
 cp "$build/erlang_python_port" erl/priv/erlang_python_port.tmp && mv erl/priv/erlang_python_port.tmp erl/priv/erlang_python_port
-rm -rf erl/priv/pylib && cp -r pylib erl/priv/pylib
-find erl/priv/pylib -name __pycache__ -prune -exec rm -rf {} + 2>/dev/null || true
+# pylib is installed atomically: a port that (re)starts during a rebuild sees the old tree or the new
+# one, never a half-copied one. The copy goes to a fresh directory, a symlink to it is renamed over
+# erl/priv/pylib (rename(2) is atomic), then the previous tree is removed.
+stage=$(mktemp -d erl/priv/.pylib.XXXXXX)
+cp -r pylib/. "$stage"
+find "$stage" -name __pycache__ -prune -exec rm -rf {} + 2>/dev/null || true
+chmod 755 "$stage"
+old=$(readlink erl/priv/pylib 2>/dev/null || true)
+if [ -d erl/priv/pylib ] && [ ! -L erl/priv/pylib ]; then
+  # a plain directory from an older build: moved aside once (not atomic this one time)
+  mv erl/priv/pylib "erl/priv/.pylib.legacy.$$"
+  old=".pylib.legacy.$$"
+fi
+ln -s "$(basename "$stage")" erl/priv/.pylib.link.$$
+mv -T erl/priv/.pylib.link.$$ erl/priv/pylib
+if [ -n "$old" ] && [ "$old" != "$(basename "$stage")" ]; then rm -rf "erl/priv/$old"; fi
 echo "$pyconf" > erl/priv/python_config

@@ -7,7 +7,8 @@
 %% py_pool_registry (py_context_router). It also computes the pool layout from the application env and
 %% publishes it (py_router). Children, in start order: py_shared_dict, py_port_sup with one py_port per
 %% slot, py_context_sup (explicit contexts), py_context_pool_sup (the default pool's context processes
-%% and the named pools).
+%% and the named pools), py_semaphore (its
+%% reaper); they are independent (one_for_one).
 %%
 %% Application env (all optional):
 %%   num_ports          port OS processes                  default erlang:system_info(schedulers)
@@ -21,6 +22,8 @@
 %%   context_mode       what py:execution_mode/0 reports; default worker
 %%   max_concurrent     Python operations in flight before py calls are refused (py_semaphore); 1024
 %%   imports, paths     the py_import registry at start: [{Module, Func}], [Path]
+%%   start_timeout      how long a port may take to say hello, every start, ms; default 60000
+%%   max_state_entries  the most keys the shared state (py_state) holds; default infinity
 -module(erlang_python_sup).
 -behaviour(supervisor).
 
@@ -57,7 +60,8 @@ layout() ->
 		contexts => PerPort,
 		cancel_grace_ms => Env(cancel_grace_ms, 2000),
 		spin_us => Env(spin_us, 0),
-		max_frame => Env(max_frame, 0)}}.
+		max_frame => Env(max_frame, 0),
+		start_timeout => Env(start_timeout, 60000)}}.
 
 %% supervisor.
 
@@ -84,7 +88,11 @@ init([]) ->
 			type => supervisor, shutdown => infinity},
 		#{id => py_context_pool_sup, start => {py_context_pool_sup, start_link, []},
 			type => supervisor, shutdown => infinity},
-		%% Last: its restart (it re-monitors from the table) restarts nothing else.
+		%% Its restart (it re-monitors from the table) restarts nothing else.
 		#{id => py_semaphore, start => {py_semaphore, start_link, []}, type => worker}
 	],
-	{ok, {#{strategy => rest_for_one, intensity => 5, period => 10}, Children}}.
+	%% one_for_one: only what depends on a process restarts with it. The ports do not depend on
+	%% py_shared_dict (they read its table, which this supervisor owns, and it monitors the owners
+	%% again from that table when it restarts), so its crash costs nobody an environment. A child
+	%% added here that depends on another one goes under its own rest_for_one supervisor with it.
+	{ok, {#{strategy => one_for_one, intensity => 5, period => 10}, Children}}.

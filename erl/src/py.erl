@@ -119,6 +119,9 @@
 -type py_result() :: {ok, term()} | {error, term()}.
 -type py_ref() :: reference().
 
+%% Process dictionary key of a pending spawn_call: {?SPAWN_CALL, Ref} => its holder.
+-define(SPAWN_CALL, py_spawn_call).
+
 %% Calls.
 
 %% Module.Function(*Args).
@@ -140,11 +143,11 @@ call(Ctx, Module, Function, Args, Kwargs) when is_list(Args), is_map(Kwargs), is
 	case ctx_route(Ctx) of
 		{error, _} = Error -> Error;
 		Route -> limited(fun() -> py_request:run(call, Route,
-			py_ref:call_body(self(), name(Module), name(Function), Args, Kwargs), default_timeout(), true) end)
+			py_ref:call_body(py_request:env_owner(), name(Module), name(Function), Args, Kwargs), default_timeout(), true) end)
 	end;
 call(Module, Function, Args, Kwargs, Timeout) when is_list(Args), is_map(Kwargs),
 		(is_integer(Timeout) andalso Timeout >= 0) orelse Timeout =:= infinity ->
-	Body = py_ref:call_body(self(), name(Module), name(Function), Args, Kwargs),
+	Body = py_ref:call_body(py_request:env_owner(), name(Module), name(Function), Args, Kwargs),
 	case route(Module, Function) of
 		{error, _} = Error -> Error;
 		Route -> limited(fun() -> py_request:run(call, Route, Body, Timeout, true) end)
@@ -167,10 +170,10 @@ eval(Code, Locals) ->
 -spec eval(py_code(), map(), timeout()) -> py_result();
 	(pid(), py_code(), map()) -> py_result().
 eval(Ctx, Code, Locals) when is_pid(Ctx), is_map(Locals) ->
-	limited(fun() -> py_request:run(eval, {ctx, Ctx}, {self(), code(Code), Locals}, default_timeout(), true) end);
+	limited(fun() -> py_request:run(eval, {ctx, Ctx}, {py_request:env_owner(), code(Code), Locals}, default_timeout(), true) end);
 eval(Code, Locals, Timeout) when is_map(Locals),
 		(is_integer(Timeout) andalso Timeout >= 0) orelse Timeout =:= infinity ->
-	limited(fun() -> py_request:run(eval, self(), {self(), code(Code), Locals}, Timeout, true) end).
+	limited(fun() -> py_request:run(eval, self(), {py_request:env_owner(), code(Code), Locals}, Timeout, true) end).
 
 %% Runs statements in the calling process's environment.
 -spec exec(py_code()) -> ok | {error, term()}.
@@ -180,13 +183,18 @@ exec(Code) ->
 -spec exec(py_code(), timeout()) -> ok | {error, term()};
 	(pid(), py_code()) -> ok | {error, term()}.
 exec(Ctx, Code) when is_pid(Ctx) ->
-	limited(fun() -> py_request:run(exec, {ctx, Ctx}, {self(), code(Code)}, default_timeout(), true) end);
+	limited(fun() -> py_request:run(exec, {ctx, Ctx}, {py_request:env_owner(), code(Code)}, default_timeout(), true) end);
 exec(Code, Timeout) when is_integer(Timeout), Timeout >= 0; Timeout =:= infinity ->
-	limited(fun() -> py_request:run(exec, self(), {self(), code(Code)}, Timeout, true) end).
+	limited(fun() -> py_request:run(exec, self(), {py_request:env_owner(), code(Code)}, Timeout, true) end).
 
 %% Starts the call in another process and returns at once; py:await/1,2 collects the result. The
 %% call uses the caller's context and environment; Erlang functions Python calls back meanwhile run in
-%% that other process.
+%% that other process (nested py calls from them still use the caller's environment).
+%%
+%% Two processes per call: a holder, monitored by the caller (the Ref), keeps the result until an
+%% await collects it, and a worker runs the request. Nothing is ever sent to the caller unasked: an
+%% await that timed out leaves no message behind, and a later await still collects the result. When
+%% the caller exits, the holder kills the worker and its request is cancelled like a dead caller's.
 -spec spawn_call(py_module(), py_func(), py_args()) -> py_ref().
 spawn_call(Module, Function, Args) ->
 	spawn_call(Module, Function, Args, #{}).
@@ -216,38 +224,122 @@ spawn_call(Ctx, Module, Function, Args, Kwargs) when is_pid(Ctx), is_list(Args),
 
 spawn_routed(Route, Module, Function, Args, Kwargs) ->
 	Caller = self(),
-	Body = {Caller, name(Module), name(Function), Args, Kwargs},
+	Env = py_request:env_owner(),
+	Body = py_ref:call_body(Env, name(Module), name(Function), Args, Kwargs),
 	%% A spawn_call from inside a callback is nested in that callback's request (PROTOCOL.md §3.4).
 	Nested = py_request:nested_marker(),
-	Pid = spawn(fun() ->
-		receive {go, Ref} ->
-			ok = py_request:set_nested_marker(Nested),
-			Result = case Route of
-				{error, _} = Error -> Error;
-				_ -> py_request:run(call, Route, Body, infinity, true)
-			end,
-			Caller ! {py_async, Ref, Result}
-		end
-	end),
-	Ref = erlang:monitor(process, Pid),
-	Pid ! {go, Ref},
+	Holder = spawn(fun() -> spawn_call_holder(Caller, Env, Route, Nested, Body) end),
+	Ref = erlang:monitor(process, Holder),
+	_ = put({?SPAWN_CALL, Ref}, Holder),
 	Ref.
 
 -spec await(py_ref()) -> py_result().
 await(Ref) ->
 	await(Ref, infinity).
 
-%% {error, timeout} leaves the call running: a later await can still collect it.
+%% {error, timeout} leaves the call running and nothing in the mailbox: a later await can still
+%% collect it. A result that is there already is returned even with a zero timeout. A Ref that is
+%% not a pending spawn_call of this process (already collected) is badarg.
 -spec await(py_ref(), timeout()) -> py_result().
 await(Ref, Timeout) ->
+	Holder = case get({?SPAWN_CALL, Ref}) of
+		undefined -> error(badarg, [Ref, Timeout]);
+		H -> H
+	end,
+	%% The holder answers a collect at once, with the result or `pending`, and sends a pending result
+	%% to the same alias when it comes. The alias dies with this await: a result that misses it is
+	%% dropped, and the holder keeps it until it hears it was taken.
+	Reply = erlang:alias(),
+	Holder ! {collect, Reply},
 	receive
-		{py_async, Ref, Result} ->
-			true = erlang:demonitor(Ref, [flush]),
-			Result;
+		{py_async, Reply, Result} ->
+			collected(Ref, Holder, Reply, Result);
+		{py_pending, Reply} ->
+			receive
+				{py_async, Reply, Result} ->
+					collected(Ref, Holder, Reply, Result);
+				{'DOWN', Ref, process, _, Reason} ->
+					_ = erlang:unalias(Reply),
+					_ = erase({?SPAWN_CALL, Ref}),
+					{error, {spawn_call_failed, Reason}}
+			after Timeout ->
+				_ = erlang:unalias(Reply),
+				%% A result sent before the alias went is here already.
+				receive
+					{py_async, Reply, Result} -> collected(Ref, Holder, Reply, Result)
+				after 0 ->
+					{error, timeout}
+				end
+			end;
 		{'DOWN', Ref, process, _, Reason} ->
+			_ = erlang:unalias(Reply),
+			_ = erase({?SPAWN_CALL, Ref}),
 			{error, {spawn_call_failed, Reason}}
-	after Timeout ->
-		{error, timeout}
+	end.
+
+collected(Ref, Holder, Reply, Result) ->
+	_ = erlang:unalias(Reply),
+	Holder ! {taken, Reply},
+	true = erlang:demonitor(Ref, [flush]),
+	_ = erase({?SPAWN_CALL, Ref}),
+	Result.
+
+%% The holder of one spawn_call. Bounded: it lives until its result is taken or its caller exits.
+spawn_call_holder(Caller, Env, Route, Nested, Body) ->
+	CallerMon = erlang:monitor(process, Caller),
+	Tag = make_ref(),
+	Self = self(),
+	{Worker, WorkerMon} = spawn_monitor(fun() ->
+		%% The worker stands in for the caller: its place (so callbacks' nested calls go there too),
+		%% its environment and its callback nesting.
+		_ = case Route of
+			{slot, Slot, CtxIndex} -> ok = py_router:bind({Slot, CtxIndex});
+			_ -> ok
+		end,
+		ok = py_request:act_for(Env),
+		ok = py_request:set_nested_marker(Nested),
+		Result = case Route of
+			{error, _} = Error -> Error;
+			_ -> py_request:run(call, Route, Body, infinity, true)
+		end,
+		Self ! {Tag, Result}
+	end),
+	spawn_call_pending(Tag, Worker, WorkerMon, Caller, CallerMon, none).
+
+%% Waiting for the worker; Reply is the alias of the await in progress, if any.
+spawn_call_pending(Tag, Worker, WorkerMon, Caller, CallerMon, Reply) ->
+	receive
+		{Tag, Result} ->
+			erlang:demonitor(WorkerMon, [flush]),
+			spawn_call_done(Result, CallerMon, Reply);
+		{'DOWN', WorkerMon, process, Worker, Reason} ->
+			spawn_call_done({error, {spawn_call_failed, Reason}}, CallerMon, Reply);
+		{collect, NewReply} ->
+			NewReply ! {py_pending, NewReply},
+			spawn_call_pending(Tag, Worker, WorkerMon, Caller, CallerMon, NewReply);
+		{'DOWN', CallerMon, process, Caller, _} ->
+			exit(Worker, kill),
+			%% A kill always ends it; the bound is only for the rule that every wait has one.
+			receive {'DOWN', WorkerMon, process, Worker, _} -> ok after 5000 -> ok end,
+			%% Its request was the caller's; nobody will read the answer.
+			ok = py_port:forget_caller(Worker)
+	end.
+
+spawn_call_done(Result, CallerMon, none) ->
+	spawn_call_hold(Result, CallerMon, none);
+spawn_call_done(Result, CallerMon, Reply) ->
+	Reply ! {py_async, Reply, Result},
+	spawn_call_hold(Result, CallerMon, Reply).
+
+spawn_call_hold(Result, CallerMon, Sent) ->
+	receive
+		{collect, Reply} ->
+			Reply ! {py_async, Reply, Result},
+			spawn_call_hold(Result, CallerMon, Reply);
+		{taken, Sent} ->
+			ok;
+		{'DOWN', CallerMon, process, _, _} ->
+			ok
 	end.
 
 %% Module.Function(*Args) without waiting for, or getting, a result.
@@ -262,13 +354,13 @@ cast(Ctx, Module, Function, Args) when is_pid(Ctx) ->
 cast(Module, Function, Args, Kwargs) when is_list(Args), is_map(Kwargs) ->
 	case route(Module, Function) of
 		{error, Why} -> logger:warning("erlang_python: py:cast dropped: ~tp", [Why]);
-		Route -> py_request:cast(Route, {self(), name(Module), name(Function), Args, Kwargs}, 5000)
+		Route -> py_request:cast(Route, {py_request:env_owner(), name(Module), name(Function), Args, Kwargs}, 5000)
 	end.
 
 %% On context Ctx.
 -spec cast(pid(), py_module(), py_func(), py_args(), py_kwargs()) -> ok.
 cast(Ctx, Module, Function, Args, Kwargs) when is_pid(Ctx), is_list(Args), is_map(Kwargs) ->
-	py_request:cast({ctx, Ctx}, {self(), name(Module), name(Function), Args, Kwargs}, 5000).
+	py_request:cast({ctx, Ctx}, {py_request:env_owner(), name(Module), name(Function), Args, Kwargs}, 5000).
 
 %% Contexts and pools.
 
@@ -361,13 +453,14 @@ is_ref(Term) ->
 
 %% Callbacks.
 
-%% Makes Fun callable from Python as `erlang.Name(...)`; Fun gets the list of the arguments.
--spec register_function(atom() | binary(), fun((list()) -> term())) -> ok.
+%% Makes Fun callable from Python as `erlang.Name(...)`; Fun gets the list of the arguments. Names
+%% starting with `_` are reserved: {error, {reserved_name, Name}}.
+-spec register_function(atom() | binary(), fun((list()) -> term())) -> ok | {error, {reserved_name, binary()}}.
 register_function(Name, Fun) ->
 	py_callback:register_function(Name, Fun).
 
 %% Makes Module:Function(Args) callable from Python as `erlang.Name(...)`.
--spec register_function(atom() | binary(), module(), atom()) -> ok.
+-spec register_function(atom() | binary(), module(), atom()) -> ok | {error, {reserved_name, binary()}}.
 register_function(Name, Module, Function) ->
 	py_callback:register_function(Name, Module, Function).
 

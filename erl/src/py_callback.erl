@@ -1,14 +1,15 @@
 %% Erlang functions callable from Python (`erlang.call`, `erlang.<name>`, `from erlang import <name>`).
 %%
 %% Scope: the registry (ETS table `py_callbacks`, Name binary => fun/1 | {M, F}), the owner's builtins
-%% (names starting with `_`: the shared state, SharedDicts, whereis), and the turning of one callback
+%% (the `_state_*`, `_sd_*` and `_whereis` names: names starting with `_` are reserved for them and
+%% cannot be registered), and the turning of one callback
 %% into its callback_reply body. A registered function gets one argument, the list of the positional
 %% arguments Python passed.
 %%
 %% A callback made while a request is being served runs in the process waiting on that request (so
 %% `self()` inside the function is the caller; py_request calls reply/2). One made from a Python thread
 %% that serves no request (id 0) is run by handle_async/4 in a fresh process, or by the owner itself for
-%% a builtin.
+%% a builtin. Only the builtins run in the owner: they are short ETS operations that never call back.
 -module(py_callback).
 
 %% API.
@@ -28,6 +29,11 @@
 
 -define(TAB, py_callbacks).
 
+%% The builtins, served by builtin/2.
+-define(BUILTINS, [<<"_state_get">>, <<"_state_set">>, <<"_state_delete">>, <<"_state_keys">>,
+	<<"_state_incr">>, <<"_state_decr">>, <<"_sd_get">>, <<"_sd_set">>, <<"_sd_del">>, <<"_sd_keys">>,
+	<<"_sd_destroy">>, <<"_whereis">>, <<"_has_function">>]).
+
 %% API.
 
 %% Creates the registry; called once by erlang_python_sup:init/1, whose process then owns it.
@@ -36,15 +42,21 @@ init_tab() ->
 	?TAB = ets:new(?TAB, [set, public, named_table, {read_concurrency, true}]),
 	ok.
 
--spec register_function(name(), fun((list()) -> term())) -> ok.
+%% Names starting with `_` are refused: they are reserved for the builtins (which run inside the
+%% port's owner process, where a user function would stall every reply of the port).
+-spec register_function(name(), fun((list()) -> term())) -> ok | {error, {reserved_name, binary()}}.
 register_function(Name, Fun) when is_function(Fun, 1) ->
-	true = ets:insert(?TAB, {name(Name), Fun}),
-	ok.
+	insert(name(Name), Fun).
 
 %% Module:Function(Args) is called with the list of arguments.
--spec register_function(name(), module(), atom()) -> ok.
+-spec register_function(name(), module(), atom()) -> ok | {error, {reserved_name, binary()}}.
 register_function(Name, Module, Function) when is_atom(Module), is_atom(Function) ->
-	true = ets:insert(?TAB, {name(Name), {Module, Function}}),
+	insert(name(Name), {Module, Function}).
+
+insert(<<"_", _/binary>> = Name, _) ->
+	{error, {reserved_name, Name}};
+insert(Name, Fun) ->
+	true = ets:insert(?TAB, {Name, Fun}),
 	ok.
 
 -spec unregister_function(name()) -> ok.
@@ -91,9 +103,9 @@ encode_error({badarg, improper_list}) -> "improper list";
 encode_error({badarg, bitstring}) -> "bitstring";
 encode_error(Why) -> io_lib:format("~tp", [Why]).
 
+%% Whether Name is one of the builtins (the owner runs those itself).
 -spec is_builtin(binary()) -> boolean().
-is_builtin(<<"_", _/binary>>) -> true;
-is_builtin(_) -> false.
+is_builtin(Name) -> lists:member(Name, ?BUILTINS).
 
 %% Serves a callback frame that came with id 0 (from a thread that serves no request): decodes it,
 %% runs it in the calling process and answers on Port. The owner spawns a process for this, or calls
@@ -120,10 +132,11 @@ name(Name) when is_list(Name) -> unicode:characters_to_binary(Name).
 builtin(<<"_state_get">>, [Key]) ->
 	case py_state:fetch(Key) of
 		{ok, Value} -> {ok, Value};
-		{error, not_found} -> none
+		{error, not_found} -> none;
+		{error, reserved_key} -> error(reserved_key)
 	end;
-builtin(<<"_state_set">>, [Key, Value]) -> py_state:store(Key, Value);
-builtin(<<"_state_delete">>, [Key]) -> py_state:remove(Key);
+builtin(<<"_state_set">>, [Key, Value]) -> ok_or_raise(py_state:store(Key, Value));
+builtin(<<"_state_delete">>, [Key]) -> ok_or_raise(py_state:remove(Key));
 builtin(<<"_state_keys">>, []) -> py_state:keys();
 builtin(<<"_state_incr">>, [Key]) -> py_state:incr(Key, 1);
 builtin(<<"_state_incr">>, [Key, N]) -> py_state:incr(Key, N);
@@ -135,8 +148,14 @@ builtin(<<"_sd_del">>, [SD, Key]) -> py_shared_dict:take(SD, Key);
 builtin(<<"_sd_keys">>, [SD]) -> py_shared_dict:keys(SD);
 builtin(<<"_sd_destroy">>, [SD]) -> py_shared_dict:destroy(SD);
 builtin(<<"_whereis">>, [Name]) -> whereis_name(Name);
-builtin(Name, Args) ->
-	registered(Name, Args).
+builtin(<<"_has_function">>, [Name]) -> is_binary(Name) andalso ets:member(?TAB, Name);
+builtin(Name, _Args) ->
+	%% A reserved name that is no builtin (or a builtin called with the wrong arguments).
+	error({not_registered, Name}).
+
+%% {error, full | reserved_key} from py_state becomes an ErlangError in Python.
+ok_or_raise(ok) -> ok;
+ok_or_raise({error, Why}) -> error(Why).
 
 registered(Name, Args) ->
 	case ets:lookup(?TAB, Name) of
@@ -154,7 +173,10 @@ whereis_name(Name) when is_atom(Name) ->
 	case whereis(Name) of
 		undefined -> none;
 		Pid -> Pid
-	end.
+	end;
+whereis_name(Name) ->
+	%% pylib/erlang/_callbacks.py checks the type first; this is the answer for anything else.
+	error({badarg, {whereis_name_not_a_str, Name}}).
 
 %% "Reason (in Module:Function/Arity line N)": the reason, depth-limited, and where it was raised.
 describe(Reason, Stack) ->

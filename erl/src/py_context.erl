@@ -138,7 +138,7 @@ call(Ctx, Module, Function, Args, Kwargs) ->
 -spec call(context(), atom() | binary(), atom() | binary(), list(), map(), timeout())
 	-> {ok, term()} | {error, term()}.
 call(Ctx, Module, Function, Args, Kwargs, Timeout) ->
-	call(Ctx, Module, Function, Args, Kwargs, Timeout, self()).
+	call(Ctx, Module, Function, Args, Kwargs, Timeout, py_request:env_owner()).
 
 %% With an explicit environment (create_local_env/1); the calling process's pid is its own one.
 -spec call(context(), atom() | binary(), atom() | binary(), list(), map(), timeout(), reference() | pid())
@@ -156,7 +156,7 @@ eval(Ctx, Code, Locals) ->
 
 -spec eval(context(), binary() | string(), map(), timeout()) -> {ok, term()} | {error, term()}.
 eval(Ctx, Code, Locals, Timeout) ->
-	eval(Ctx, Code, Locals, Timeout, self()).
+	eval(Ctx, Code, Locals, Timeout, py_request:env_owner()).
 
 -spec eval(context(), binary() | string(), map(), timeout(), reference() | pid()) -> {ok, term()} | {error, term()}.
 eval(Ctx, Code, Locals, Timeout, Env) when is_pid(Ctx), is_map(Locals) ->
@@ -164,7 +164,7 @@ eval(Ctx, Code, Locals, Timeout, Env) when is_pid(Ctx), is_map(Locals) ->
 
 -spec exec(context(), binary() | string()) -> ok | {error, term()}.
 exec(Ctx, Code) ->
-	exec(Ctx, Code, self()).
+	exec(Ctx, Code, py_request:env_owner()).
 
 -spec exec(context(), binary() | string(), reference() | pid()) -> ok | {error, term()}.
 exec(Ctx, Code, Env) when is_pid(Ctx) ->

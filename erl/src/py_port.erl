@@ -38,6 +38,7 @@
 -export([await_cancel/4]).
 -export([crash_file/1]).
 -export([pending_cancels/1]).
+-export([forget_caller/1]).
 
 %% gen_server.
 -export([init/1]).
@@ -62,7 +63,7 @@
 	generation => non_neg_integer(), python => binary(), build => atom(), hello => map()}.
 -type exit_reason() :: #{exit_status := non_neg_integer() | undefined,
 	signal := atom() | {signal, pos_integer()} | undefined, traceback := binary(),
-	reason := crashed | cancel_grace_expired | shutdown | owner_down}.
+	reason := crashed | cancel_grace_expired | no_hello | shutdown | owner_down, error => term()}.
 -type opts() :: #{codec := py_codec:codec(), contexts := pos_integer(), cancel_grace_ms := non_neg_integer(),
 	spin_us := non_neg_integer(), max_frame => non_neg_integer(), start_timeout => timeout()}.
 
@@ -79,7 +80,10 @@
 	info = #{} :: map(),
 	started_at = 0 :: integer(),
 	backoff = 0 :: non_neg_integer(),  %% fast deaths in a row
-	kill_reason = undefined :: undefined | cancel_grace_expired,
+	kill_reason = undefined :: undefined | cancel_grace_expired | no_hello | init_timeout,
+	killed = false :: boolean(),  %% a kill went out to this OS process: never a second one
+	os_start = undefined :: binary() | undefined,  %% its start time in /proc: the pid is still ours
+	start_failure = undefined :: exit_reason() | undefined,  %% why the last start failed (published)
 	waiters = [] :: [{gen_server:from(), non_neg_integer()}],
 	envs = #{} :: #{pid() => reference()},
 	cancels = #{} :: #{non_neg_integer() => reference()},
@@ -154,6 +158,14 @@ pending_cancels(Slot) ->
 	#{owner := Owner} = info(Slot),
 	gen_server:call(Owner, pending_cancels).
 
+%% Process Pid is gone (a killed callback helper or spawn_call worker): its requests in flight on
+%% any slot are cancelled like a dead caller's, and their entries removed.
+-spec forget_caller(pid()) -> ok.
+forget_caller(Pid) ->
+	_ = [gen_server:cast(Owner, {forget_caller, Pid})
+		|| Slot <- lists:seq(1, py_router:num_slots()), #{owner := Owner} <- [info(Slot)]],
+	ok.
+
 %% Where the port of Slot writes its faulthandler output.
 -spec crash_file(pos_integer()) -> file:filename().
 crash_file(Slot) ->
@@ -217,29 +229,36 @@ handle_call({await_cancel, _, _}, _From, State) ->
 handle_call(pending_cancels, _From, State = #state{cancels = Cancels}) ->
 	{reply, lists:sort(maps:keys(Cancels)), State}.
 
--spec handle_cast({cancel_watch, non_neg_integer(), non_neg_integer()}, #state{}) -> {noreply, #state{}}.
+-spec handle_cast({cancel_watch, non_neg_integer(), non_neg_integer()} | {forget_caller, pid()}, #state{})
+	-> {noreply, #state{}}.
 handle_cast({cancel_watch, Id, Gen}, State = #state{generation = Gen, status = up}) ->
 	{noreply, watch_cancel(Id, State)};
 handle_cast({cancel_watch, _, _}, State) ->
 	%% An older OS process, already gone.
-	{noreply, State}.
+	{noreply, State};
+handle_cast({forget_caller, Pid}, State) ->
+	{noreply, cancel_requests_of(Pid, State)}.
 
 -spec handle_info(term(), #state{}) -> {noreply, #state{}}.
-handle_info({Port, {data, Frame}}, State) when is_port(Port) ->
+handle_info({Port, {data, Frame}}, State = #state{port = Port}) ->
 	{noreply, frame(Frame, Port, State)};
+handle_info({Port, {data, _}}, State) when is_port(Port) ->
+	%% A port that is no longer ours (an OS process already replaced, or a kill program).
+	{noreply, State};
 handle_info({Port, {exit_status, Status}}, State = #state{port = Port}) ->
 	{noreply, port_died(Status, State)};
 handle_info({Port, {exit_status, _}}, State) when is_port(Port) ->
 	{noreply, State};
-handle_info({'EXIT', Port, Reason}, State = #state{port = Port, os_pid = OsPid}) ->
+handle_info({'EXIT', Port, Reason}, State = #state{port = Port}) ->
 	%% Our port closed without an exit status first: the VM closes it when a write fails (EPIPE: the
 	%% process exited while a large frame was going out), and then the status may never come. Take
 	%% it if it is right behind; make sure the OS process is gone either way.
 	Status = receive
 		{Port, {exit_status, S}} -> S
 	after 200 ->
-		ok = kill(OsPid),
-		logger:warning("erlang_python: port ~b closed (~tp) without an exit status", [State#state.slot, Reason]),
+		%% The port is closed, so only the start time in /proc tells the pid is still ours.
+		_ = kill_if_ours(State#state.os_pid, State#state.os_start, "-KILL"),
+		log(warning, "port ~b closed (~tp) without an exit status", [State#state.slot, Reason], State),
 		undefined
 	end,
 	{noreply, port_died(Status, State)};
@@ -258,15 +277,18 @@ handle_info({'DOWN', MRef, process, Pid, _}, State = #state{envs = Envs}) ->
 			{noreply, State}
 	end;
 handle_info({cancel_expired, Id, Gen}, State = #state{generation = Gen, cancels = Cancels,
+		kill_reason = Kill}) when Kill =/= undefined ->
+	%% The port is being killed already: one kill, one warning.
+	{noreply, State#state{cancels = maps:remove(Id, Cancels)}};
+handle_info({cancel_expired, Id, Gen}, State = #state{generation = Gen, cancels = Cancels,
 		os_pid = OsPid, status = up}) ->
 	case maps:take(Id, Cancels) of
 		{_, Cancels1} ->
-			logger:warning("erlang_python: request ~b on port ~b (os pid ~b) ignored its cancel for "
-				"~b ms; killing the port", [Id, State#state.slot, OsPid,
-				maps:get(cancel_grace_ms, State#state.opts)]),
-			State1 = condemn(State),
-			ok = kill_with_dump(OsPid),
-			{noreply, State1#state{cancels = Cancels1, kill_reason = cancel_grace_expired}};
+			log(warning, "request ~b on port ~b (os pid ~b) ignored its cancel for ~b ms; killing the port",
+				[Id, State#state.slot, OsPid, maps:get(cancel_grace_ms, State#state.opts)], State),
+			%% Condemned first: no new work goes there, and what it has not started comes back.
+			State1 = condemn(State#state{cancels = Cancels1}),
+			{noreply, kill_with_dump(State1, cancel_grace_expired)};
 		error ->
 			{noreply, State}
 	end;
@@ -274,21 +296,37 @@ handle_info({cancel_expired, _, _}, State) ->
 	{noreply, State};
 handle_info({init_timeout, Gen}, State = #state{generation = Gen, status = starting, inits = Inits,
 		os_pid = OsPid}) when map_size(Inits) > 0 ->
-	logger:error("erlang_python: port ~b (os pid ~p) did not answer context_init in time; killing it",
-		[State#state.slot, OsPid]),
-	ok = kill(OsPid),
-	{noreply, State};
+	log(error, "port ~b (os pid ~p) did not answer context_init in time; killing it",
+		[State#state.slot, OsPid], State),
+	{noreply, kill_port(State, init_timeout)};
 handle_info({init_timeout, _}, State) ->
+	{noreply, State};
+handle_info({kill_now, Gen}, State = #state{generation = Gen, port = Port}) when Port =/= undefined ->
+	%% The SIGKILL after kill_with_dump's SIGUSR1.
+	{noreply, signal_port("-KILL", State)};
+handle_info({kill_now, _}, State) ->
+	{noreply, State};
+handle_info({hello_timeout, Gen}, State = #state{generation = Gen, status = starting}) ->
+	%% Every start has a deadline for its hello, not just the first: a port that hangs in start-up
+	%% is killed and counted as a failed start (schedule_restart backs off).
+	log(error, "port ~b (os pid ~p) sent no hello within ~b ms; killing it",
+		[State#state.slot, State#state.os_pid, start_timeout(State)], State),
+	{noreply, kill_port(State, no_hello)};
+handle_info({hello_timeout, _}, State) ->
 	{noreply, State};
 handle_info(restart, State = #state{status = down}) ->
 	try start_os_process(State) of
 		State1 -> {noreply, State1}
 	catch error:Why ->
-		logger:error("erlang_python: cannot start port ~b: ~tp", [State#state.slot, Why]),
-		{noreply, schedule_restart(State#state{started_at = now_ms()})}
+		log(error, "cannot start port ~b: ~tp", [State#state.slot, Why], State),
+		Failure = #{exit_status => undefined, signal => undefined, traceback => <<>>, reason => crashed,
+			error => Why},
+		State1 = State#state{started_at = now_ms(), start_failure = Failure},
+		publish_down(State1),
+		{noreply, schedule_restart(State1, true)}
 	end;
 handle_info(Msg, State) ->
-	logger:warning("erlang_python: py_port ~b got an unexpected message ~tp", [State#state.slot, Msg]),
+	log(warning, "py_port ~b got an unexpected message ~tp", [State#state.slot, Msg], State),
 	{noreply, State}.
 
 -spec terminate(term(), #state{}) -> ok.
@@ -311,7 +349,7 @@ terminate(Reason, State = #state{slot = Slot, port = Port, os_pid = OsPid}) ->
 		_ ->
 			%% EOF on its stdin makes the port exit (PROTOCOL.md §4.2); make sure it did.
 			_ = catch port_close(Port),
-			ensure_dead(OsPid)
+			ensure_dead(OsPid, State#state.os_start)
 	end,
 	_ = file:delete(State#state.crash_file),
 	ok.
@@ -323,8 +361,13 @@ start_os_process(State = #state{exe = Exe, args = Args, crash_file = CrashFile, 
 	Port = open_port({spawn_executable, Exe},
 		[{packet, 4}, binary, exit_status, use_stdio, {args, Args}]),
 	{os_pid, OsPid} = erlang:port_info(Port, os_pid),
-	State#state{port = Port, os_pid = OsPid, status = starting, generation = Gen + 1,
-		started_at = now_ms(), kill_reason = undefined}.
+	State1 = State#state{port = Port, os_pid = OsPid, status = starting, generation = Gen + 1,
+		started_at = now_ms(), kill_reason = undefined, killed = false, os_start = os_start_time(OsPid)},
+	_ = erlang:send_after(start_timeout(State1), self(), {hello_timeout, Gen + 1}),
+	State1.
+
+start_timeout(#state{opts = Opts}) ->
+	maps:get(start_timeout, Opts, 60000).
 
 await_first_hello(State = #state{port = Port}, Timeout) ->
 	receive
@@ -338,7 +381,7 @@ await_first_hello(State = #state{port = Port}, Timeout) ->
 			_ = persistent_term:erase({py_port, State#state.slot}),
 			{stop, {port_start_failed, exit_reason(Status, State)}}
 	after Timeout ->
-		kill(State#state.os_pid),
+		_ = kill_if_ours(State#state.os_pid, State#state.os_start, "-KILL"),
 		_ = persistent_term:erase({py_port, State#state.slot}),
 		{stop, {port_start_failed, no_hello}}
 	end.
@@ -385,7 +428,7 @@ publish_up(State = #state{slot = Slot, generation = Gen, waiters = Waiters, nest
 	ok = persistent_term:put({py_port, Slot}, Info),
 	Ready = [From || {From, Seen} <- Waiters, Seen < Gen],
 	_ = [gen_server:reply(From, {ok, Info}) || From <- Ready],
-	State#state{status = up, info = Info,
+	State#state{status = up, info = Info, start_failure = undefined,
 		waiters = [W || W = {_, Seen} <- Waiters, Seen >= Gen]}.
 
 %% The owner is about to kill the port: no new work goes there (callers wait for the next generation
@@ -396,8 +439,14 @@ condemn(State = #state{slot = Slot, info = Info, status = up, nested = Nested}) 
 	_ = Nested andalso send_to_port(py_codec:frame(drain, 0, 0, codec(State), []), State),
 	State#state{info = Condemned}.
 
-publish_down(#state{slot = Slot}) ->
-	ok = persistent_term:put({py_port, Slot}, #{owner => self(), status => down, slot => Slot}).
+%% While the slot is down its info says why its last start failed, if it did (py_request reports that
+%% to callers whose deadline passes meanwhile).
+publish_down(#state{slot = Slot, start_failure = Failure}) ->
+	Info = #{owner => self(), status => down, slot => Slot},
+	ok = persistent_term:put({py_port, Slot}, case Failure of
+		undefined -> Info;
+		_ -> Info#{start_failure => Failure}
+	end).
 
 %% Internal: frames from the port.
 
@@ -408,8 +457,8 @@ frame(<<Kind, 0, 0:16, Ctx:32, 0:64, Body/binary>>, Port, State) ->
 	%% the whole slot down.
 	guarded(fun() -> frame(Kind, Ctx, 0, Body, Port, State) end, Kind, Ctx, State);
 frame(Bad, _Port, State) ->
-	logger:warning("erlang_python: port ~b wrote an unreadable frame header: ~p",
-		[State#state.slot, binary:part(Bad, 0, min(byte_size(Bad), 16))]),
+	log(warning, "port ~b wrote an unreadable frame header: ~p",
+		[State#state.slot, binary:part(Bad, 0, min(byte_size(Bad), 16))], State),
 	State.
 
 frame(Kind, Ctx, Id, Body, _, State = #state{inits = Inits}) when Id < ?REQ_BASE, is_map_key(Id, Inits) ->
@@ -430,7 +479,7 @@ frame(Kind, Ctx, Id, Body, Port, State) when Id =/= 0, (Kind =:= ?CALLBACK orels
 			Pid ! {py_frame, Id, Kind, Ctx, Body},
 			State;
 		[] ->
-			guarded(fun() -> orphan(Kind, Ctx, Body, Port, State) end, Kind, Ctx, State)
+			guarded(fun() -> orphan(Kind, Ctx, Id, Body, Port, State) end, Kind, Ctx, State)
 	end;
 frame(?HELLO, _, 0, Body, Port, State = #state{port = Port}) ->
 	hello(Body, State);
@@ -448,13 +497,11 @@ frame(?SEND, Ctx, 0, Body, Port, State) ->
 	Reply = deliver(Dest, Msg),
 	_ = catch port_command(Port, py_codec:frame(callback_reply, Ctx, CbId, Codec, Reply)),
 	State;
-frame(?OUTPUT, _, 0, Body, _, State) ->
-	{Stream, Text} = py_codec:decode(codec(State), Body),
-	logger:info("erlang_python port ~b ~s: ~ts", [State#state.slot, stream_name(Stream), Text]),
-	State;
+frame(?OUTPUT, Ctx, 0, Body, _, State) ->
+	log_output(Ctx, 0, Body, State);
 frame(?PROTOCOL_ERROR, _, Id, Body, _, State) ->
-	logger:warning("erlang_python: port ~b reports a protocol error (id ~b): ~tp",
-		[State#state.slot, Id, py_codec:decode(codec(State), Body)]),
+	log(warning, "port ~b reports a protocol error (id ~b): ~tp",
+		[State#state.slot, Id, py_codec:decode(codec(State), Body)], State),
 	State;
 frame(?ENV_CREATED, _, 0, Body, _, State = #state{envs = Envs}) ->
 	case py_codec:decode(codec(State), Body) of
@@ -465,19 +512,20 @@ frame(?ENV_CREATED, _, 0, Body, _, State = #state{envs = Envs}) ->
 	end;
 frame(?LOG, _, 0, Body, _, State) ->
 	{Level, Logger, Message} = py_codec:decode(codec(State), Body),
-	logger:log(log_level(Level), "~ts: ~ts", [Logger, Message], #{domain => [erlang_python, python]}),
+	logger:log(log_level(Level), "~ts: ~ts", [Logger, Message],
+		(log_meta(State))#{domain => [erlang_python, python]}),
 	State;
 frame(Kind, Ctx, Id, Body, _, State) ->
-	logger:warning("erlang_python: port ~b wrote an unexpected frame: kind ~b ctx ~b id ~b, ~b body bytes",
-		[State#state.slot, Kind, Ctx, Id, byte_size(Body)]),
+	log(warning, "port ~b wrote an unexpected frame: kind ~b ctx ~b id ~b, ~b body bytes",
+		[State#state.slot, Kind, Ctx, Id, byte_size(Body)], State),
 	State.
 
 guarded(Fun, Kind, Ctx, State) ->
 	try
 		Fun()
 	catch Class:Reason:Stack ->
-		logger:error("erlang_python: port ~b wrote a frame the owner cannot handle (kind ~b ctx ~b): ~tp",
-			[State#state.slot, Kind, Ctx, {Class, Reason, Stack}]),
+		log(error, "port ~b wrote a frame the owner cannot handle (kind ~b ctx ~b): ~tp",
+			[State#state.slot, Kind, Ctx, {Class, Reason, Stack}], State),
 		State
 	end.
 
@@ -499,24 +547,41 @@ orphan_final(?REQUEUE, _Ctx, Id, _Body, State) when Id >= ?CAST_BASE ->
 	logger:warning("erlang_python: a py:cast queued on condemned port ~b was dropped", [State#state.slot]),
 	State;
 orphan_final(Kind, _Ctx, Id, Body, State) when Id >= ?CAST_BASE ->
-	logger:warning("erlang_python: a py:cast on port ~b failed: ~tp",
-		[State#state.slot, decode_quietly(Kind, Body, State)]),
+	log(warning, "a py:cast on port ~b failed: ~tp", [State#state.slot, decode_quietly(Kind, Body, State)],
+		State),
 	State;
 orphan_final(Kind, _Ctx, Id, Body, State) ->
-	logger:warning("erlang_python: port ~b answered id ~b that no request has (kind ~b): ~tp",
-		[State#state.slot, Id, Kind, decode_quietly(Kind, Body, State)]),
+	log(warning, "port ~b answered id ~b that no request has (kind ~b): ~tp",
+		[State#state.slot, Id, Kind, decode_quietly(Kind, Body, State)], State),
 	State.
 
 %% A callback or output for a request nobody waits for any more (its caller timed out).
-orphan(?CALLBACK, Ctx, Body, Port, State) ->
+orphan(?CALLBACK, Ctx, _Id, Body, Port, State) ->
 	Codec = codec(State),
 	{CbId, _, _} = py_codec:decode(Codec, Body),
 	Reply = {error, <<"error">>, <<"the Erlang caller of this request stopped waiting (timeout)">>},
 	_ = catch port_command(Port, py_codec:frame(callback_reply, Ctx, CbId, Codec, Reply)),
 	State;
-orphan(?OUTPUT, _, Body, _, State) ->
-	frame(?OUTPUT, 0, 0, Body, undefined, State);
-orphan(_, _, _, _, State) ->
+orphan(?OUTPUT, Ctx, Id, Body, _, State) ->
+	log_output(Ctx, Id, Body, State);
+orphan(_, _, _, _, _, State) ->
+	State.
+
+%% Output nobody waits for goes to the log. From a thread that serves no request (id 0): stdout at
+%% notice and stderr at warning, so both show at the default level. Of a request whose caller
+%% stopped waiting (it timed out; the request is being cancelled): at info, or a flood would flood
+%% the log too. Either way it is acknowledged, or the port's output window (PROTOCOL.md §3.5) would
+%% stay full and block the printer.
+log_output(Ctx, Id, Body, State) ->
+	{Stream, Text} = py_codec:decode(codec(State), Body),
+	Level = if
+		Id =/= 0 -> info;
+		Stream =:= 2 -> warning;
+		true -> notice
+	end,
+	log(Level, "port ~b ~s: ~ts", [State#state.slot, stream_name(Stream), Text], State),
+	Size = if is_binary(Text) -> byte_size(Text); true -> 0 end,
+	send_to_port(py_codec:frame(output_ack, Ctx, Id, codec(State), Size), State),
 	State.
 
 decode_quietly(Kind, Body, State) ->
@@ -619,11 +684,21 @@ release_cancel_waiters(Id, State = #state{cancel_waiters = Waiters}) ->
 
 %% Internal: death and restart.
 
-port_died(Status, State = #state{slot = Slot, envs = Envs, cancels = Cancels}) ->
-	Reason = exit_reason(Status, State),
-	case Status of
-		0 -> logger:warning("erlang_python: port ~b exited", [Slot]);
-		_ -> logger:error("erlang_python: port ~b (os pid ~p) died: ~tp", [Slot, State#state.os_pid, Reason])
+port_died(Status, State0 = #state{slot = Slot, envs = Envs, cancels = Cancels, status = Was}) ->
+	Reason = exit_reason(Status, State0),
+	FailedStart = Was =:= starting,
+	State = case FailedStart of
+		true -> State0#state{start_failure = Reason};
+		false -> State0
+	end,
+	if
+		FailedStart ->
+			log(error, "port ~b (os pid ~p) failed to start: ~tp~n~ts",
+				[Slot, State#state.os_pid, maps:remove(traceback, Reason), maps:get(traceback, Reason)], State);
+		Status =:= 0 ->
+			log(warning, "port ~b exited", [Slot], State);
+		true ->
+			log(error, "port ~b (os pid ~p) died: ~tp", [Slot, State#state.os_pid, Reason], State)
 	end,
 	publish_down(State),
 	fail_inflight(Slot, Reason),
@@ -632,7 +707,16 @@ port_died(Status, State = #state{slot = Slot, envs = Envs, cancels = Cancels}) -
 	_ = [erlang:cancel_timer(TRef) || TRef <- maps:values(Cancels)],
 	_ = [gen_server:reply(From, ok) || Froms <- maps:values(State#state.cancel_waiters), From <- Froms],
 	schedule_restart(State#state{port = undefined, status = down, envs = #{}, cancels = #{}, cancel_waiters = #{},
-		done_early = #{}, info = #{}, inits = #{}}).
+		done_early = #{}, info = #{}, inits = #{}}, FailedStart orelse self_inflicted(Status, State#state.kill_reason)).
+
+%% Whether a death counts against the port's restart backoff. Not when we killed it (a cancel that
+%% was ignored: the request's fault, not the port's), when it gave up on such a request itself
+%% (status 5), when something outside killed it with SIGKILL, or when its port closed under it (no
+%% exit status).
+self_inflicted(_, Kill) when Kill =/= undefined -> false;
+self_inflicted(undefined, _) -> false;
+self_inflicted(?EXIT_CANCEL_STUCK, _) -> false;
+self_inflicted(Status, _) -> signal(Status) =/= sigkill.
 
 exit_reason(Status, #state{crash_file = CrashFile, kill_reason = Kill}) ->
 	Traceback = case file:read_file(CrashFile) of
@@ -672,13 +756,16 @@ fail_inflight(Slot, Reason) ->
 	end || Id <- Ids],
 	ok.
 
-%% Restart at once, unless the port keeps dying within a second of its start: then the delays are
-%% 0, 100 ms, 200 ms, ... up to 5 s. A minute of health forgets the history.
-schedule_restart(State = #state{started_at = Started, backoff = FastDeaths}) ->
+%% Restart at once, unless the port keeps dying of its own accord within a second of its start, or
+%% keeps failing to start: then the delays are 0, 100 ms, 200 ms, ... up to 5 s. A minute of health
+%% forgets the history. A death the port did not cause (Counts false) never adds to it.
+schedule_restart(State = #state{started_at = Started, backoff = FastDeaths}, Counts) ->
 	Uptime = now_ms() - Started,
 	{Delay, FastDeaths1} = if
-		Uptime < ?FAST_DEATH_MS -> {restart_delay(FastDeaths), FastDeaths + 1};
-		Uptime >= ?HEALTHY_MS -> {0, 0};
+		Uptime >= ?HEALTHY_MS, State#state.start_failure =:= undefined -> {0, 0};
+		not Counts -> {0, FastDeaths};
+		State#state.start_failure =/= undefined; Uptime < ?FAST_DEATH_MS ->
+			{restart_delay(FastDeaths), FastDeaths + 1};
 		true -> {0, FastDeaths}
 	end,
 	_ = erlang:send_after(Delay, self(), restart),
@@ -687,30 +774,114 @@ schedule_restart(State = #state{started_at = Started, backoff = FastDeaths}) ->
 restart_delay(0) -> 0;
 restart_delay(N) -> min(100 bsl (N - 1), ?MAX_BACKOFF).
 
-kill(undefined) ->
-	ok;
-kill(OsPid) ->
-	_ = os:cmd("kill -9 " ++ integer_to_list(OsPid) ++ " 2>/dev/null"),
-	ok.
+%% Kills the OS process once, because of Why (reported as the death's reason). Its exit_status then
+%% comes through the port as for any death.
+kill_port(State, Why) ->
+	signal_port("-KILL", State#state{kill_reason = Why}).
 
 %% SIGUSR1 first: the port registers faulthandler on it, so every thread's traceback (the stuck
-%% request's included) lands in the crash file; then SIGKILL. In its own process: the owner goes on
-%% routing meanwhile.
-kill_with_dump(OsPid) ->
-	P = integer_to_list(OsPid),
-	_ = spawn(fun() ->
-		os:cmd("kill -USR1 " ++ P ++ " 2>/dev/null; sleep 0.1; kill -9 " ++ P ++ " 2>/dev/null")
-	end),
-	ok.
+%% request's included) lands in the crash file; the SIGKILL follows 100 ms later (kill_now). The
+%% owner goes on routing meanwhile.
+kill_with_dump(State = #state{killed = true}, _Why) ->
+	State;
+kill_with_dump(State = #state{kill_reason = Already}, _Why) when Already =/= undefined ->
+	State;
+kill_with_dump(State = #state{generation = Gen}, Why) ->
+	_ = signal(State, "-USR1"),
+	_ = erlang:send_after(100, self(), {kill_now, Gen}),
+	State#state{kill_reason = Why}.
 
-%% Waits (at most 2 s) for the OS process to go after its stdin closed, then SIGKILLs it.
-ensure_dead(undefined) ->
+%% At most one SIGKILL per OS process (killed), and only while its port is open and has not reported
+%% an exit status: until the VM has reaped the process (which is when it sends exit_status) its pid
+%% cannot belong to anybody else. An exit_status already waiting in the mailbox is taken first.
+signal_port(_, State = #state{killed = true}) ->
+	State;
+signal_port(Sig, State = #state{port = Port}) ->
+	case exited(Port) of
+		{true, Status} ->
+			port_died(Status, State);
+		false ->
+			_ = signal(State, Sig),
+			State#state{killed = true}
+	end.
+
+exited(undefined) ->
+	{true, undefined};
+exited(Port) ->
+	receive
+		{Port, {exit_status, Status}} -> {true, Status}
+	after 0 ->
+		false
+	end.
+
+signal(#state{os_pid = OsPid, os_start = Start}, Sig) ->
+	kill_if_ours(OsPid, Start, Sig).
+
+%% Sends Sig with the kill program (no shell) to OsPid, if /proc still shows the process we started
+%% (same start time; where /proc is missing the port's open state above is the only check).
+kill_if_ours(undefined, _, _) ->
+	false;
+kill_if_ours(OsPid, Start, Sig) ->
+	case Start =:= undefined orelse os_start_time(OsPid) =:= Start of
+		true ->
+			case os:find_executable("kill") of
+				false ->
+					false;
+				Kill ->
+					_ = catch open_port({spawn_executable, Kill},
+						[{args, [Sig, integer_to_list(OsPid)]}, exit_status, in]),
+					true
+			end;
+		false ->
+			false
+	end.
+
+%% The start time of OS process OsPid (field 22 of /proc/<pid>/stat), or undefined (no /proc, or it
+%% is gone or a zombie).
+os_start_time(OsPid) ->
+	case file:read_file("/proc/" ++ integer_to_list(OsPid) ++ "/stat") of
+		{ok, Stat} ->
+			case binary:split(Stat, <<") ">>) of
+				[_, Rest] ->
+					case binary:split(Rest, <<" ">>, [global]) of
+						[State | _] when State =:= <<"Z">>; State =:= <<"X">> -> undefined;
+						Fields when length(Fields) >= 20 -> lists:nth(20, Fields);
+						_ -> undefined
+					end;
+				_ ->
+					undefined
+			end;
+		{error, _} ->
+			undefined
+	end.
+
+%% After its stdin closed (terminate): waits at most 2 s for the OS process to go, then SIGKILLs it
+%% if /proc still shows the process we started.
+ensure_dead(undefined, _) ->
 	ok;
-ensure_dead(OsPid) ->
-	P = integer_to_list(OsPid),
-	_ = os:cmd("i=0; while kill -0 " ++ P ++ " 2>/dev/null && [ $i -lt 200 ]; do sleep 0.01; i=$((i+1)); done; "
-		"kill -9 " ++ P ++ " 2>/dev/null"),
-	ok.
+ensure_dead(OsPid, Start) ->
+	ensure_dead(OsPid, Start, 200).
+
+ensure_dead(OsPid, Start, Tries) ->
+	case os_start_time(OsPid) of
+		undefined ->
+			ok;
+		Now when Now =/= Start, Start =/= undefined ->
+			ok;
+		_ when Tries =:= 0 ->
+			_ = kill_if_ours(OsPid, Start, "-KILL"),
+			ok;
+		_ ->
+			timer:sleep(10),
+			ensure_dead(OsPid, Start, Tries - 1)
+	end.
+
+log(Level, Format, Args, State) ->
+	logger:log(Level, "erlang_python: " ++ Format, Args, log_meta(State)).
+
+%% Logger metadata of everything the owner logs (logger adds the owner's pid itself).
+log_meta(#state{slot = Slot, os_pid = OsPid}) ->
+	#{domain => [erlang_python], port => Slot, os_pid => OsPid}.
 
 send_to_port(Frame, #state{port = Port, status = up}) ->
 	_ = catch port_command(Port, Frame),

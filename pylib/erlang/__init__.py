@@ -68,9 +68,10 @@ _SUBMODULES = frozenset(m.name for m in pkgutil.iter_modules(__path__) if not m.
 def __getattr__(name: str) -> Any:
     """Module attribute fallback (PEP 562): `erlang.my_func` and `from erlang import my_func`.
 
-    Any public name that is not defined here stands for the Erlang function registered under that name
-    (`py:register_function(my_func, ...)`). Nothing is cached and nothing is checked here: the function may
-    be registered later, and calling an unregistered one raises `ErlangError`.
+    A public name that is not defined here stands for the Erlang function registered under that name
+    (`py:register_function(my_func, ...)`): the registry is asked (one builtin callback), so
+    `hasattr(erlang, "anything")` is False and `erlang.not_registered` raises AttributeError. Nothing is
+    cached: the function may be unregistered later, and then calling the wrapper raises `ErlangError`.
 
     Names starting with `_` raise AttributeError, so the import system, pickle, copy, inspect and
     `hasattr(erlang, "__path__")`-style probes see an ordinary module.
@@ -81,4 +82,6 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
+    if not call("_has_function", name):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r} (no Erlang function registered as {name!r})")
     return ErlangFunction(name)

@@ -41,6 +41,11 @@ class ErlangFunction:
 
 
 def whereis(name: str) -> Pid | None:
-    """The pid registered under `name` on the local node, or None (Erlang's `whereis/1`)."""
+    """The pid registered under `name` on the local node, or None (Erlang's `whereis/1`).
+
+    Raises TypeError when `name` is not a str (checked here: the Erlang side would only say badarg).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"whereis() argument must be str, not {type(name).__name__}")
     pid: Pid | None = call("_whereis", name)
     return pid

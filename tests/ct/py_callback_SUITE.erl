@@ -104,12 +104,14 @@ unknown_name(_) ->
 	{error, {'ErlangError', Msg}} = py:eval(<<"erlang.call('never_registered_fn', 1)">>),
 	true = string:find(Msg, "no Erlang function registered as 'never_registered_fn'") =/= nomatch.
 
-%% After unregister_function the name is unknown again.
+%% After unregister_function the name is unknown again: no attribute of erlang any more, and
+%% erlang.call of it raises ErlangError.
 unregister_fn(_) ->
 	ok = py:register_function(temp_fn, fun([]) -> 1 end),
 	{ok, 1} = py:eval(<<"erlang.temp_fn()">>),
 	ok = py:unregister_function(temp_fn),
-	{error, {'ErlangError', Msg}} = py:eval(<<"erlang.temp_fn()">>),
+	{error, {'AttributeError', _}} = py:eval(<<"erlang.temp_fn()">>),
+	{error, {'ErlangError', Msg}} = py:eval(<<"erlang.call('temp_fn')">>),
 	true = string:find(Msg, "no Erlang function registered as 'temp_fn'") =/= nomatch.
 
 %% The docs' reentrancy example: Python -> Erlang -> Python -> back, {ok, 21}.

@@ -3,7 +3,7 @@
 # `_erlang` is built into erlang_python_port and exists nowhere else, so this file installs a fake one in
 # sys.modules before anything imports `erlang`, and puts pylib/ first on sys.path. The fake records what
 # the package asks of the port (`calls`, `sends`, `writes`, `sleeps`) and serves the owner's builtin
-# callbacks (`_state_*`, `_sd_*`, `_whereis`) from plain dicts, the way the Erlang side answers them:
+# callbacks (`_state_*`, `_sd_*`, `_whereis`, `_has_function`) from plain dicts, the way the Erlang side answers them:
 # lookups reply `("ok", Value)` or `None`. Tests register Erlang functions in `functions`.
 # The `fake_erlang` fixture hands out the fake's state, reset before every test.
 
@@ -75,6 +75,9 @@ class FakePort:
     def _whereis(self, name: str) -> Pid | None:
         return self.registered.get(name)
 
+    def _has_function(self, name: str) -> bool:
+        return name in self.functions
+
     def _state_set(self, key: Any, value: Any) -> bool:
         self.state[key] = value
         return True
@@ -123,7 +126,7 @@ class FakePort:
 
 
 _ABSENT = object()
-BUILTINS = frozenset(name for name in vars(FakePort) if name.startswith(("_state_", "_sd_", "_whereis")))
+BUILTINS = frozenset(name for name in vars(FakePort) if name.startswith(("_state_", "_sd_", "_whereis", "_has_function")))
 
 port = FakePort()
 

@@ -32,7 +32,7 @@ def test_all_lists_only_defined_public_names() -> None:
 def test_attribute_calls_the_registered_function(fake_erlang: FakePort) -> None:
     fake_erlang.functions["add"] = lambda x, y: x + y
     assert erlang.add(10, 20) == 30
-    assert fake_erlang.calls == [("add", (10, 20))]
+    assert fake_erlang.calls == [("_has_function", ("add",)), ("add", (10, 20))]
 
 
 def test_from_import_gives_a_callable(fake_erlang: FakePort) -> None:
@@ -46,16 +46,27 @@ def test_from_import_gives_a_callable(fake_erlang: FakePort) -> None:
     assert hash(my_func) == hash(erlang.my_func)
 
 
-def test_nothing_is_cached_so_late_registration_works(fake_erlang: FakePort) -> None:
+def test_unregistered_names_are_no_attributes(fake_erlang: FakePort) -> None:
+    assert not hasattr(erlang, "anything")
+    with pytest.raises(AttributeError, match="no Erlang function registered as 'anything'"):
+        erlang.anything
+    with pytest.raises(ImportError):
+        from erlang import anything  # noqa: F401
+    fake_erlang.functions["anything"] = lambda: 1
+    assert hasattr(erlang, "anything")
+
+
+def test_nothing_is_cached_so_later_changes_are_seen(fake_erlang: FakePort) -> None:
+    fake_erlang.functions["later"] = lambda x: x * 2
     from erlang import later
 
-    with pytest.raises(erlang.ErlangError):
-        later(1)
-    fake_erlang.functions["later"] = lambda x: x * 2
     assert later(21) == 42
     fake_erlang.functions["later"] = lambda x: x * 3
     assert erlang.later(2) == 6
     assert "later" not in vars(erlang)
+    del fake_erlang.functions["later"]
+    with pytest.raises(erlang.ErlangError):
+        later(1)
 
 
 def test_erlang_errors_propagate(fake_erlang: FakePort) -> None:
@@ -108,6 +119,13 @@ def test_whereis(fake_erlang: FakePort) -> None:
     assert erlang.whereis("logger") == Pid(7)
     assert erlang.whereis("nobody") is None
     assert fake_erlang.calls == [("_whereis", ("logger",)), ("_whereis", ("nobody",))]
+
+
+@pytest.mark.parametrize("name", [123, None, b"logger", ("a",)])
+def test_whereis_refuses_non_str(name: object, fake_erlang: FakePort) -> None:
+    with pytest.raises(TypeError, match="must be str"):
+        erlang.whereis(name)  # type: ignore[arg-type]
+    assert fake_erlang.calls == []
 
 
 def test_send_and_sleep_reach_the_port(fake_erlang: FakePort) -> None:
