@@ -17,7 +17,7 @@
 
 -type codec() :: etf | msgpack.
 -type kind() :: call | eval | exec | cast | cancel | callback_reply | context_create | context_destroy
-	| env_drop | stats | stream_next.
+	| env_drop | stats | stream_next | context_init | drain | ref_op.
 
 %% API.
 
@@ -42,10 +42,10 @@ protocol_atoms() ->
 	[true, false, none, nan, infinity, neg_infinity, ok, error, undefined,
 	 protocol, python, build, gil, free_threaded, modes, worker, owngil, contexts, codec, etf, msgpack,
 	 os_pid, noproc, unknown_kind, unknown_context, bad_flags, bad_body, bad_shape, too_short, oversized,
-	 badarg, improper_list].
+	 badarg, improper_list, py_ref, envs, objects].
 
 %% The kind byte of an E->P message (PROTOCOL.md §3).
--spec kind(kind()) -> 1..11.
+-spec kind(kind()) -> 1..15.
 kind(call) -> 1;
 kind(eval) -> 2;
 kind(exec) -> 3;
@@ -56,4 +56,7 @@ kind(context_create) -> 7;
 kind(context_destroy) -> 8;
 kind(env_drop) -> 9;
 kind(stats) -> 10;
-kind(stream_next) -> 11.
+kind(stream_next) -> 11;
+kind(context_init) -> 13;
+kind(drain) -> 14;
+kind(ref_op) -> 15.
