@@ -32,6 +32,12 @@
 %% Process dictionary key: requests this process timed out on, whose cancel may still be under way.
 -define(CANCEL_PENDING, py_cancel_pending).
 
+%% Process dictionary key: the {Port, Ctx} of the requests whose callbacks this process is running,
+%% innermost first. A request to one of them carries the nested flag (PROTOCOL.md §3.4): that context
+%% waits for this callback and serves only nested requests meanwhile.
+-define(NESTED, py_nested_in).
+-define(FLAG_NESTED, 1).
+
 %% How long a caller that lost the race with the owner waits for the answer that is on its way.
 -define(LATE_REPLY_MS, 5000).
 
@@ -98,7 +104,8 @@ send(Kind, Slot, CtxIndex, Body, Deadline, Retry, SeenGen) ->
 			case encode(Kind, Ctx, Id, Codec, Body) of
 				{error, _} = Error ->
 					Error;
-				Frame ->
+				Frame0 ->
+					Frame = nested(Port, Ctx, Frame0),
 					true = ets:insert(py_inflight, {Id, self(), Slot}),
 					Req = #req{id = Id, kind = Kind, port = Port, codec = Codec, owner = Owner,
 						generation = Gen, ctx = Ctx, deadline = Deadline},
@@ -110,6 +117,19 @@ send(Kind, Slot, CtxIndex, Body, Deadline, Retry, SeenGen) ->
 			end;
 		{error, _} = Error ->
 			Error
+	end.
+
+%% Sets the nested flag on a request made from a callback of a request on the same port and context.
+nested(Port, Ctx, Frame = [<<Kind, 0, Rest/binary>> | Body]) ->
+	case lists:member({Port, Ctx}, get_nested()) of
+		true -> [<<Kind, ?FLAG_NESTED, Rest/binary>> | Body];
+		false -> Frame
+	end.
+
+get_nested() ->
+	case get(?NESTED) of
+		undefined -> [];
+		Stack -> Stack
 	end.
 
 %% The port closed under us: the OS process died and the owner has not published it yet. Wait for
@@ -213,7 +233,13 @@ frame(Kind, _, Term, Req) ->
 
 %% A callback (run it here, reply on the port) or an output frame (print it) of the request.
 interim(?CALLBACK, Ctx, {CbId, Name, Args}, #req{codec = Codec, port = Port}) ->
-	_ = catch port_command(Port, py_callback:reply_frame(Name, Args, Ctx, CbId, Codec)),
+	Outer = get_nested(),
+	put(?NESTED, [{Port, Ctx} | Outer]),
+	try
+		_ = catch port_command(Port, py_callback:reply_frame(Name, Args, Ctx, CbId, Codec))
+	after
+		put(?NESTED, Outer)
+	end,
 	ok;
 interim(?OUTPUT, _, {Stream, Text}, _) ->
 	Device = case Stream of
