@@ -58,6 +58,7 @@ std::vector<Item> Context::take_queued() {
 }
 
 bool Context::take_servable(Item& item) {
+  // Bounded by the queue, which the Erlang side bounds (its callers wait for their replies).
   for (auto it = queue_.begin(); it != queue_.end(); ++it) {
     if (!servable_while_waiting(it->h)) continue;
     item = std::move(*it);

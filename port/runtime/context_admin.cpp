@@ -26,6 +26,16 @@ void Runtime::on_context_create(const Header& h, std::string payload) {
     contexts_.erase(it);
     destroying_.emplace(old->serial(), std::move(old));
   }
+  // Bounded: each context is a thread; contexts still finishing count until they are reaped.
+  if (contexts_.size() + destroying_.size() >= static_cast<size_t>(opts_.max_contexts)) {
+    std::string out;
+    error_frame(out, h.ctx, h.id, "RuntimeError",
+                "too many contexts: this port's limit is " + std::to_string(opts_.max_contexts) +
+                    " (--max-contexts)",
+                "");
+    out_.write(out);
+    return;
+  }
   // The mode is checked on the new context's own thread (decoding needs the GIL, which the loop thread
   // never waits for): the create is the first item it serves, and it answers ok or error.
   std::shared_ptr<Context> ctx = new_context(h.ctx);

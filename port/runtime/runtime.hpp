@@ -28,6 +28,8 @@ namespace ep {
 struct Options {
   CodecKind codec = CodecKind::Etf;
   int contexts = 2;
+  // Live contexts (those at start-up included), each one OS thread: context_create beyond it is refused.
+  int max_contexts = 1024;
   std::string pylib;
   std::string crash_file;
   size_t max_frame = kDefaultMaxFrame;

@@ -1,7 +1,8 @@
 %% The port's contexts (PROTOCOL.md §3.1, §3.4, §3.6-§3.8), spoken to in raw frames: one request at a
 %% time per context and the nested flag, per-context environments keyed by pid or reference,
 %% context_init, context_create/destroy (and that nothing piles up over 200 of them), object
-%% references, drain/requeue. Each case opens its own port process; both codecs.
+%% references, drain/requeue. Each case opens its own port process; both codecs (only the one named by
+%% EP_TEST_CODEC when it is set, as tools/test.sh runs every suite once per codec).
 -module(py_port_contexts_SUITE).
 
 -include_lib("common_test/include/ct.hrl").
@@ -9,7 +10,8 @@
 -export([all/0, groups/0, init_per_group/2, end_per_group/2, init_per_testcase/2, end_per_testcase/2]).
 -export([queued_waits_for_running/1, nested_served_while_waiting/1, cancel_not_held_by_queued/1,
 	flags/1, envs_per_context/1, context_init_base/1, context_init_paths_imports/1,
-	create_destroy/1, create_destroy_200/1, object_refs/1, objects_freed/1, drain_requeue/1]).
+	create_destroy/1, create_destroy_200/1, context_limit/1, object_refs/1, objects_freed/1,
+	drain_requeue/1]).
 
 -define(RESULT, 65).
 -define(ERROR, 66).
@@ -19,12 +21,16 @@
 -define(NESTED, 1).
 
 all() ->
-	[{group, etf}, {group, msgpack}].
+	case os:getenv("EP_TEST_CODEC") of
+		"etf" -> [{group, etf}];
+		"msgpack" -> [{group, msgpack}];
+		_ -> [{group, etf}, {group, msgpack}]
+	end.
 
 groups() ->
 	Cases = [queued_waits_for_running, nested_served_while_waiting, cancel_not_held_by_queued, flags,
 		envs_per_context, context_init_base, context_init_paths_imports, create_destroy,
-		create_destroy_200, object_refs, objects_freed, drain_requeue],
+		create_destroy_200, context_limit, object_refs, objects_freed, drain_requeue],
 	[{etf, [], Cases}, {msgpack, [], Cases}].
 
 init_per_group(Codec, Config) ->
@@ -33,13 +39,13 @@ init_per_group(Codec, Config) ->
 end_per_group(_, _Config) ->
 	ok.
 
-init_per_testcase(_Case, Config) ->
+init_per_testcase(Case, Config) ->
 	Codec = ?config(codec, Config),
 	Priv = code:priv_dir(erlang_python),
 	Pylib = filename:join(Priv, "pylib"),
 	Port = open_port({spawn_executable, filename:join(Priv, "erlang_python_port")},
 		[{packet, 4}, binary, exit_status, use_stdio,
-		 {args, ["--codec", atom_to_list(Codec), "--contexts", "2", "--pylib", Pylib]}]),
+		 {args, ["--codec", atom_to_list(Codec), "--contexts", "2", "--pylib", Pylib] ++ extra_args(Case)}]),
 	receive
 		{Port, {data, <<64, 0, 0:16, 0:32, 0:64, Body/binary>>}} ->
 			#{protocol := 2, contexts := [1, 2], os_pid := OsPid} = py_codec:decode(Codec, Body),
@@ -47,6 +53,9 @@ init_per_testcase(_Case, Config) ->
 	after 30000 ->
 		error(no_hello)
 	end.
+
+extra_args(context_limit) -> ["--max-contexts", "4"];
+extra_args(_) -> [].
 
 end_per_testcase(_Case, Config) ->
 	Port = ?config(port, Config),
@@ -220,6 +229,22 @@ create_destroy_200(C) ->
 	end || I <- lists:seq(1, 200)],
 	Stats0 = stats(C),
 	py_ct_helper:eventually(fun() -> _ = stats(C), threads(C) =:= Threads0 end, 5000),
+	ok.
+
+%% Contexts are threads: past --max-contexts (the start-up ones included) a create is refused until
+%% one is destroyed.
+context_limit(C) ->
+	{result, ok} = request_reply(C, context_create, 3, {worker}),
+	{result, ok} = request_reply(C, context_create, 4, {worker}),
+	{error, {<<"RuntimeError">>, Msg, _}} = request_reply(C, context_create, 5, {worker}),
+	true = binary:match(Msg, <<"--max-contexts">>) =/= nomatch,
+	{protocol_error, {unknown_context, _}} = ask(C, 5, undefined, <<"1">>),
+	#{contexts := 4} = stats(C),
+	{result, ok} = request_reply(C, context_destroy, 3, []),
+	%% the destroyed one counts until its thread is joined, which follows its answer closely
+	py_ct_helper:eventually(fun() ->
+		request_reply(C, context_create, 5, {worker}) =:= {result, ok} end, 5000),
+	{result, 5} = ask(C, 5, undefined, <<"__import__('_erlang')._current_context()">>),
 	ok.
 
 %% §3.8: a call with #{return => ref} keeps its result; ref_op works on it within its Env and context.
