@@ -471,12 +471,12 @@ void Runtime::result_frame(std::string& out, uint32_t ctx, uint64_t id, PyObject
 // ---------------------------------------------------------------------------------------------
 // Requests (context thread, GIL held)
 
-PyRef Runtime::env_for(uint64_t serial, uint32_t ctx, PyObject* env, std::string& key) {
+PyRef Runtime::env_for(uint64_t serial, PyObject* env, std::string& key) {
   EnvKind kind;
   if (!env_key(env, key, kind)) return PyRef();
   bool announce = false;
   PyRef globals = envs_.get(serial, key, kind, announce);
-  if (announce) announce_env(ctx, env);
+  if (announce) announce_env(0, env);  // §3: env_created is the port's, ctx 0
   return globals;
 }
 
@@ -609,7 +609,7 @@ void Runtime::serve_call(std::string& out, const Header& h, PyObject* body, bool
     want_ref = ret && PyUnicode_Check(ret) && PyUnicode_CompareWithASCIIString(ret, "ref") == 0;
   }
   std::string key;
-  PyRef env = env_for(serial, h.ctx, PyTuple_GET_ITEM(body, 0), key);
+  PyRef env = env_for(serial, PyTuple_GET_ITEM(body, 0), key);
   PyRef result;
   if (env) {
     PyRef func(resolve(PyTuple_GET_ITEM(body, 1), PyTuple_GET_ITEM(body, 2), env.get()));
@@ -653,7 +653,7 @@ void Runtime::serve_eval(std::string& out, const Header& h, PyObject* body, uint
     return;
   }
   std::string key;
-  PyRef env = env_for(serial, h.ctx, PyTuple_GET_ITEM(body, 0), key);
+  PyRef env = env_for(serial, PyTuple_GET_ITEM(body, 0), key);
   PyObject* globals = env.get();
   PyRef result;
   if (globals) {
@@ -684,7 +684,7 @@ void Runtime::serve_exec(std::string& out, const Header& h, PyObject* body, uint
     return;
   }
   std::string key;
-  PyRef env = env_for(serial, h.ctx, PyTuple_GET_ITEM(body, 0), key);
+  PyRef env = env_for(serial, PyTuple_GET_ITEM(body, 0), key);
   PyObject* globals = env.get();
   PyRef result;
   if (globals) {

@@ -145,7 +145,7 @@ class Runtime {
   // created on first use (and announced with env_created if it is a pid's first); sets `key`. The
   // request holds its own reference: env_drop may remove the environment while the request waits
   // with the GIL released.
-  PyRef env_for(uint64_t serial, uint32_t ctx, PyObject* env, std::string& key);
+  PyRef env_for(uint64_t serial, PyObject* env, std::string& key);
   PyObject* compiled(PyObject* code, bool eval_mode);
   PyObject* resolve(PyObject* module, PyObject* function, PyObject* env);
   void serve_call(std::string& out, const Header& h, PyObject* body, bool is_cast, uint64_t serial);
