@@ -45,7 +45,12 @@ init_per_testcase(Case, Config0) ->
 	Config = [{codec, Codec} | proplists:delete(codec, Config0)],
 	Priv = code:priv_dir(erlang_python),
 	Pylib = filename:join(Priv, "pylib"),
-	Port = open_port({spawn_executable, filename:join(Priv, "erlang_python_port")},
+	%% EP_TEST_PORT_EXE runs the cases against another build (a sanitizer one, say).
+	Exe = case os:getenv("EP_TEST_PORT_EXE") of
+		false -> filename:join(Priv, "erlang_python_port");
+		Other -> Other
+	end,
+	Port = open_port({spawn_executable, Exe},
 		[{packet, 4}, binary, exit_status, use_stdio,
 		 {args, ["--codec", atom_to_list(Codec), "--contexts", "2", "--pylib", Pylib] ++ extra_args(Case)}]),
 	receive
