@@ -1,5 +1,7 @@
-// The port's state: options, the embedded interpreter, process-bound environments, contexts, callback
-// waiters, and the request handlers that turn a decoded request into a reply frame.
+// The port's state: options, the embedded interpreter, contexts, callback waiters, and the request
+// handlers that turn a decoded request into a reply frame. Environments and objects live in envs.hpp;
+// context administration (create, init, destroy, drain) is in context_admin.cpp, object references in
+// ref_ops.cpp.
 #pragma once
 
 #include <Python.h>
