@@ -1,7 +1,7 @@
 // erlang_python_port: embeds CPython and serves the erlang_python protocol on stdio.
 //
 //   erlang_python_port [--codec etf|msgpack] [--contexts N] [--pylib DIR] [--crash-file PATH]
-//                      [--max-frame BYTES] [--spin-us N] [--cancel-stuck-ms N]
+//                      [--max-frame BYTES] [--spin-us N] [--cancel-stuck-ms N] [--max-contexts N]
 //                      [--output-window BYTES] [--max-out-frame BYTES]
 //
 // Start-up order: keep the protocol descriptors private (so nothing Python prints can reach them),
@@ -45,6 +45,9 @@ bool parse_args(int argc, char** argv, ep::Options& o) {
     } else if (a == "--contexts" && value(v)) {
       o.contexts = std::atoi(v.c_str());
       if (o.contexts < 1 || o.contexts > 1024) return false;
+    } else if (a == "--max-contexts" && value(v)) {
+      o.max_contexts = std::atoi(v.c_str());
+      if (o.max_contexts < 1 || o.max_contexts > 65536) return false;
     } else if (a == "--pylib" && value(v)) {
       o.pylib = v;
     } else if (a == "--crash-file" && value(v)) {
@@ -132,7 +135,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "usage: erlang_python_port [--codec etf|msgpack] [--contexts N] [--pylib DIR] "
                  "[--crash-file PATH] [--max-frame BYTES] [--spin-us N] [--cancel-stuck-ms N] "
-                 "[--output-window BYTES] [--max-out-frame BYTES]\n");
+                 "[--max-contexts N] [--output-window BYTES] [--max-out-frame BYTES]\n");
     return kExitUsage;
   }
   // Large frames (MBs) are read, decoded and encoded in fresh buffers every time. By default glibc

@@ -217,7 +217,7 @@ PyMethodDef methods[] = {
     {"sleep", erl_sleep, METH_O, "sleep(seconds): wait without holding the context."},
     {"_write", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(erl_write)), METH_FASTCALL,
      "_write(stream, text): forward stdout (1) or stderr (2) text to Erlang."},
-    {"_env_count", erl_env_count, METH_NOARGS, "number of live process-bound environments"},
+    {"_env_count", erl_env_count, METH_NOARGS, "number of live environments of pids and references, over all contexts"},
     {"_pending", erl_pending, METH_NOARGS, "(callback waiters, early replies of this context), for tests"},
     {"_current_request", erl_current_request, METH_NOARGS, "id of the request this thread serves, or 0"},
     {"_current_context", erl_current_context, METH_NOARGS, "id of the context this thread serves, or 0"},

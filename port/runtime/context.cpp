@@ -20,7 +20,8 @@ inline void cpu_relax() {
 }
 }  // namespace
 
-Context::Context(Runtime& rt, uint32_t id, int spin_us) : rt_(rt), id_(id), spin_us_(spin_us) {}
+Context::Context(Runtime& rt, uint32_t id, uint64_t serial, int spin_us)
+    : rt_(rt), id_(id), serial_(serial), spin_us_(spin_us) {}
 
 Context::~Context() {
   if (joinable_) pthread_detach(thread_);
@@ -47,22 +48,51 @@ bool Context::start() {
   return true;
 }
 
-void Context::push(Item item) {
+bool Context::push(Item item) {
   bool wake;
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    if (exited_) return false;
     queue_.push_back(std::move(item));
     queued_.fetch_add(1, std::memory_order_release);
     wake = sleeping_;
   }
   if (wake) cv_.notify_one();
+  return true;
+}
+
+std::vector<Item> Context::take_queued() {
+  std::vector<Item> taken;
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    if (is_request_kind(it->h.kind)) {
+      taken.push_back(std::move(*it));
+      it = queue_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  queued_.store(queue_.size(), std::memory_order_release);
+  return taken;
+}
+
+bool Context::take_servable(Item& item) {
+  // Bounded by the queue, which the Erlang side bounds (its callers wait for their replies).
+  for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+    if (!servable_while_waiting(it->h)) continue;
+    item = std::move(*it);
+    queue_.erase(it);
+    queued_.fetch_sub(1, std::memory_order_relaxed);
+    popped(item);
+    return true;
+  }
+  return false;
 }
 
 bool Context::cancel_queued(uint64_t id) {
   std::lock_guard<std::mutex> lock(mutex_);
   for (auto it = queue_.begin(); it != queue_.end(); ++it) {
-    auto k = static_cast<Kind>(it->h.kind);
-    if (it->h.id == id && (k == Kind::Call || k == Kind::Eval || k == Kind::Exec || k == Kind::Cast)) {
+    if (it->h.id == id && is_request_kind(it->h.kind)) {
       queue_.erase(it);
       queued_.fetch_sub(1, std::memory_order_relaxed);
       return true;
@@ -80,8 +110,7 @@ bool Context::cancel_queued(uint64_t id) {
 }
 
 void Context::popped(const Item& item) {
-  auto k = static_cast<Kind>(item.h.kind);
-  if (k == Kind::Call || k == Kind::Eval || k == Kind::Exec || k == Kind::Cast) starting_id_.store(item.h.id);
+  if (is_request_kind(item.h.kind)) starting_id_.store(item.h.id);
 }
 
 bool Context::take_cancelled_id(uint64_t id) {
@@ -117,10 +146,13 @@ void Context::cancel_running(uint64_t id) {
   }
 }
 
-void Context::request_stop() {
+void Context::request_stop(uint64_t destroy_id, bool abandon) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stop_ = true;
+    if (destroy_id) destroy_id_ = destroy_id;
+    if (abandon) abandoned_ = true;
+    stopping_.store(true, std::memory_order_release);
   }
   cv_.notify_all();
 }
@@ -130,22 +162,6 @@ void Context::join() {
     pthread_join(thread_, nullptr);
     joinable_ = false;
   }
-}
-
-std::vector<Item> Context::take_queued() {
-  std::vector<Item> taken;
-  std::lock_guard<std::mutex> lock(mutex_);
-  for (auto it = queue_.begin(); it != queue_.end();) {
-    auto k = static_cast<Kind>(it->h.kind);
-    if (k == Kind::Call || k == Kind::Eval || k == Kind::Exec || k == Kind::Cast) {
-      taken.push_back(std::move(*it));
-      it = queue_.erase(it);
-    } else {
-      ++it;
-    }
-  }
-  queued_.store(queue_.size(), std::memory_order_release);
-  return taken;
 }
 
 void Context::output_sent(size_t bytes) {
@@ -192,6 +208,7 @@ void Context::run() {
   tl_context = this;
   PyThreadState* ts = PyEval_SaveThread();
   std::string out;
+  bool abandoned = false;
   for (;;) {
     Item item;
     {
@@ -206,13 +223,23 @@ void Context::run() {
         cv_.wait(lock);
         sleeping_ = false;
       }
-      if (queue_.empty()) break;  // stop_ with nothing left
+      if (queue_.empty()) {  // stop_ with nothing left
+        exited_ = true;
+        break;
+      }
       item = std::move(queue_.front());
       queue_.pop_front();
       queued_.fetch_sub(1, std::memory_order_relaxed);
       popped(item);
+      abandoned = abandoned_;
     }
     if (static_cast<Kind>(item.h.kind) == Kind::CallbackReply) continue;  // its waiter was cancelled
+    if (abandoned) {
+      // The context never came up: nothing queued for it runs.
+      starting_id_.store(0);
+      rt_.protocol_error(id_, item.h.id, "unknown_context", "no context " + std::to_string(id_));
+      continue;
+    }
     PyEval_RestoreThread(ts);
     serve(item, out);
     ts = PyEval_SaveThread();
@@ -222,7 +249,23 @@ void Context::run() {
     }
   }
   PyEval_RestoreThread(ts);
-  PyGILState_Release(gil);
+  finish(out);
+  tl_context = nullptr;
+  PyGILState_Release(gil);  // deletes this thread's Python thread state
+  if (!out.empty()) rt_.output().write(out);
+  // Last: from here on the runtime may join this thread and free the object.
+  rt_.context_finished(serial_);
+}
+
+void Context::finish(std::string& out) {
+  rt_.envs().drop_context(serial_);
+  if (PyErr_Occurred()) PyErr_Clear();
+  uint64_t destroy_id;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    destroy_id = destroy_id_;
+  }
+  if (destroy_id) rt_.ok_frame(out, id_, destroy_id);
 }
 
 void Context::serve(Item& item, std::string& out) {
@@ -259,7 +302,7 @@ Context::WaitEnd Context::wait(uint64_t callback_id, const Clock::time_point* de
     {
       std::unique_lock<std::mutex> lock(mutex_);
       bool have = false;
-      while (!have) {
+      for (;;) {
         if (callback_id != 0) {
           auto it = early_replies_.find(callback_id);
           if (it != early_replies_.end()) {
@@ -273,24 +316,18 @@ Context::WaitEnd Context::wait(uint64_t callback_id, const Clock::time_point* de
           end = WaitEnd::Cancelled;
           break;
         }
-        if (!queue_.empty()) {
-          item = std::move(queue_.front());
-          queue_.pop_front();
-          queued_.fetch_sub(1, std::memory_order_relaxed);
-          popped(item);
+        // Only callback replies and nested requests; the rest waits until this request is done.
+        if (take_servable(item)) {
           have = true;
           break;
         }
-        sleeping_ = true;
-        if (deadline) {
-          if (cv_.wait_until(lock, *deadline) == std::cv_status::timeout && queue_.empty()) {
-            sleeping_ = false;
-            end = WaitEnd::Deadline;
-            break;
-          }
-        } else {
-          cv_.wait(lock);
+        if (deadline && Clock::now() >= *deadline) {
+          end = WaitEnd::Deadline;
+          break;
         }
+        sleeping_ = true;
+        if (deadline) cv_.wait_until(lock, *deadline);
+        else cv_.wait(lock);
         sleeping_ = false;
       }
       if (!have) break;
@@ -308,7 +345,7 @@ Context::WaitEnd Context::wait(uint64_t callback_id, const Clock::time_point* de
         early_replies_[item.h.id] = std::move(body);
       continue;
     }
-    // A request for this context while we wait: serve it here, nested.
+    // A nested request (made by a callback of a request on this context): serve it here.
     PyEval_RestoreThread(ts);
     if (me) me->waiting = false;
     serve(item, out);

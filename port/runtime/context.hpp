@@ -1,8 +1,15 @@
 // A context: one dedicated OS thread that serves the requests addressed to one context id.
 //
-// Calls never hop threads (numpy/torch keep thread-local state). While the thread waits inside Python
-// (erlang.call, erlang.send, erlang.sleep) it keeps serving requests for its context, nested on its own
-// stack: that is what lets Python -> Erlang -> Python nest to any depth without deadlock.
+// Calls never hop threads (numpy/torch keep thread-local state). A context runs one request at a time
+// (PROTOCOL.md §3.4): while that request waits inside Python (erlang.call, erlang.send, erlang.sleep) the
+// thread serves, nested on its own stack, only the requests that carry the nested flag (made by a
+// callback of a request on this context): that lets Python -> Erlang -> Python nest to any depth without
+// deadlock, and no unrelated request delays the waiting one. Every other request stays queued.
+//
+// Life: created by the runtime (start-up or context_create), destroyed by context_destroy: the thread
+// finishes what is queued, frees the context's environments, answers the destroy and exits; the runtime
+// (loop thread) then joins it and drops the object. Nothing else keeps a raw pointer past that point:
+// waiters exist only while this thread serves a request, and cancel jobs hold a shared_ptr.
 //
 // Locking: the GIL is taken before mutex_, never the other way round. The stack of requests being
 // served (active_) is touched only with the GIL held; the queue only under mutex_.
@@ -36,6 +43,18 @@ struct Item {
   std::string_view body() const { return std::string_view(frame).substr(kHeaderSize); }
 };
 
+inline bool is_request_kind(uint8_t kind) {
+  auto k = static_cast<Kind>(kind);
+  return k == Kind::Call || k == Kind::Eval || k == Kind::Exec || k == Kind::Cast;
+}
+
+// What a context serves while its request waits (§3.4): callback replies and nested requests.
+inline bool servable_while_waiting(const Header& h) {
+  auto k = static_cast<Kind>(h.kind);
+  if (k == Kind::CallbackReply) return true;
+  return (h.flags & kFlagNested) && (k == Kind::Call || k == Kind::Eval || k == Kind::Exec);
+}
+
 // A request being served on a context thread.
 struct ActiveRequest {
   uint64_t id = 0;
@@ -47,26 +66,32 @@ using Clock = std::chrono::steady_clock;
 
 class Context {
  public:
-  Context(Runtime& rt, uint32_t id, int spin_us);
+  // `serial` names the context for the port's life (ids may be reused after a destroy).
+  Context(Runtime& rt, uint32_t id, uint64_t serial, int spin_us);
   ~Context();
   Context(const Context&) = delete;
   Context& operator=(const Context&) = delete;
 
   uint32_t id() const { return id_; }
+  uint64_t serial() const { return serial_; }
   // Starts the thread; false (errno-style failure logged) if the OS refused a thread.
   bool start();
-  // Any thread.
-  void push(Item item);
+  // Any thread. False (item not taken) once the thread has left its loop: the caller answers.
+  bool push(Item item);
+  // Removes every call/eval/exec/cast still waiting in the queue (not started) and returns them in
+  // queue order; callback replies and other items stay. Any thread; locks mutex_. Used for requeue
+  // (PROTOCOL.md §3.7): by drain, and before the port exits with status 5.
+  std::vector<Item> take_queued();
   // Loop thread: if request `id` is still queued, removes it and returns true (the caller replies).
   // If it was just popped and has not started, remembers it so that it is refused when it starts.
   bool cancel_queued(uint64_t id);
   // GIL held (control thread): interrupts request `id` if it is running or waiting.
   void cancel_running(uint64_t id);
-  // Removes every call/eval/exec/cast still waiting in the queue (not started) and returns them in
-  // queue order; callback replies and other items stay. Any thread; locks mutex_. Used for requeue
-  // (PROTOCOL.md §3.7): by drain, and before the port exits with status 5.
-  std::vector<Item> take_queued();
-  void request_stop();
+  // Any thread: finish what is queued, then free the context and end the thread. `destroy_id`, if not
+  // 0, is the context_destroy request answered `ok` once the environments are freed. `abandon`: the
+  // context never came up (refused mode): queued requests are answered unknown_context instead.
+  void request_stop(uint64_t destroy_id = 0, bool abandon = false);
+  bool stopping() const { return stopping_.load(std::memory_order_acquire); }
   void join();
 
   // Output flow control (PROTOCOL.md §3.5): bytes of this context's output frames not yet
@@ -100,9 +125,14 @@ class Context {
   void popped(const Item& item);  // under mutex_: note the request about to start
 
   static void* thread_main(void* self);
+  // Takes the first item servable while waiting (under mutex_).
+  bool take_servable(Item& item);
+  // The thread's last steps, GIL held: free the environments, answer the destroy.
+  void finish(std::string& out);
 
   Runtime& rt_;
   const uint32_t id_;
+  const uint64_t serial_;
   const int spin_us_;
   // A pthread, not a std::thread: it gets an explicit stack size (kContextStackSize), so a small
   // `ulimit -s` cannot make deep terms crash the port.
@@ -123,6 +153,10 @@ class Context {
   std::unordered_map<uint64_t, std::string> early_replies_;
   std::vector<uint64_t> waiting_ids_;
   size_t output_unacked_ = 0;  // under mutex_
+  bool exited_ = false;        // the thread left its loop: push refuses items
+  bool abandoned_ = false;     // see request_stop
+  uint64_t destroy_id_ = 0;
+  std::atomic<bool> stopping_{false};
   // A request popped from the queue but not yet started (its thread waits for the GIL) is in neither
   // the queue nor active_: a cancel arriving then is remembered here, and serve() refuses it. Only
   // that window records ids, so the list stays (nearly) empty and serve() skips the lock when it is.

@@ -223,9 +223,9 @@ bool Runtime::init_python() {
   eval_cache_ = PyRef(PyDict_New());
   exec_cache_ = PyRef(PyDict_New());
   main_str_ = PyRef(PyUnicode_InternFromString("__main__"));
-  if (!format_exception_ || !eval_cache_ || !exec_cache_ || !main_str_) return false;
-  bool created = false;
-  if (!env_for(Py_None, created)) return false;  // the default environment, made up front
+  if (!format_exception_ || !builtins_ || !eval_cache_ || !exec_cache_ || !main_str_) return false;
+  envs_.init(builtins_.get(), erlang_module_.get(), main_str_.get());
+
   return true;
 }
 
@@ -278,7 +278,7 @@ bool Runtime::start() {
   PyEval_SaveThread();  // the loop thread never runs Python; contexts and the control thread do
   control_ = std::make_unique<ControlThread>();
   for (int i = 1; i <= opts_.contexts; ++i) {
-    auto ctx = std::make_unique<Context>(*this, static_cast<uint32_t>(i), opts_.spin_us);
+    auto ctx = new_context(static_cast<uint32_t>(i));
     if (!ctx->start()) return false;
     contexts_.emplace(static_cast<uint32_t>(i), std::move(ctx));
   }
@@ -326,7 +326,19 @@ void Runtime::write_hello() {
 
 Context* Runtime::find_context(uint32_t id) {
   auto it = contexts_.find(id);
-  return it == contexts_.end() ? nullptr : it->second.get();
+  return it == contexts_.end() || it->second->stopping() ? nullptr : it->second.get();
+}
+
+std::shared_ptr<Context> Runtime::context_by_id(uint32_t id) {
+  auto it = contexts_.find(id);
+  if (it != contexts_.end()) return it->second;
+  for (auto& [serial, c] : destroying_)
+    if (c->id() == id) return c;
+  return nullptr;
+}
+
+std::shared_ptr<Context> Runtime::new_context(uint32_t id) {
+  return std::make_shared<Context>(*this, id, ++next_serial_, opts_.spin_us);
 }
 
 void Runtime::protocol_error_frame(std::string& out, uint32_t ctx, uint64_t id, const char* reason,
@@ -347,15 +359,22 @@ void Runtime::protocol_error(uint32_t ctx, uint64_t id, const char* reason, cons
   out_.write(out);
 }
 
-void Runtime::write_ok(const Header& h) {
-  std::string out;
-  size_t start = begin_frame(out, Header{static_cast<uint8_t>(Kind::Result), 0, 0, h.ctx, h.id});
+void Runtime::ok_frame(std::string& out, uint32_t ctx, uint64_t id) {
+  size_t start = begin_frame(out, Header{static_cast<uint8_t>(Kind::Result), 0, 0, ctx, id});
   write_body(out, [](auto& w) {
     w.atom("ok");
     return true;
   });
   finish_frame(out, start);
-  out_.write(out);
+}
+
+void Runtime::requeue_frame(std::string& out, uint32_t ctx, uint64_t id) {
+  size_t start = begin_frame(out, Header{static_cast<uint8_t>(Kind::Requeue), 0, 0, ctx, id});
+  write_body(out, [](auto& w) {
+    w.list(0);
+    return true;
+  });
+  finish_frame(out, start);
 }
 
 void Runtime::dispatch(std::string payload) {
@@ -364,24 +383,41 @@ void Runtime::dispatch(std::string payload) {
                    "frame of " + std::to_string(payload.size()) + " bytes is shorter than the 16-byte header");
     return;
   }
+  reap_contexts();
   Header h = parse_header(payload.data());
-  if (h.flags != 0 || h.reserved != 0) {
-    protocol_error(h.ctx, h.id, "bad_flags", "flags and reserved header bytes must be 0");
+  // The nested flag (§3.4) is the only flag, and only on call/eval/exec.
+  bool nestable = h.kind == static_cast<uint8_t>(Kind::Call) || h.kind == static_cast<uint8_t>(Kind::Eval) ||
+                  h.kind == static_cast<uint8_t>(Kind::Exec);
+  if (h.reserved != 0 || (h.flags & ~kFlagNested) != 0 || (h.flags != 0 && !nestable)) {
+    protocol_error(h.ctx, h.id, "bad_flags", "only the nested flag, on call/eval/exec; reserved bytes must be 0");
     return;
   }
   switch (static_cast<Kind>(h.kind)) {
     case Kind::Call:
     case Kind::Eval:
     case Kind::Exec:
-    case Kind::Cast: {
+    case Kind::Cast:
+    case Kind::ContextInit:
+    case Kind::RefOp: {
       Context* c = find_context(h.ctx);
       if (!c) {
         protocol_error(h.ctx, h.id, "unknown_context", "no context " + std::to_string(h.ctx));
         return;
       }
-      c->push(Item{h, std::move(payload)});
+      if (draining_ && is_request_kind(h.kind)) {
+        // Condemned (§3.7): it never starts here; the Erlang side sends it elsewhere.
+        std::string out;
+        requeue_frame(out, h.ctx, h.id);
+        out_.write(out);
+        return;
+      }
+      if (!c->push(Item{h, std::move(payload)}))
+        protocol_error(h.ctx, h.id, "unknown_context", "no context " + std::to_string(h.ctx));
       return;
     }
+    case Kind::Drain:
+      on_drain();
+      return;
     case Kind::Cancel:
       on_cancel(h);
       return;
@@ -389,28 +425,14 @@ void Runtime::dispatch(std::string payload) {
       on_callback_reply(Item{h, std::move(payload)});
       return;
     case Kind::ContextCreate:
-      on_context_create(h, std::string_view(payload).substr(kHeaderSize));
+      on_context_create(h, std::move(payload));
       return;
     case Kind::ContextDestroy:
       on_context_destroy(h);
       return;
-    case Kind::EnvDrop: {
-      auto body = std::make_shared<std::string>(payload.substr(kHeaderSize));
-      control_->post([this, body] {
-        GilGuard gil;
-        std::string err;
-        PyRef pid = decode(*body, err);
-        std::string_view key;
-        if (pid && opaque_bytes(pid.get(), key)) {
-          auto it = envs_.find(std::string(key));
-          if (it != envs_.end()) {
-            PyDict_Clear(it->second.get());  // break cycles (functions refer to their globals)
-            envs_.erase(it);
-          }
-        }
-      });
+    case Kind::EnvDrop:
+      on_env_drop(std::string_view(payload).substr(kHeaderSize));
       return;
-    }
     case Kind::Stats:
       on_stats(h);
       return;
@@ -432,7 +454,7 @@ void Runtime::on_cancel(const Header& h) {
     for (auto& [id, ctx] : contexts_) on_cancel(Header{h.kind, 0, 0, id, h.id});
     return;
   }
-  Context* c = find_context(h.ctx);
+  std::shared_ptr<Context> c = context_by_id(h.ctx);  // held by the jobs below: the context may be destroyed
   if (!c) {
     protocol_error(h.ctx, h.id, "unknown_context", "no context " + std::to_string(h.ctx));
     return;
@@ -461,7 +483,7 @@ void Runtime::on_cancel(const Header& h) {
   if (post) {
     control_->post([this] {
       GilGuard gil;
-      std::vector<std::pair<Context*, uint64_t>> batch;
+      std::vector<std::pair<std::shared_ptr<Context>, uint64_t>> batch;
       std::shared_ptr<std::atomic<bool>> done;
       {
         std::lock_guard<std::mutex> lock(cancel_mutex_);
@@ -509,14 +531,7 @@ void Runtime::exit_cancel_stuck(uint64_t id) {
   // What never started goes back to the Erlang side to run elsewhere (PROTOCOL.md §3.7).
   std::string out;
   for (auto& [cid, ctx] : contexts_) {
-    for (Item& item : ctx->take_queued()) {
-      size_t start = begin_frame(out, Header{static_cast<uint8_t>(Kind::Requeue), 0, 0, item.h.ctx, item.h.id});
-      write_body(out, [](auto& w) {
-        w.list(0);
-        return true;
-      });
-      finish_frame(out, start);
-    }
+    for (const Item& item : ctx->take_queued()) requeue_frame(out, item.h.ctx, item.h.id);
   }
   if (!out.empty()) out_.write(out);
   _exit(kExitCancelStuck);
@@ -549,18 +564,20 @@ size_t Runtime::waiter_count() {
 }
 
 void Runtime::on_stats(const Header& h) {
-  // contexts_ belongs to the loop thread: count here, hand the number to the control thread.
-  size_t contexts = contexts_.size();
+  size_t contexts = 0;  // counted here: contexts_ belongs to the loop thread
+  for (auto& [id, c] : contexts_) contexts += c->stopping() ? 0 : 1;
   control_->post([this, h, contexts] {
     std::string out;
     {
       GilGuard gil;
       size_t start = begin_frame(out, Header{static_cast<uint8_t>(Kind::Result), 0, 0, h.ctx, h.id});
-      size_t envs = envs_.size();
+      size_t envs = envs_.env_count(), objects = envs_.object_count();
       write_body(out, [&](auto& w) {
-        w.map(3);
+        w.map(4);
         w.atom("envs");
         w.integer(static_cast<int64_t>(envs));
+        w.atom("objects");
+        w.integer(static_cast<int64_t>(objects));
         w.atom("contexts");
         w.integer(static_cast<int64_t>(contexts));
         w.atom("os_pid");
@@ -589,34 +606,16 @@ void Runtime::on_output_ack(const Header& h, std::string_view body) {
   if (Context* c = find_context(h.ctx)) c->output_acked(static_cast<size_t>(std::min<uint64_t>(bytes, SIZE_MAX)));
 }
 
-void Runtime::on_context_create(const Header& h, std::string_view) {
-  if (h.ctx == 0 || find_context(h.ctx)) {
-    protocol_error(h.ctx, h.id, "bad_shape", "context id 0 or already in use");
-    return;
-  }
-  auto ctx = std::make_unique<Context>(*this, h.ctx, opts_.spin_us);
-  if (!ctx->start()) {
-    std::string out;
-    error_frame(out, h.ctx, h.id, "OSError", "cannot start a thread for the context", "");
-    out_.write(out);
-    return;
-  }
-  contexts_.emplace(h.ctx, std::move(ctx));
-  write_ok(h);
-}
-
-void Runtime::on_context_destroy(const Header& h) {
-  auto it = contexts_.find(h.ctx);
-  if (it == contexts_.end()) {
-    protocol_error(h.ctx, h.id, "unknown_context", "no context " + std::to_string(h.ctx));
-    return;
-  }
-  // The thread finishes what it has queued, then exits. The object stays alive (leaked on purpose):
-  // waiters and nested frames may still point at it.
-  it->second->request_stop();
-  (void)it->second.release();
-  contexts_.erase(it);
-  write_ok(h);
+void Runtime::on_env_drop(std::string_view body_view) {
+  auto body = std::make_shared<std::string>(body_view);
+  control_->post([this, body] {
+    GilGuard gil;
+    std::string err, key;
+    EnvKind kind;
+    PyRef env = decode(*body, err);
+    if (env && env_key(env.get(), key, kind) && kind != EnvKind::Default) envs_.drop_key(key);
+    if (PyErr_Occurred()) PyErr_Clear();
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -748,33 +747,13 @@ bool Runtime::in_forked_child() { return g_port_pid != 0 && getpid() != g_port_p
 // ---------------------------------------------------------------------------------------------
 // Requests (context thread, GIL held)
 
-PyRef Runtime::new_env() {
-  PyRef env(PyDict_New());
-  if (!env || PyDict_SetItemString(env.get(), "__builtins__", builtins_.get()) ||
-      PyDict_SetItemString(env.get(), "__name__", main_str_.get()) ||
-      PyDict_SetItemString(env.get(), "erlang", erlang_module_.get()))
-    return PyRef();
-  return env;
-}
-
-PyRef Runtime::env_for(PyObject* pid, bool& created) {
-  created = false;
-  if (pid == Py_None) {
-    if (!default_env_) default_env_ = new_env();
-    return PyRef::borrow(default_env_.get());
-  }
-  std::string_view key;
-  if (Py_TYPE(pid) != pid_type() || !opaque_bytes(pid, key)) {
-    PyErr_SetString(PyExc_TypeError, "environment key must be a pid or undefined");
-    return PyRef();
-  }
-  auto it = envs_.find(std::string(key));
-  if (it != envs_.end()) return PyRef::borrow(it->second.get());
-  PyRef env = new_env();
-  if (!env) return env;
-  envs_.emplace(std::string(key), PyRef::borrow(env.get()));
-  created = true;
-  return env;
+PyRef Runtime::env_for(uint64_t serial, PyObject* env, std::string& key) {
+  EnvKind kind;
+  if (!env_key(env, key, kind)) return PyRef();
+  bool announce = false;
+  PyRef globals = envs_.get(serial, key, kind, announce);
+  if (announce) announce_env(0, env);  // §3: env_created is the port's, ctx 0
+  return globals;
 }
 
 void Runtime::announce_env(uint32_t ctx, PyObject* pid) {
@@ -856,19 +835,28 @@ void Runtime::handle(Context& ctx, Item& item, std::string& out) {
     protocol_error_frame(out, h.ctx, h.id, "bad_body", err);
     return;
   }
-  (void)ctx;
+  const uint64_t serial = ctx.serial();
   switch (static_cast<Kind>(h.kind)) {
     case Kind::Call:
-      serve_call(out, h, body.get(), false);
+      serve_call(out, h, body.get(), false, serial);
       break;
     case Kind::Cast:
-      serve_call(out, h, body.get(), true);
+      serve_call(out, h, body.get(), true, serial);
       break;
     case Kind::Eval:
-      serve_eval(out, h, body.get());
+      serve_eval(out, h, body.get(), serial);
       break;
     case Kind::Exec:
-      serve_exec(out, h, body.get());
+      serve_exec(out, h, body.get(), serial);
+      break;
+    case Kind::ContextInit:
+      serve_context_init(out, h, body.get(), serial);
+      break;
+    case Kind::RefOp:
+      serve_ref_op(out, h, body.get(), serial);
+      break;
+    case Kind::ContextCreate:
+      serve_context_create(ctx, out, h, body.get());
       break;
     default:
       break;
@@ -882,17 +870,22 @@ void bad_shape(Runtime& rt, std::string& out, const Header& h, const char* expec
 }
 }  // namespace
 
-void Runtime::serve_call(std::string& out, const Header& h, PyObject* body, bool is_cast) {
-  if (!PyTuple_Check(body) || PyTuple_GET_SIZE(body) != 5 || !PyUnicode_Check(PyTuple_GET_ITEM(body, 1)) ||
+void Runtime::serve_call(std::string& out, const Header& h, PyObject* body, bool is_cast, uint64_t serial) {
+  Py_ssize_t n = PyTuple_Check(body) ? PyTuple_GET_SIZE(body) : 0;
+  if ((n != 5 && n != 6) || !PyUnicode_Check(PyTuple_GET_ITEM(body, 1)) ||
       !PyUnicode_Check(PyTuple_GET_ITEM(body, 2)) || !PyList_Check(PyTuple_GET_ITEM(body, 3)) ||
-      !PyDict_Check(PyTuple_GET_ITEM(body, 4))) {
-    bad_shape(*this, out, h, "{Env, Module, Function, Args :: list, Kwargs :: map}");
+      !PyDict_Check(PyTuple_GET_ITEM(body, 4)) || (n == 6 && !PyDict_Check(PyTuple_GET_ITEM(body, 5)))) {
+    bad_shape(*this, out, h, "{Env, Module, Function, Args :: list, Kwargs :: map[, Opts :: map]}");
     return;
   }
-  PyObject* pid = PyTuple_GET_ITEM(body, 0);
-  bool created = false;
-  PyRef env = env_for(pid, created);
-  if (created) announce_env(h.ctx, pid);
+  // Opts (§3.1): #{return => ref} keeps the result in the context and answers a reference to it.
+  bool want_ref = false;
+  if (n == 6) {
+    PyObject* ret = PyDict_GetItemString(PyTuple_GET_ITEM(body, 5), "return");  // borrowed
+    want_ref = ret && PyUnicode_Check(ret) && PyUnicode_CompareWithASCIIString(ret, "ref") == 0;
+  }
+  std::string key;
+  PyRef env = env_for(serial, PyTuple_GET_ITEM(body, 0), key);
   PyRef result;
   if (env) {
     PyRef func(resolve(PyTuple_GET_ITEM(body, 1), PyTuple_GET_ITEM(body, 2), env.get()));
@@ -915,19 +908,21 @@ void Runtime::serve_call(std::string& out, const Header& h, PyObject* body, bool
     error_frame_from_exception(out, h.ctx, h.id);
     return;
   }
+  if (want_ref) {
+    ref_result_frame(out, h, result.get(), serial, key);
+    return;
+  }
   result_frame(out, h.ctx, h.id, result.get());
 }
 
-void Runtime::serve_eval(std::string& out, const Header& h, PyObject* body) {
+void Runtime::serve_eval(std::string& out, const Header& h, PyObject* body, uint64_t serial) {
   if (!PyTuple_Check(body) || PyTuple_GET_SIZE(body) != 3 || !PyUnicode_Check(PyTuple_GET_ITEM(body, 1)) ||
       !PyDict_Check(PyTuple_GET_ITEM(body, 2))) {
     bad_shape(*this, out, h, "{Env, Code :: binary, Locals :: map}");
     return;
   }
-  PyObject* pid = PyTuple_GET_ITEM(body, 0);
-  bool created = false;
-  PyRef env = env_for(pid, created);
-  if (created) announce_env(h.ctx, pid);
+  std::string key;
+  PyRef env = env_for(serial, PyTuple_GET_ITEM(body, 0), key);
   PyObject* globals = env.get();
   PyRef result;
   if (globals) {
@@ -952,15 +947,13 @@ void Runtime::serve_eval(std::string& out, const Header& h, PyObject* body) {
   result_frame(out, h.ctx, h.id, result.get());
 }
 
-void Runtime::serve_exec(std::string& out, const Header& h, PyObject* body) {
+void Runtime::serve_exec(std::string& out, const Header& h, PyObject* body, uint64_t serial) {
   if (!PyTuple_Check(body) || PyTuple_GET_SIZE(body) != 2 || !PyUnicode_Check(PyTuple_GET_ITEM(body, 1))) {
     bad_shape(*this, out, h, "{Env, Code :: binary}");
     return;
   }
-  PyObject* pid = PyTuple_GET_ITEM(body, 0);
-  bool created = false;
-  PyRef env = env_for(pid, created);
-  if (created) announce_env(h.ctx, pid);
+  std::string key;
+  PyRef env = env_for(serial, PyTuple_GET_ITEM(body, 0), key);
   PyObject* globals = env.get();
   PyRef result;
   if (globals) {

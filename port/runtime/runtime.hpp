@@ -1,5 +1,7 @@
-// The port's state: options, the embedded interpreter, process-bound environments, contexts, callback
-// waiters, and the request handlers that turn a decoded request into a reply frame.
+// The port's state: options, the embedded interpreter, contexts, callback waiters, and the request
+// handlers that turn a decoded request into a reply frame. Environments and objects live in envs.hpp;
+// context administration (create, init, destroy, drain) is in context_admin.cpp, object references in
+// ref_ops.cpp.
 #pragma once
 
 #include <Python.h>
@@ -15,9 +17,11 @@
 #include <unordered_map>
 #include <deque>
 #include <set>
+#include <vector>
 
 #include "codec.hpp"
 #include "context.hpp"
+#include "envs.hpp"
 #include "frame.hpp"
 #include "output.hpp"
 #include "py_ref.hpp"
@@ -27,6 +31,8 @@ namespace ep {
 struct Options {
   CodecKind codec = CodecKind::Etf;
   int contexts = 2;
+  // Live contexts (those at start-up included), each one OS thread: context_create beyond it is refused.
+  int max_contexts = 1024;
   std::string pylib;
   std::string crash_file;
   size_t max_frame = kDefaultMaxFrame;
@@ -72,6 +78,10 @@ class Runtime {
   // Returns false (after printing why on stderr) if Python could not start. Leaves the GIL released.
   bool start();
   void write_hello();
+  // Loop thread, at each frame: joins and frees the contexts whose threads have finished.
+  void reap_contexts();
+  // A context thread's very last step: it may now be joined and freed (any thread).
+  void context_finished(uint64_t serial);
 
   // Loop thread: routes one frame payload (header + body) from Erlang.
   void dispatch(std::string payload);
@@ -87,6 +97,8 @@ class Runtime {
   void error_frame_from_exception(std::string& out, uint32_t ctx, uint64_t id);
   void error_frame(std::string& out, uint32_t ctx, uint64_t id, std::string_view cls, std::string_view msg,
                    std::string_view tb);
+  void ok_frame(std::string& out, uint32_t ctx, uint64_t id);  // result `ok` (no GIL needed)
+  void requeue_frame(std::string& out, uint32_t ctx, uint64_t id);  // requeue `[]` (no GIL needed)
 
   // Writes a body with the port's codec: f(writer) gets an EtfWriter or MsgpackWriter, already
   // past the version byte, and returns false if a Python value failed to encode.
@@ -130,7 +142,8 @@ class Runtime {
   // handler), so nothing may be sent and no reply can come.
   static bool in_forked_child();
   Output& output() { return out_; }
-  size_t env_count() const { return envs_.size(); }
+  size_t env_count() { return envs_.env_count(); }
+  Envs& envs() { return envs_; }
   PyObject* cancelled_error() const { return cancelled_error_; }
   void set_exception_types(PyObject* cancelled) { cancelled_error_ = cancelled; }
 
@@ -147,7 +160,11 @@ class Runtime {
   };
 
   bool init_python();
+  // The live context a request for `id` goes to (not one that is stopping), or nullptr.
   Context* find_context(uint32_t id);
+  // A live or destroying context with this id (cancel still reaches a destroying context's requests).
+  std::shared_ptr<Context> context_by_id(uint32_t id);
+  std::shared_ptr<Context> new_context(uint32_t id);
   void on_cancel(const Header& h);
   void on_callback_reply(Item item);
   void on_stats(const Header& h);
@@ -157,25 +174,41 @@ class Runtime {
   // contexts) is full. False if the request being served is cancelled meanwhile.
   bool wait_output_window();
   bool write_startup_error();
-  void on_context_create(const Header& h, std::string_view body);
+  void on_env_drop(std::string_view body);
+  // Context administration (context_admin.cpp).
+  void on_context_create(const Header& h, std::string payload);
   void on_context_destroy(const Header& h);
-  void write_ok(const Header& h);  // result `ok` for a context request
+  void on_drain();
+  void serve_context_create(Context& ctx, std::string& out, const Header& h, PyObject* body);
+  void serve_context_init(std::string& out, const Header& h, PyObject* body, uint64_t serial);
+  bool add_sys_paths(PyObject* paths);
 
-  // GIL held. A new reference to the globals dict of environment `pid` (None: the shared default),
-  // created on first use; `created` tells the caller to announce it. The request holds its own
-  // reference: env_drop may remove the environment while the request waits with the GIL released.
-  PyRef env_for(PyObject* pid, bool& created);
-  PyRef new_env();
+  // GIL held. A new reference to the globals dict of environment `env` in the context `serial`,
+  // created on first use (and announced with env_created if it is a pid's first); sets `key`. The
+  // request holds its own reference: env_drop may remove the environment while the request waits
+  // with the GIL released.
+  PyRef env_for(uint64_t serial, PyObject* env, std::string& key);
   PyObject* compiled(PyObject* code, bool eval_mode);
   PyObject* resolve(PyObject* module, PyObject* function, PyObject* env);
-  void serve_call(std::string& out, const Header& h, PyObject* body, bool is_cast);
-  void serve_eval(std::string& out, const Header& h, PyObject* body);
-  void serve_exec(std::string& out, const Header& h, PyObject* body);
+  void serve_call(std::string& out, const Header& h, PyObject* body, bool is_cast, uint64_t serial);
+  void serve_eval(std::string& out, const Header& h, PyObject* body, uint64_t serial);
+  void serve_exec(std::string& out, const Header& h, PyObject* body, uint64_t serial);
   void announce_env(uint32_t ctx, PyObject* pid);
+  // Object references (ref_ops.cpp).
+  void ref_result_frame(std::string& out, const Header& h, PyObject* obj, uint64_t serial, const std::string& key);
+  void serve_ref_op(std::string& out, const Header& h, PyObject* body, uint64_t serial);
 
   Options opts_;
   Output& out_;
-  std::map<uint32_t, std::unique_ptr<Context>> contexts_;  // loop thread only (after start)
+  // Loop thread only (after start). A destroyed context moves from contexts_ to destroying_ (by
+  // serial) until its thread has finished; cancel jobs may hold it a little longer (shared_ptr).
+  std::map<uint32_t, std::shared_ptr<Context>> contexts_;
+  std::unordered_map<uint64_t, std::shared_ptr<Context>> destroying_;
+  uint64_t next_serial_ = 0;
+  bool draining_ = false;  // drain received: requests are answered requeue (§3.7)
+  std::mutex finished_mutex_;  // guards finished_: serials of context threads that have finished
+  std::vector<uint64_t> finished_;
+  std::atomic<bool> finished_pending_{false};  // finished_ is not empty (checked without the lock)
   std::unique_ptr<ControlThread> control_;
 
   // Cancels whose request may hold the GIL: each is checked once, cancel_stuck_ms after it arrived
@@ -183,7 +216,7 @@ class Runtime {
   // (context, request) cancelled while it was that context's running request, for cancel_stuck_ms;
   // past kMaxStuckChecks (a cancel storm over requests that do finish) new ones are not checked.
   struct StuckCheck {
-    Context* ctx;
+    std::shared_ptr<Context> ctx;  // held: the context may be destroyed meanwhile
     uint64_t id;
     std::shared_ptr<std::atomic<bool>> delivered;
     Clock::time_point due;
@@ -192,7 +225,7 @@ class Runtime {
   // Cancels of running requests not yet delivered by the control thread (on_cancel), under
   // cancel_mutex_; cancel_delivered_ is set once the batch has been delivered.
   std::mutex cancel_mutex_;
-  std::vector<std::pair<Context*, uint64_t>> cancel_batch_;
+  std::vector<std::pair<std::shared_ptr<Context>, uint64_t>> cancel_batch_;  // contexts held, as above
   std::set<std::pair<uint32_t, uint64_t>> cancel_batched_;
   std::shared_ptr<std::atomic<bool>> cancel_delivered_;
   std::deque<StuckCheck> stuck_checks_;
@@ -209,8 +242,7 @@ class Runtime {
   std::atomic<uint64_t> next_callback_id_{0};
 
   // GIL-protected Python state.
-  std::unordered_map<std::string, PyRef> envs_;
-  PyRef default_env_;
+  Envs envs_;
   PyRef builtins_;
   PyRef erlang_module_;
   PyRef compile_block_;

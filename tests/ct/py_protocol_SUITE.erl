@@ -109,9 +109,9 @@ unknown_context(Config) ->
 		raw(Config, 2, 9999, 0, body(Config, {undefined, <<"1">>, #{}})),
 	serving(Config).
 
-%% Non-zero flags: bad_flags.
+%% A reserved flag bit: bad_flags (bit 0, nested, is valid on eval: py_port_contexts_SUITE).
 bad_flags(Config) ->
-	{protocol_error, bad_flags, _} = raw(Config, 2, ctx(), 1, body(Config, {undefined, <<"1">>, #{}})),
+	{protocol_error, bad_flags, _} = raw(Config, 2, ctx(), 2, body(Config, {undefined, <<"1">>, #{}})),
 	serving(Config).
 
 %% A valid term of the wrong shape: bad_shape.
