@@ -4,7 +4,9 @@
 // the msgpack integer/str/bin/ext headers are also checked against msgpack-cxx's packer.
 #include <doctest/doctest.h>
 
+#ifndef MSGPACK_NO_BOOST
 #define MSGPACK_NO_BOOST
+#endif
 #include <msgpack.hpp>
 
 #include <Python.h>
