@@ -536,7 +536,7 @@ TEST_CASE("etf: decode errors") {
       {B({131, 106, 106}), "trailing bytes at byte 2"},
       {B({131, 200}), "unknown tag 200 at byte 1"},
       {B({131, 104, 1, 82, 0}), "unknown tag 82 at byte 3"},  // ATOM_CACHE_REF: distribution only
-      {B({131, 108, 0, 0, 0, 1, 97, 1, 97, 2}), "improper list"},
+      {B({131, 108, 0, 0, 0, 1, 97, 1, 97, 2}), "improper list at byte 8"},
       {B({131, 80, 0, 0, 0, 3, 120, 156, 0}), "compressed terms are not supported"},
       {B({131, 77, 0, 0, 0, 1, 3, 0xe0}), "unsupported bit binary at byte 1"},
       {B({131, 116, 0, 0, 0, 1, 106, 97, 1}), "unhashable map key of type 'list'"},
@@ -556,21 +556,82 @@ TEST_CASE("etf: decode errors") {
 }
 
 TEST_CASE("etf: nesting cap on decode") {
+  // `levels` nested lists, the innermost empty: kMaxDepth levels are accepted, one more is refused.
   auto nested = [](int levels) {
     std::string s = B({131});
-    for (int i = 0; i < levels; ++i) s += B({108, 0, 0, 0, 1});
+    for (int i = 0; i < levels - 1; ++i) s += B({108, 0, 0, 0, 1});
     s += B({106});
-    for (int i = 0; i < levels; ++i) s += B({106});
+    for (int i = 0; i < levels - 1; ++i) s += B({106});
     return s;
   };
-  CHECK(decode_deep(kEtf, nested(10000)) == "ok");
-  CHECK(decode_deep(kEtf, nested(10001)) == "term nested deeper than 10000 levels");
+  const std::string too_deep = "term nested deeper than " + std::to_string(ep::kMaxDepth) + " levels";
+  CHECK(decode_deep(kEtf, nested(ep::kMaxDepth)) == "ok");
+  CHECK(decode_deep(kEtf, nested(ep::kMaxDepth + 1)) == too_deep);
+  // A charlist (STRING_EXT) is a level too: it arrives as a list.
+  std::string chars = B({131});
+  for (int i = 0; i < ep::kMaxDepth; ++i) chars += B({108, 0, 0, 0, 1});
+  chars += B({107, 0, 1, 'a'});
+  for (int i = 0; i < ep::kMaxDepth; ++i) chars += B({106});
+  CHECK(decode_deep(kEtf, chars) == too_deep);
   std::string tuples = B({131});
   for (int i = 0; i < 200000; ++i) tuples += B({104, 1});
-  CHECK(decode_deep(kEtf, tuples) == "term nested deeper than 10000 levels");
+  CHECK(decode_deep(kEtf, tuples) == too_deep);
   std::string maps = B({131});
   for (int i = 0; i < 200000; ++i) maps += B({116, 0, 0, 0, 1, 97, 1});
-  CHECK(decode_deep(kEtf, maps) == "term nested deeper than 10000 levels");
+  CHECK(decode_deep(kEtf, maps) == too_deep);
+  // Nested headers that each claim the rest of the body are refused before anything is allocated.
+  std::string claims = B({131});
+  for (int i = 0; i < 500; ++i) claims += B({108, 0, 0x0f, 0xff, 0xff});
+  claims += std::string(1 << 20, '\x6a');
+  CHECK(decode_deep(kEtf, claims).rfind("truncated term at byte ", 0) == 0);
+}
+
+TEST_CASE("the nesting limit agrees in both directions and both codecs") {
+  // What decodes can be sent back, and what is refused on decode is refused on encode (issue 7: a
+  // 9,000-deep list used to decode and then fail to encode).
+  const std::string too_deep = "term nested deeper than " + std::to_string(ep::kMaxDepth) + " levels";
+  for (ep::CodecKind kind : {kEtf, kMsgpack}) {
+    INFO(std::string(kind == kEtf ? "etf" : "msgpack"));
+    for (const char* shape : {"nest_list", "nest_tuple", "nest_dict"}) {
+      INFO(shape);
+      PyRef at_limit = ev(std::string(shape) + "(" + std::to_string(ep::kMaxDepth) + ")");
+      PyRef past = ev(std::string(shape) + "(" + std::to_string(ep::kMaxDepth + 1) + ")");
+      REQUIRE(at_limit);
+      REQUIRE(past);
+      std::string body;
+      bool ok;
+      if (kind == kEtf) {
+        ep::EtfWriter w(body);
+        w.version();
+        ok = w.python(at_limit.get());
+      } else {
+        ok = ep::MsgpackWriter(body).python(at_limit.get());
+      }
+      REQUIRE_MESSAGE(ok, py_error());
+      CHECK(decode_deep(kind, body) == "ok");
+      CHECK(encode_error(kind, past.get()).rfind("RecursionError: ", 0) == 0);
+      // The same value one level deeper, built by wrapping the encoded body by hand.
+      std::string deeper;
+      if (kind == kEtf) {
+        deeper = shape == std::string("nest_tuple") ? B({131, 104, 1})
+                 : shape == std::string("nest_dict") ? B({131, 116, 0, 0, 0, 1, 97, 1})
+                                                     : B({131, 108, 0, 0, 0, 1});
+        deeper += body.substr(1);
+        if (shape == std::string("nest_list")) deeper += B({106});
+      } else {
+        deeper = shape == std::string("nest_tuple") ? B({0xd5, 2, 0x91})  // fixed below
+                 : shape == std::string("nest_dict") ? B({0x81, 1})
+                                                     : B({0x91});
+        if (shape == std::string("nest_tuple")) {
+          // ext 32 holding [body]: c9 len(4) 02 91 body
+          const uint32_t len = static_cast<uint32_t>(body.size() + 1);
+          deeper = B({0xc9, int(len >> 24), int((len >> 16) & 255), int((len >> 8) & 255), int(len & 255), 2, 0x91});
+        }
+        deeper += body;
+      }
+      CHECK(decode_deep(kind, deeper) == too_deep);
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -883,25 +944,26 @@ TEST_CASE("msgpack: decode errors") {
   const std::vector<Case> cases = {
       {"", "empty body"},
       {B({0xc1}), "invalid msgpack byte 0xc1 at byte 0"},
-      {B({0x92, 0x01}), "truncated term at byte 1"},  // fewer bytes than elements
-      {B({0x92, 0x01, 0x92}), "truncated term at byte 3"},
+      // Offsets of truncations are where msgpack-cxx's parser stopped.
+      {B({0x92, 0x01}), "truncated term at byte 2"},  // fewer bytes than elements
+      {B({0x92, 0x01, 0x92}), "truncated term at byte 2"},
       {B({0xdc, 0x00}), "truncated term at byte 1"},
-      {B({0xdd, 0xff, 0xff, 0xff, 0xff, 1}), "truncated term at byte 5"},
-      {B({0x81, 0x01}), "truncated term at byte 1"},
+      {B({0xdd, 0xff, 0xff, 0xff, 0xff, 1}), "truncated term at byte 4"},  // refused before allocating
+      {B({0x81, 0x01}), "truncated term at byte 2"},
       {B({0x81, 0x01, 0x91}), "truncated term at byte 3"},
       {B({0xa3, 'a'}), "truncated term at byte 1"},
       {B({0xcb, 0, 0}), "truncated term at byte 1"},
-      {B({0xc7, 5, 1, 'a'}), "truncated term at byte 3"},
+      {B({0xc7, 5, 1, 'a'}), "truncated term at byte 2"},
       {B({0xd4}), "truncated term at byte 1"},
       {B({0x01, 0x02}), "trailing bytes at byte 1"},
-      {B({0xd4, 9, 0}), "unknown ext type 9 at byte 0"},
-      {B({0x91, 0xd4, 0xff, 0}), "unknown ext type -1 at byte 1"},  // timestamp
+      {B({0xd4, 9, 0}), "unknown ext type 9 at byte 1"},  // the type byte
+      {B({0x91, 0xd4, 0xff, 0}), "unknown ext type -1 at byte 2"},  // timestamp
       {B({0x81, 0x90, 0x01}), "unhashable map key of type 'list'"},
       {B({0x81, 0x80, 0x01}), "unhashable map key of type 'dict'"},
       {B({0x81, 0xd5, 2, 0x91, 0x90, 0x01}), "unhashable map key of type 'tuple'"},
       {B({0xd4, 2, 1}), "tuple ext does not hold an array at byte 2"},
       {B({0xc7, 3, 2, 0x91, 1, 2}), "trailing bytes in tuple ext at byte 5"},
-      {B({0xc7, 2, 2, 0x92, 1, 2}), "truncated term at byte 4"},  // the array overruns its ext
+      {B({0xc7, 2, 2, 0x92, 1, 2}), "truncated term at byte 5"},  // the array overruns its ext
       {B({0xc7, 0, 2}), "truncated term at byte 3"},
       {B({0xd4, 3, 0}), "ext 3 payload is not ETF at byte 2"},
       {B({0xc7, 0, 3}), "ext 3 payload is not ETF at byte 3"},
@@ -916,17 +978,19 @@ TEST_CASE("msgpack: decode errors") {
     INFO(hex(c.body));
     CHECK(decode_err(kMsgpack, c.body) == c.err);
   }
-  std::string deep(10001, static_cast<char>(0x91));
-  deep.push_back(0);
-  CHECK(decode_deep(kMsgpack, deep) == "term nested deeper than 10000 levels");
-  std::string ok(10000, static_cast<char>(0x91));
-  ok.push_back(0);
+  const std::string too_deep = "term nested deeper than " + std::to_string(ep::kMaxDepth) + " levels";
+  std::string deep(ep::kMaxDepth, static_cast<char>(0x91));
+  deep.push_back(static_cast<char>(0x90));  // the innermost empty array is level kMaxDepth + 1
+  CHECK(decode_deep(kMsgpack, deep) == too_deep);
+  std::string ok(ep::kMaxDepth - 1, static_cast<char>(0x91));
+  ok.push_back(static_cast<char>(0x90));
   CHECK(decode_deep(kMsgpack, ok) == "ok");
   std::string tuples;
-  for (int i = 0; i < 10001; ++i) tuples += B({0xc9, 0, 0, 0, 0, 2, 0x91});  // lengths fixed below
+  const size_t levels = ep::kMaxDepth + 1;
+  for (size_t i = 0; i < levels; ++i) tuples += B({0xc9, 0, 0, 0, 0, 2, 0x91});  // lengths fixed below
   tuples.push_back(0);
   // Patch each ext32 length: the rest of the buffer after its header.
-  for (size_t i = 0; i < 10001; ++i) {
+  for (size_t i = 0; i < levels; ++i) {
     size_t at = i * 7;
     uint32_t len = static_cast<uint32_t>(tuples.size() - at - 6);
     tuples[at + 1] = static_cast<char>(len >> 24);
@@ -934,7 +998,12 @@ TEST_CASE("msgpack: decode errors") {
     tuples[at + 3] = static_cast<char>(len >> 8);
     tuples[at + 4] = static_cast<char>(len);
   }
-  CHECK(decode_deep(kMsgpack, tuples) == "term nested deeper than 10000 levels");
+  CHECK(decode_deep(kMsgpack, tuples) == too_deep);
+  // Nested headers that each claim the rest of the body are refused before anything is allocated.
+  std::string claims;
+  for (int i = 0; i < 500; ++i) claims += B({0xdd, 0, 0x0f, 0xff, 0xff});
+  claims += std::string(1 << 20, '\x01');
+  CHECK(decode_deep(kMsgpack, claims).rfind("truncated term at byte ", 0) == 0);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1057,10 +1126,10 @@ TEST_CASE("encoding errors") {
 }
 
 TEST_CASE("encoding depth cap and cycles") {
-  PyRef ok = ev("nest_list(1000)");
-  PyRef deep = ev("nest_list(1001)");
-  PyRef deep_tuple = ev("nest_tuple(1001)");
-  PyRef deep_dict = ev("nest_dict(1001)");
+  PyRef ok = ev("nest_list(" + std::to_string(ep::kMaxDepth) + ")");
+  PyRef deep = ev("nest_list(" + std::to_string(ep::kMaxDepth + 1) + ")");
+  PyRef deep_tuple = ev("nest_tuple(" + std::to_string(ep::kMaxDepth + 1) + ")");
+  PyRef deep_dict = ev("nest_dict(" + std::to_string(ep::kMaxDepth + 1) + ")");
   PyRef cycle(PyRun_String("l = [1, [2]]\nl[1].append(l)\n", Py_file_input, globals(), globals()));
   REQUIRE(cycle);
   PyRef self_dict(PyRun_String("d = {}\nd['d'] = [d]\n", Py_file_input, globals(), globals()));
