@@ -59,5 +59,16 @@ if [ "$fuzz_secs" != 0 ]; then
   fi
 fi
 
+if [ "${EP_SANITIZE:-1}" != 0 ]; then
+  echo "== Erlang (Common Test, etf codec) against the ASan+UBSan port"
+  tools/sanitize.sh 2>&1 | tee "$log/sanitize.txt" | grep -vE '^\s*$' | tail -n 6
+  line=$(grep -E '^sanitize: [0-9]+ passed, [0-9]+ failed' "$log/sanitize.txt" | tail -n 1)
+  if [ -n "$line" ]; then
+    add "$(echo "$line" | sed -E 's/^sanitize: ([0-9]+) passed.*/\1/')" "$(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')"
+  else
+    add 0 1
+  fi
+fi
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
