@@ -177,6 +177,9 @@ class Decoder : codec_detail::DecodeCursor {
       case kNewerReference:
       case kNewReference:
       case kReference:
+        p_ = start;
+        if (!skip_opaque()) return {};
+        return py(make_ref(span(start)));
       case kV4Port:
       case kNewPort:
       case kPort:

@@ -415,7 +415,7 @@ TEST_CASE("etf: decoding every tag") {
   CHECK(strict_equal(huge.get(), ev("-(2**2040)").get()));
 }
 
-TEST_CASE("erlang.Pid and erlang.Term") {
+TEST_CASE("erlang.Pid, erlang.Ref and erlang.Term") {
   define_opaque_globals();
   PyRef pid = decode(kEtf, V(kPid));
   PyRef same = decode(kEtf, V(kPid));
@@ -423,7 +423,23 @@ TEST_CASE("erlang.Pid and erlang.Term") {
   CHECK(repr(pid.get()) == "<erlang.Pid <0.9.0>>");
   CHECK(repr(decode(kEtf, V(kOldPid)).get()) == "<erlang.Pid <0.85.1>>");
   CHECK(repr(ev("type(pid)").get()) == "<class 'erlang.Pid'>");
-  CHECK(repr(ev("type(ref)").get()) == "<class 'erlang.Term'>");
+  CHECK(repr(ev("type(ref)").get()) == "<class 'erlang.Ref'>");
+  CHECK(repr(ev("type(port)").get()) == "<class 'erlang.Term'>");
+  // A reference, in every ETF form, is an erlang.Ref; equal, with equal hashes, to the same ref
+  // decoded again, and never equal to a Term with the same bytes.
+  PyRef ref = decode(kEtf, V(kRef));
+  PyRef ref_again = decode(kEtf, V(kRef));
+  CHECK(Py_TYPE(ref.get()) == ep::ref_type());
+  CHECK(PyObject_RichCompareBool(ref.get(), ref_again.get(), Py_EQ) == 1);
+  CHECK(PyObject_Hash(ref.get()) == PyObject_Hash(ref_again.get()));
+  CHECK(PyObject_RichCompareBool(ref.get(), ep::make_term(kRef).get(), Py_EQ) == 0);
+  CHECK(Py_TYPE(decode(kEtf, V(B({114, 0, 1, 119, 1, 'n', 1, 0, 0, 0, 7}))).get()) == ep::ref_type());
+  CHECK(Py_TYPE(decode(kEtf, V(B({101, 119, 1, 'n', 0, 0, 0, 7, 1}))).get()) == ep::ref_type());
+  CHECK(Py_TYPE(decode(kMsgpack, B({0xc7, static_cast<int>(kRef.size() + 1), 3, 131}) + kRef).get()) ==
+        ep::ref_type());
+  std::string_view ref_bytes;
+  CHECK(ep::opaque_bytes(ref.get(), ref_bytes));
+  CHECK(ref_bytes == kRef);
   CHECK(pid.get() != same.get());
   CHECK(PyObject_RichCompareBool(pid.get(), same.get(), Py_EQ) == 1);
   CHECK(PyObject_Hash(pid.get()) == PyObject_Hash(same.get()));
@@ -433,7 +449,7 @@ TEST_CASE("erlang.Pid and erlang.Term") {
   CHECK(ev("len({pid, pid2, ref, port, fun, export})").get() == ev("6").get());
   CHECK(ev("pid != ref and pid != 1 and ref != 'x'").get() == Py_True);
   CHECK(ev("{pid: 1}[pid]").get() == ev("1").get());
-  CHECK(repr(ev("ref").get()) == "<erlang.Term #Ref<0.4097786823.3515351041.46176>>");
+  CHECK(repr(ev("ref").get()) == "<erlang.Ref #Ref<0.4097786823.3515351041.46176>>");
   CHECK(repr(ev("port").get()) == "<erlang.Term #Port<0.0>>");
   CHECK(repr(ev("fun").get()) == "<erlang.Term #Fun<erl_eval.42.3316493>>");
   CHECK(repr(ev("export").get()) == "<erlang.Term fun lists:map/2>");
@@ -1329,7 +1345,7 @@ PyRef random_value(std::mt19937& rng, int depth) {
     case 7: {
       // Leaked: they must not be released after Py_FinalizeEx.
       static PyObject* opaque[] = {ep::make_pid(kPid).release(), ep::make_pid(kOldPid).release(),
-                                   ep::make_term(kRef).release(), ep::make_term(kFun).release()};
+                                   ep::make_ref(kRef).release(), ep::make_term(kFun).release()};
       return PyRef::borrow(opaque[rng() % std::size(opaque)]);
     }
     case 8:
