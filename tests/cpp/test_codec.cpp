@@ -1417,3 +1417,15 @@ TEST_CASE("a map key beyond int64 comes back as a charlist, which is no Python k
     }
   }
 }
+
+TEST_CASE("decode_failure_reason: improper_list for an improper list, else bad_body") {
+  const std::string improper = decode_err(kEtf, B({131, 104, 1, 108, 0, 0, 0, 1, 97, 1, 97, 2}));
+  CHECK(improper == "improper list at byte 10");
+  CHECK(std::string(ep::decode_failure_reason(improper)) == "improper_list");
+  CHECK(std::string(ep::decode_failure_reason(decode_err(kEtf, B({131, 200})))) == "bad_body");
+  CHECK(std::string(ep::decode_failure_reason(decode_err(kMsgpack, B({0x92, 1})))) == "bad_body");
+  // Inside a msgpack ext 3 it is a malformed ext payload, which the Erlang side never writes.
+  const std::string nested = decode_err(kMsgpack, B({0xc7, 10, 3, 131, 108, 0, 0, 0, 1, 97, 1, 97, 2}));
+  CHECK(nested.rfind("bad ETF in ext 3", 0) == 0);
+  CHECK(std::string(ep::decode_failure_reason(nested)) == "bad_body");
+}
