@@ -1429,3 +1429,41 @@ TEST_CASE("decode_failure_reason: improper_list for an improper list, else bad_b
   CHECK(nested.rfind("bad ETF in ext 3", 0) == 0);
   CHECK(std::string(ep::decode_failure_reason(nested)) == "bad_body");
 }
+
+TEST_CASE("failed decodes leave no objects behind") {
+  // Lists, tuples and dicts are tracked by the garbage collector: a container leaked by an error
+  // path (a half-filled list, a map key waiting for its value, a nested tuple parse) would show as
+  // more tracked objects after many failures.
+  std::vector<std::pair<ep::CodecKind, std::string>> bad = {
+      {kMsgpack, B({0x93, 0x91, 0x81, 0xa1, 'k'})},                  // truncated, key pending
+      {kMsgpack, B({0x92, 0x81, 0x91, 0x01, 0x02})},                 // unhashable key
+      {kMsgpack, B({0x91, 0xd5, 2, 0x91, 0x92, 0xc7, 1, 2, 0x93})},  // bad tuple inside a list
+      {kMsgpack, B({0x92, 0x90, 0xd4, 9, 0})},                        // unknown ext after a list
+      {kMsgpack, B({0x92, 0xc1})},                                    // 0xc1 inside an array
+      {kEtf, B({131, 108, 0, 0, 0, 2, 116, 0, 0, 0, 0, 104, 1, 97, 1, 97, 2})},  // improper
+      {kEtf, B({131, 104, 2, 108, 0, 0, 0, 1, 106, 106, 200})},       // unknown tag
+  };
+  std::string deep(ep::kMaxDepth + 5, static_cast<char>(0x91));
+  deep.push_back(0);
+  bad.push_back({kMsgpack, deep});
+  PyRef gc(PyImport_ImportModule("gc"));
+  REQUIRE(gc);
+  auto tracked = [&] {
+    PyRef objs(PyObject_CallMethod(gc.get(), "get_objects", nullptr));
+    return objs ? PyList_GET_SIZE(objs.get()) : -1;
+  };
+  // A leak grows with the number of failures; whatever else the interpreter allocates does not.
+  auto after_failures = [&](int rounds) {
+    for (int i = 0; i < rounds; ++i)
+      for (const auto& [kind, body] : bad) CHECK(!decode_err(kind, body).empty());
+    return tracked();
+  };
+  (void)after_failures(10);  // warm up
+  const Py_ssize_t base = tracked();
+  const Py_ssize_t after_100 = after_failures(100);
+  const Py_ssize_t after_400 = after_failures(300);
+  // 300 more rounds: a leak of one container per failing body would add at least 300 (the
+  // interpreter's own churn is a handful either way).
+  CHECK(after_400 - after_100 < 100);
+  CHECK(after_100 - base < 100);
+}
