@@ -17,6 +17,7 @@ harnesses="frame etf msgpack"
 secs=$((total / 3))
 [ "$secs" -ge 1 ] || secs=1
 build=_build/fuzz
+mkdir -p _build
 cxx=$(command -v clang++ || command -v clang++-14 || true)
 cc=$(command -v clang || command -v clang-14 || true)
 if [ -z "$cxx" ]; then echo "fuzz: clang++ not found (tools/setup.sh installs clang-14 and libfuzzer-14-dev)"; echo "fuzz: 0 passed, 1 failed"; exit 1; fi

@@ -12,6 +12,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
 build=_build/asan
+mkdir -p _build
 pyconf=${PYTHON_CONFIG:-/usr/bin/python3-config}
 [ -x "$pyconf" ] || pyconf=$(command -v python3-config)
 if [ ! -f "$build/build.ninja" ]; then
