@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs="erlang-nox erlang-dev rebar3 libuv1-dev libmsgpack-cxx-dev doctest-dev meson ninja-build pkg-config g++ python3-dev python3-pytest"
+# clang-14 + libfuzzer-14-dev: tools/fuzz.sh; erlang-proper(-dev: proper.hrl): the property suite (tests/ct).
+pkgs="erlang-nox erlang-dev rebar3 libuv1-dev libmsgpack-cxx-dev doctest-dev meson ninja-build pkg-config g++ python3-dev python3-pytest clang-14 libfuzzer-14-dev erlang-proper erlang-proper-dev"
 missing=""
 for p in $pkgs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every suite: doctest (C++), pytest (pylib), Common Test (Erlang, against the real port, over
-# both codecs).
-# Ends with one line "N passed, N failed" summing them all.
+# both codecs), the libFuzzer harnesses for a bounded time (EP_FUZZ_SECONDS in all, default 90: 30 s
+# per harness; 0 skips them) and the Common Test suites again against an ASan+UBSan build of the port (ETF;
+# EP_SANITIZE=0 skips it).
+# Ends with one line "N passed, N failed" summing them all (each fuzz harness counts as one test).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 log=_build/test-logs
@@ -44,6 +46,29 @@ for codec in etf msgpack; do
   else add 0 1
   fi
 done
+
+fuzz_secs=${EP_FUZZ_SECONDS:-90}
+if [ "$fuzz_secs" != 0 ]; then
+  echo "== Fuzz (libFuzzer, ${fuzz_secs} s over 3 harnesses)"
+  tools/fuzz.sh "$fuzz_secs" 2>&1 | tee "$log/fuzz.txt" | tail -n 4
+  line=$(grep -E '^fuzz: [0-9]+ passed, [0-9]+ failed' "$log/fuzz.txt" | tail -n 1)
+  if [ -n "$line" ]; then
+    add "$(echo "$line" | sed -E 's/^fuzz: ([0-9]+) passed.*/\1/')" "$(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')"
+  else
+    add 0 1
+  fi
+fi
+
+if [ "${EP_SANITIZE:-1}" != 0 ]; then
+  echo "== Erlang (Common Test, etf codec) against the ASan+UBSan port"
+  tools/sanitize.sh 2>&1 | tee "$log/sanitize.txt" | grep -vE '^\s*$' | tail -n 6
+  line=$(grep -E '^sanitize: [0-9]+ passed, [0-9]+ failed' "$log/sanitize.txt" | tail -n 1)
+  if [ -n "$line" ]; then
+    add "$(echo "$line" | sed -E 's/^sanitize: ([0-9]+) passed.*/\1/')" "$(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')"
+  else
+    add 0 1
+  fi
+fi
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -195,7 +195,9 @@ init({Slot, Opts}) ->
 			0 -> [];
 			Max -> ["--max-frame", integer_to_list(Max)]
 		end,
-	State0 = #state{slot = Slot, opts = Opts, exe = filename:join(Priv, "erlang_python_port"),
+	%% port_executable: another build of the port (e.g. the sanitizer build tools/test.sh runs).
+	Exe = application:get_env(erlang_python, port_executable, filename:join(Priv, "erlang_python_port")),
+	State0 = #state{slot = Slot, opts = Opts, exe = Exe,
 		args = Args, crash_file = CrashFile},
 	publish_down(State0),
 	%% Requests left by a previous owner of this slot that crashed: nobody will answer them.

@@ -404,6 +404,10 @@ frame(?RESULT, _, Value, _) ->
 	{ok, Value};
 frame(?ERROR, _, {Class, Message, _Traceback}, _) ->
 	{error, {py_errors:class(Class), text(Message)}};
+frame(?PROTOCOL_ERROR, _, {improper_list, _}, _) ->
+	%% An improper list in the request (ETF; py_msgpack refuses it before sending): the caller's
+	%% argument, reported as the msgpack encoder reports it (PROTOCOL.md §2).
+	{error, {badarg, improper_list}};
 frame(?PROTOCOL_ERROR, _, {Reason, Detail}, _) ->
 	{error, {protocol_error, Reason, Detail}};
 frame(Kind, Ctx, Term, Req = #req{deadline = Deadline}) when Kind =:= ?CALLBACK; Kind =:= ?OUTPUT ->

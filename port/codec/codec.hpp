@@ -17,6 +17,14 @@
 
 namespace ep {
 
+// How deep containers (lists, tuples, maps, dicts) may nest, in both directions and both codecs: a
+// term the port accepts from Erlang can always be sent back, and the other way round. The outermost
+// container is level 1; a body nesting deeper is refused on decode ("term nested deeper than 1000
+// levels") and a Python value on encode (RecursionError). Decoding and encoding recurse once per
+// level, so the context threads' stacks are sized from it (PROTOCOL.md §2). Python's own default
+// recursion limit is the same 1000.
+inline constexpr int kMaxDepth = 1000;
+
 namespace codec_detail {
 // The containers a writer's typed API has open, innermost last, each with the number of values still
 // to come: a writer closes a container itself once its last value is written (ETF: the list's NIL
@@ -60,12 +68,19 @@ struct EncodePath {
 enum class CodecKind { Etf, Msgpack };
 
 // Decodes one whole body. On failure returns an empty PyRef, sets `err` to a short readable reason
-// ("truncated term at byte 12", "improper list", "unhashable map key of type 'list'") and leaves no
-// Python exception set.
+// ("truncated term at byte 12", "improper list at byte 9", "unhashable map key of type 'list'") and
+// leaves no Python exception set.
 PyRef etf_decode(std::string_view body, std::string& err);
 PyRef msgpack_decode(std::string_view body, std::string& err);
 inline PyRef decode_body(CodecKind kind, std::string_view body, std::string& err) {
   return kind == CodecKind::Etf ? etf_decode(body, err) : msgpack_decode(body, err);
+}
+
+// The protocol_error reason (PROTOCOL.md §4.3) for a body that failed to decode with `err`:
+// "improper_list" for an improper list (the one refusal the Erlang side reports to the caller as
+// {badarg, improper_list}, as the msgpack encoder already does there), else "bad_body".
+inline const char* decode_failure_reason(std::string_view err) {
+  return err.substr(0, 13) == "improper list" ? "improper_list" : "bad_body";
 }
 
 // Term writers append to `out`. Envelope pieces are written with the typed methods; a Python value
@@ -290,7 +305,8 @@ class DecodeCursor {
       : base_(reinterpret_cast<const unsigned char*>(body.data())),
         p_(base_),
         end_(base_ + body.size()),
-        err_(err) {}
+        err_(err),
+        body_size_(body.size()) {}
 
   // The run() shape: a body is exactly one value, read by `value()`, with no bytes after it.
   template <class F>
@@ -336,10 +352,22 @@ class DecodeCursor {
   }
   PyRef truncated() { return fail_at("truncated term", p_); }
 
+  // Containers are allocated at their announced size. Every element of every container is a value
+  // of at least one byte of its own, so over a whole valid body the announced sizes add up to at
+  // most the body's length; a body announcing more is truncated or hostile. Checking the running
+  // sum (not each size against the bytes left) keeps nested headers that each claim the rest of
+  // the body from allocating body-length x depth slots.
+  bool claim(size_t elements) {
+    claimed_ += elements;
+    return claimed_ <= body_size_;
+  }
+
   const unsigned char* base_;
   const unsigned char* p_;
   const unsigned char* end_;  // a decoder may narrow it while it reads a nested payload
   std::string& err_;
+  const size_t body_size_;
+  size_t claimed_ = 0;  // elements announced by container headers so far (claim)
 };
 }  // namespace codec_detail
 

@@ -1,4 +1,4 @@
-// erlang.Pid and erlang.Term: immutable holders of a term's ETF bytes (see erlang_types.hpp).
+// erlang.Pid, erlang.Ref and erlang.Term: immutable holders of a term's ETF bytes (see erlang_types.hpp).
 #include "erlang_types.hpp"
 
 #include <cstddef>
@@ -9,7 +9,7 @@
 namespace ep {
 namespace {
 
-// One layout for both types: the ETF bytes stored inline (ob_size = byte count), plus a cached hash.
+// One layout for the three types: the ETF bytes stored inline (ob_size = byte count), plus a cached hash.
 struct OpaqueObject {
   PyObject_VAR_HEAD
   Py_hash_t hash;  // -1 until first computed
@@ -19,6 +19,7 @@ constexpr Py_ssize_t kBasicSize = offsetof(OpaqueObject, data);
 
 // Heap types from PyType_FromSpec; created once and never freed (they live as long as the interpreter).
 PyTypeObject* g_pid_type = nullptr;
+PyTypeObject* g_ref_type = nullptr;
 PyTypeObject* g_term_type = nullptr;
 
 OpaqueObject* as_opaque(PyObject* o) { return reinterpret_cast<OpaqueObject*>(o); }
@@ -27,7 +28,7 @@ std::string_view bytes_of(PyObject* o) {
 }
 
 bool is_opaque(PyObject* o) {
-  return Py_IS_TYPE(o, g_pid_type) || Py_IS_TYPE(o, g_term_type);
+  return Py_IS_TYPE(o, g_pid_type) || Py_IS_TYPE(o, g_ref_type) || Py_IS_TYPE(o, g_term_type);
 }
 
 void opaque_dealloc(PyObject* self) {
@@ -53,7 +54,8 @@ Py_hash_t opaque_hash(PyObject* self) {
 }
 
 PyObject* opaque_richcompare(PyObject* a, PyObject* b, int op) {
-  // Only a Pid with a Pid, a Term with a Term; the types are final, so an exact check suffices.
+  // Only a Pid with a Pid, a Ref with a Ref, a Term with a Term; the types are final, so an exact
+  // check suffices.
   if (!is_opaque(a) || Py_TYPE(a) != Py_TYPE(b)) Py_RETURN_NOTIMPLEMENTED;
   std::string_view x = bytes_of(a), y = bytes_of(b);
   int c = x.compare(y);
@@ -197,7 +199,7 @@ PyObject* opaque_repr(PyObject* self) {
   bool pid = Py_IS_TYPE(self, g_pid_type);
   std::string_view etf = bytes_of(self);
   std::string inner = pid ? pid_text(etf) : term_text(etf);
-  std::string text = pid ? "<erlang.Pid " : "<erlang.Term ";
+  std::string text = pid ? "<erlang.Pid " : Py_IS_TYPE(self, g_ref_type) ? "<erlang.Ref " : "<erlang.Term ";
   if (inner.empty()) text.append("(").append(std::to_string(etf.size())).append(" bytes)");
   else text.append(inner);
   text.push_back('>');
@@ -213,20 +215,29 @@ PyType_Slot pid_slots[] = {
     {Py_tp_doc, const_cast<char*>("An Erlang pid. Hashable, comparable; converts back to the same pid.")},
     {0, nullptr},
 };
+PyType_Slot ref_slots[] = {
+    {Py_tp_dealloc, reinterpret_cast<void*>(opaque_dealloc)},
+    {Py_tp_hash, reinterpret_cast<void*>(opaque_hash)},
+    {Py_tp_richcompare, reinterpret_cast<void*>(opaque_richcompare)},
+    {Py_tp_repr, reinterpret_cast<void*>(opaque_repr)},
+    {Py_tp_doc, const_cast<char*>(
+        "An Erlang reference. Hashable, comparable; converts back to the same reference.")},
+    {0, nullptr},
+};
 PyType_Slot term_slots[] = {
     {Py_tp_dealloc, reinterpret_cast<void*>(opaque_dealloc)},
     {Py_tp_hash, reinterpret_cast<void*>(opaque_hash)},
     {Py_tp_richcompare, reinterpret_cast<void*>(opaque_richcompare)},
     {Py_tp_repr, reinterpret_cast<void*>(opaque_repr)},
     {Py_tp_doc, const_cast<char*>(
-        "An opaque Erlang term (reference, port or fun). Hashable, comparable; converts back to the "
-        "same term.")},
+        "An opaque Erlang term (port or fun). Hashable, comparable; converts back to the same term.")},
     {0, nullptr},
 };
 
 constexpr unsigned kFlags =
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION;
 PyType_Spec pid_spec = {"erlang.Pid", static_cast<int>(kBasicSize), 1, kFlags, pid_slots};
+PyType_Spec ref_spec = {"erlang.Ref", static_cast<int>(kBasicSize), 1, kFlags, ref_slots};
 PyType_Spec term_spec = {"erlang.Term", static_cast<int>(kBasicSize), 1, kFlags, term_slots};
 
 PyRef make_opaque(PyTypeObject* type, std::string_view etf) {
@@ -243,18 +254,23 @@ bool erlang_types_ready() {
   if (g_pid_type) return true;
   PyRef pid(PyType_FromSpec(&pid_spec));
   if (!pid) return false;
+  PyRef ref(PyType_FromSpec(&ref_spec));
+  if (!ref) return false;
   PyRef term(PyType_FromSpec(&term_spec));
   if (!term) return false;
   // Kept for the life of the process: instances may outlive any module that exposes the types.
   g_pid_type = reinterpret_cast<PyTypeObject*>(pid.release());
+  g_ref_type = reinterpret_cast<PyTypeObject*>(ref.release());
   g_term_type = reinterpret_cast<PyTypeObject*>(term.release());
   return true;
 }
 
 PyTypeObject* pid_type() { return g_pid_type; }
+PyTypeObject* ref_type() { return g_ref_type; }
 PyTypeObject* term_type() { return g_term_type; }
 
 PyRef make_pid(std::string_view etf_fragment) { return make_opaque(g_pid_type, etf_fragment); }
+PyRef make_ref(std::string_view etf_fragment) { return make_opaque(g_ref_type, etf_fragment); }
 PyRef make_term(std::string_view etf_fragment) { return make_opaque(g_term_type, etf_fragment); }
 
 bool opaque_bytes(PyObject* obj, std::string_view& out) {

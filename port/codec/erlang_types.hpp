@@ -1,8 +1,10 @@
-// Python types for Erlang values that have no Python equivalent: erlang.Pid and erlang.Term.
+// Python types for Erlang values that have no Python equivalent: erlang.Pid (pids), erlang.Ref
+// (references) and erlang.Term (ports, funs).
 //
-// Both hold the value's ETF bytes (without the 131 version byte), so they convert back to exactly the
-// term they came from. They compare and hash by those bytes. They are created by the codecs and exposed
-// by the _erlang module (port/erlang_module.cpp) as erlang.Pid / erlang.Term.
+// Each holds the value's ETF bytes (without the 131 version byte), so it converts back to exactly the
+// term it came from. They compare and hash by those bytes (a value only equals one of its own type).
+// They are created by the codecs and exposed by the _erlang module (port/module/erlang_module.cpp) as
+// erlang.Pid / erlang.Ref / erlang.Term.
 #pragma once
 
 #include <Python.h>
@@ -13,17 +15,19 @@
 
 namespace ep {
 
-// Readies the two types; call once with the GIL held before any codec use. Returns false with a
+// Readies the three types; call once with the GIL held before any codec use. Returns false with a
 // Python exception set on failure.
 bool erlang_types_ready();
 PyTypeObject* pid_type();
+PyTypeObject* ref_type();
 PyTypeObject* term_type();
 
-// New erlang.Pid / erlang.Term from a term's ETF bytes (no version byte).
+// New erlang.Pid / erlang.Ref / erlang.Term from a term's ETF bytes (no version byte).
 PyRef make_pid(std::string_view etf_fragment);
+PyRef make_ref(std::string_view etf_fragment);
 PyRef make_term(std::string_view etf_fragment);
 
-// If obj is an erlang.Pid or erlang.Term, stores its bytes in `out` and returns true.
+// If obj is an erlang.Pid, erlang.Ref or erlang.Term, stores its bytes in `out` and returns true.
 bool opaque_bytes(PyObject* obj, std::string_view& out);
 
 }  // namespace ep

@@ -44,10 +44,6 @@ enum Tag : unsigned char {
   kVersion = 131,
 };
 
-// Hostile input must not overflow the C stack; real terms are nowhere near this deep.
-constexpr int kMaxDecodeDepth = 10000;
-constexpr int kMaxEncodeDepth = 1000;
-
 // Open-container kinds of the typed writer API.
 constexpr int kPlainContainer = 0;
 constexpr int kListContainer = 1;  // gets its NIL tail when closed
@@ -82,7 +78,7 @@ class Decoder : codec_detail::DecodeCursor {
     return {};
   }
   [[gnu::cold, gnu::noinline]] PyRef too_deep() {
-    err_ = "term nested deeper than " + std::to_string(kMaxDecodeDepth) + " levels";
+    err_ = "term nested deeper than " + std::to_string(kMaxDepth) + " levels";
     return {};
   }
 
@@ -132,9 +128,11 @@ class Decoder : codec_detail::DecodeCursor {
         p_ += 4;
         return tuple(n, depth);
       }
-      case kNil:
+      case kNil:  // an empty list is a level of nesting too, as for the encoder
+        if (depth >= kMaxDepth) return too_deep();
         return py(PyList_New(0));
       case kString:
+        if (depth >= kMaxDepth) return too_deep();
         return string_list();
       case kList: {
         if (!need(4)) return {};
@@ -179,6 +177,9 @@ class Decoder : codec_detail::DecodeCursor {
       case kNewerReference:
       case kNewReference:
       case kReference:
+        p_ = start;
+        if (!skip_opaque()) return {};
+        return py(make_ref(span(start)));
       case kV4Port:
       case kNewPort:
       case kPort:
@@ -286,13 +287,13 @@ class Decoder : codec_detail::DecodeCursor {
   }
 
   PyRef tuple(size_t n, int depth) {
-    if (depth >= kMaxDecodeDepth) return too_deep();
+    if (depth >= kMaxDepth) return too_deep();
     if (n == 2) {
       bool matched = false;
       PyRef b = bytes_pair(matched);
       if (matched) return b;
     }
-    if (n > remaining()) return truncated();  // every element takes at least one byte
+    if (n > remaining() || !claim(n)) return truncated();  // every element takes at least one byte
     PyRef t = py(PyTuple_New(static_cast<Py_ssize_t>(n)));
     if (!t) return {};
     for (size_t i = 0; i < n; ++i) {
@@ -304,8 +305,8 @@ class Decoder : codec_detail::DecodeCursor {
   }
 
   PyRef list(size_t n, int depth) {
-    if (depth >= kMaxDecodeDepth) return too_deep();
-    if (n > remaining()) return truncated();
+    if (depth >= kMaxDepth) return too_deep();
+    if (n > remaining() || !claim(n)) return truncated();
     PyRef l = py(PyList_New(static_cast<Py_ssize_t>(n)));
     if (!l) return {};
     for (size_t i = 0; i < n; ++i) {
@@ -326,7 +327,7 @@ class Decoder : codec_detail::DecodeCursor {
       if (PyList_SetSlice(l.get(), at, at, tail.get()) < 0) return fail_python();
       return l;
     }
-    return fail("improper list");
+    return fail_at("improper list", p_);  // codec.hpp: decode_failure_reason keys on this text
   }
 
   PyRef string_list() {
@@ -347,8 +348,8 @@ class Decoder : codec_detail::DecodeCursor {
   }
 
   PyRef map(size_t n, int depth) {
-    if (depth >= kMaxDecodeDepth) return too_deep();
-    if (n > remaining() / 2) return truncated();
+    if (depth >= kMaxDepth) return too_deep();
+    if (n > remaining() / 2 || !claim(2 * n)) return truncated();
     PyRef d = py(PyDict_New());
     if (!d) return {};
     for (size_t i = 0; i < n; ++i) {
@@ -949,7 +950,7 @@ bool EtfWriter::put_long(PyObject* obj) {
 }
 
 bool EtfWriter::put_list(PyObject* obj, const Path* parent, int depth) {
-  if (depth >= kMaxEncodeDepth) return codec_detail::nesting_error(obj, parent, kMaxEncodeDepth);
+  if (depth >= kMaxDepth) return codec_detail::nesting_error(obj, parent, kMaxDepth);
   Py_ssize_t n = PyList_GET_SIZE(obj);
   if (n == 0) {
     out_.push_back(static_cast<char>(kNil));
@@ -971,7 +972,7 @@ bool EtfWriter::put_list(PyObject* obj, const Path* parent, int depth) {
 }
 
 bool EtfWriter::put_tuple(PyObject* obj, const Path* parent, int depth) {
-  if (depth >= kMaxEncodeDepth) return codec_detail::nesting_error(obj, parent, kMaxEncodeDepth);
+  if (depth >= kMaxDepth) return codec_detail::nesting_error(obj, parent, kMaxDepth);
   Py_ssize_t n = PyTuple_GET_SIZE(obj);
   if (n <= 255) {
     out_.push_back(static_cast<char>(kSmallTuple));
@@ -990,7 +991,7 @@ bool EtfWriter::put_tuple(PyObject* obj, const Path* parent, int depth) {
 }
 
 bool EtfWriter::put_dict(PyObject* obj, const Path* parent, int depth) {
-  if (depth >= kMaxEncodeDepth) return codec_detail::nesting_error(obj, parent, kMaxEncodeDepth);
+  if (depth >= kMaxDepth) return codec_detail::nesting_error(obj, parent, kMaxDepth);
   Py_ssize_t n = PyDict_GET_SIZE(obj);
   out_.push_back(static_cast<char>(kMap));
   put_u32(out_, static_cast<size_t>(n));

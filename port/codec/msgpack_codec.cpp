@@ -1,20 +1,24 @@
 // msgpack body codec, straight to and from Python objects (PROTOCOL.md §1.2, §2).
 //
-// Hand-written rather than through msgpack-cxx: decoding goes byte -> PyObject with no intermediate
-// msgpack::object tree, encoding appends to the caller's string. Extension types: 1 atom (UTF-8 name),
-// 2 tuple (payload: one array), 3 opaque term (payload: term_to_binary bytes), 4 bigint (decimal).
+// Decoding goes through msgpack-cxx's visitor parser, straight to PyObjects with no msgpack::object
+// tree. Encoding stays hand-written: msgpack-cxx's packer writes a float with an integral value
+// (1.0) as an integer, so a Python float would come back to Erlang as an integer, and a tuple's ext
+// header (written before its payload, whose size is known only after) is back-patched in place.
+// Extension types: 1 atom (UTF-8 name), 2 tuple (payload: one array), 3 opaque term (payload:
+// term_to_binary bytes), 4 bigint (decimal).
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
+
+#include <msgpack.hpp>  // MSGPACK_NO_BOOST comes from the build (meson.build: msgpack_dep)
 
 #include "codec.hpp"
 #include "erlang_types.hpp"
 
 namespace ep {
 namespace {
-
-constexpr int kMaxDecodeDepth = 10000;
-constexpr int kMaxEncodeDepth = 1000;
 
 constexpr int8_t kExtAtom = 1;
 constexpr int8_t kExtTuple = 2;
@@ -28,314 +32,371 @@ inline uint32_t be16(const unsigned char* p) { return (uint32_t{p[0]} << 8) | p[
 inline uint32_t be32(const unsigned char* p) {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
 }
-inline uint64_t be64(const unsigned char* p) { return (uint64_t{be32(p)} << 32) | be32(p + 4); }
 
 // ---------------------------------------------------------------------------------------------------
-// Decoding
+// Decoding: msgpack-cxx's parser (msgpack::parse with a visitor: no msgpack::object tree) reads the
+// bytes; the visitor builds the Python objects as the parser reports them, keeping the containers
+// being filled on its own stack. Ext payloads are ours to read: a tuple's (ext 2) is one array,
+// parsed by a nested msgpack::parse; atoms, opaque ETF terms and bigints are read here.
 
-class Decoder : codec_detail::DecodeCursor {
+class Decoder;
+
+// One msgpack::parse: of the body, or of a tuple ext's payload (`tuple`: its top array becomes a
+// tuple). The containers open in this parse are on stack_; they nest at most kMaxDepth levels
+// counting those of the parses around it (`depth`), so stack_ is bounded by kMaxDepth too.
+class Visitor : public msgpack::null_visitor {
  public:
-  Decoder(std::string_view body, std::string& err) : DecodeCursor(body, err) {}
+  Visitor(Decoder& d, int depth, bool tuple) : d_(d), depth_(depth), tuple_(tuple) {}
+
+  PyRef take() { return std::move(result_); }
+  // Where the parser found a malformed byte, if it did (else the parse's end offset is used).
+  size_t error_at(size_t end) const { return error_at_ == kNone ? end : error_at_; }
+
+  bool visit_nil() { return put(Py_NewRef(Py_None)); }
+  bool visit_boolean(bool v) { return put(Py_NewRef(v ? Py_True : Py_False)); }
+  bool visit_positive_integer(uint64_t v) {
+    // PyLong_FromLong hands out the cached small ints without a call chain.
+    return py(v <= static_cast<uint64_t>(LONG_MAX) ? PyLong_FromLong(static_cast<long>(v))
+                                                    : PyLong_FromUnsignedLongLong(v));
+  }
+  // Every signed format (int 8..64, negative fixint), whatever its sign.
+  bool visit_negative_integer(int64_t v) { return py(PyLong_FromLongLong(v)); }
+  bool visit_float32(float v) { return py(PyFloat_FromDouble(v)); }
+  bool visit_float64(double v) { return py(PyFloat_FromDouble(v)); }
+  bool visit_str(const char* v, uint32_t n);
+  bool visit_bin(const char* v, uint32_t n) { return py(PyBytes_FromStringAndSize(v, n)); }
+  bool visit_ext(const char* v, uint32_t n);
+  bool start_array(uint32_t n);
+  bool end_array() { return close(); }
+  bool start_map(uint32_t n);
+  bool end_map() { return close(); }
+  void parse_error(size_t at, size_t);
+  void insufficient_bytes(size_t, size_t at);
+
+ private:
+  enum Kind { kList, kTuple, kDict };
+  struct Open {
+    PyRef obj;
+    Kind kind;
+    Py_ssize_t next;  // list/tuple: the next slot
+    PyRef key;        // dict: the key read, waiting for its value
+  };
+  // Whether the next value is a map key (short keys come from the key cache).
+  bool at_key() const { return !stack_.empty() && stack_.back().kind == kDict && !stack_.back().key; }
+  // Stores a new value (an owned reference) in the container being filled, or as the result.
+  bool put(PyObject* v);
+  // A new reference from CPython (empty: its exception becomes the error).
+  bool py(PyObject* v);
+  // A value from our own readers (empty: they have set the error).
+  bool own(PyRef v);
+  bool close();
+  bool open(size_t claim);
+
+  Decoder& d_;
+  const int depth_;
+  const bool tuple_;
+  std::vector<Open> stack_;
+  PyRef result_;
+  static constexpr size_t kNone = ~size_t{0};
+  size_t error_at_ = kNone;
+};
+
+class Decoder {
+ public:
+  Decoder(std::string_view body, std::string& err)
+      : base_(body.data()), size_(body.size()), err_(err) {}
 
   PyRef run() {
-    return whole_body([this] { return value(0); });
+    if (size_ == 0) return fail("empty body");
+    return parse(base_, size_, 0, false, "trailing bytes");
   }
 
  private:
-  [[gnu::cold, gnu::noinline]] PyRef fail_ext_type(int type, const unsigned char* where) {
-    err_ = "unknown ext type " + std::to_string(type) + " at byte " + std::to_string(offset(where));
+  friend class Visitor;
+
+  size_t offset(const char* q) const { return static_cast<size_t>(q - base_); }
+
+  // Parses exactly one value from [data, data + n) with a fresh visitor.
+  PyRef parse(const char* data, size_t n, int depth, bool tuple, const char* trailing) {
+    Visitor v(*this, depth, tuple);
+    size_t off = 0;
+    const bool ok = msgpack::parse(data, n, off, v);
+    if (!ok) {
+      // A visitor failure that could not know its offset gets it here, from the parser.
+      if (err_.empty()) fail_here("truncated term");  // the parser ran out of bytes
+      if (err_at_) at(offset(data) + v.error_at(off));
+      return {};
+    }
+    if (off != n) return fail_at(trailing, offset(data) + off);
+    return v.take();
+  }
+
+  [[gnu::cold, gnu::noinline]] PyRef fail(const char* msg) {
+    err_ = msg;
     return {};
   }
-  // Big-endian unsigned of `n` bytes (1, 2, 4 or 8); false if truncated.
-  bool read_uint(size_t n, uint64_t& v) {
-    if (!need(n)) return false;
-    switch (n) {
-      case 1: v = p_[0]; break;
-      case 2: v = be16(p_); break;
-      case 4: v = be32(p_); break;
-      default: v = be64(p_); break;
-    }
-    p_ += n;
-    return true;
-  }
-
-  PyRef value(int depth) {
-    if (!need(1)) return {};
-    const unsigned char* start = p_;
-    const unsigned b = *p_++;
-    if (b <= 0x7f) return py(PyLong_FromLong(static_cast<long>(b)));  // positive fixint
-    if (b >= 0xe0) return py(PyLong_FromLong(static_cast<int8_t>(b)));  // negative fixint
-    if (b <= 0x8f) return map(b & 0x0f, depth);
-    if (b <= 0x9f) return array(b & 0x0f, depth);
-    if (b <= 0xbf) return str(b & 0x1f);
-    uint64_t n;
-    switch (b) {
-      case 0xc0: return PyRef::borrow(Py_None);
-      case 0xc2: return PyRef::borrow(Py_False);
-      case 0xc3: return PyRef::borrow(Py_True);
-      case 0xc4: case 0xc5: case 0xc6:  // bin 8/16/32
-        if (!read_uint(size_t{1} << (b - 0xc4), n)) return {};
-        if (!need(n)) return {};
-        p_ += n;
-        return py(PyBytes_FromStringAndSize(reinterpret_cast<const char*>(p_ - n),
-                                            static_cast<Py_ssize_t>(n)));
-      case 0xc7: case 0xc8: case 0xc9:  // ext 8/16/32
-        if (!read_uint(size_t{1} << (b - 0xc7), n)) return {};
-        return ext(n, start, depth);
-      case 0xca: {  // float 32
-        if (!read_uint(4, n)) return {};
-        uint32_t bits = static_cast<uint32_t>(n);
-        float f;
-        std::memcpy(&f, &bits, sizeof f);
-        return py(PyFloat_FromDouble(f));
-      }
-      case 0xcb: {  // float 64
-        if (!read_uint(8, n)) return {};
-        double d;
-        std::memcpy(&d, &n, sizeof d);
-        return py(PyFloat_FromDouble(d));
-      }
-      case 0xcc: case 0xcd: case 0xce: case 0xcf:  // uint 8/16/32/64
-        if (!read_uint(size_t{1} << (b - 0xcc), n)) return {};
-        return py(PyLong_FromUnsignedLongLong(n));
-      case 0xd0: if (!read_uint(1, n)) return {}; return py(PyLong_FromLong(static_cast<int8_t>(n)));
-      case 0xd1: if (!read_uint(2, n)) return {}; return py(PyLong_FromLong(static_cast<int16_t>(n)));
-      case 0xd2: if (!read_uint(4, n)) return {}; return py(PyLong_FromLong(static_cast<int32_t>(n)));
-      case 0xd3: if (!read_uint(8, n)) return {}; return py(PyLong_FromLongLong(static_cast<int64_t>(n)));
-      case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:  // fixext 1/2/4/8/16
-        return ext(size_t{1} << (b - 0xd4), start, depth);
-      case 0xd9: case 0xda: case 0xdb:  // str 8/16/32
-        if (!read_uint(size_t{1} << (b - 0xd9), n)) return {};
-        return str(n);
-      case 0xdc: case 0xdd:  // array 16/32
-        if (!read_uint(size_t{2} << (b - 0xdc), n)) return {};
-        return array(n, depth);
-      case 0xde: case 0xdf:  // map 16/32
-        if (!read_uint(size_t{2} << (b - 0xde), n)) return {};
-        return map(n, depth);
-      default:  // 0xc1, never used
-        return fail_at("invalid msgpack byte 0xc1", start);
-    }
-  }
-
-  PyRef str(size_t n) {
-    if (!need(n)) return {};
-    const char* data = reinterpret_cast<const char*>(p_);
-    p_ += n;
-    // Not valid UTF-8: the Erlang side sends such binaries as bin, but be lenient and give bytes.
-    return py(codec_detail::text_or_bytes(data, n));
-  }
-
-  PyRef array(size_t n, int depth) {
-    if (depth >= kMaxDecodeDepth) return too_deep();
-    if (n > remaining()) return truncated();  // every element takes at least one byte
-    PyRef l = py(PyList_New(static_cast<Py_ssize_t>(n)));
-    if (!l) return {};
-    for (size_t i = 0; i < n; ++i) {
-      PyRef item = value(depth + 1);
-      if (!item) return {};
-      PyList_SET_ITEM(l.get(), static_cast<Py_ssize_t>(i), item.release());
-    }
-    return l;
-  }
-
-  PyRef map(size_t n, int depth) {
-    if (depth >= kMaxDecodeDepth) return too_deep();
-    if (n > remaining() / 2) return truncated();
-    PyRef d = py(PyDict_New());
-    if (!d) return {};
-    for (size_t i = 0; i < n; ++i) {
-      PyRef k = key(depth + 1);
-      if (!k) return {};
-      PyRef v = value(depth + 1);
-      if (!v) return {};
-      if (!codec_detail::dict_set(d.get(), k.get(), v.get(), err_)) return {};
-    }
-    return d;
-  }
-
-  // A map key: short strs and atoms that decode to str come from the key cache.
-  PyRef key(int depth) {
-    const size_t avail = remaining();
-    if (avail < 2) return value(depth);
-    const unsigned b = p_[0];
-    size_t n, header;
-    int kind;
-    if (b >= 0xa0 && b <= 0xbf) {  // fixstr
-      n = b & 0x1f;
-      header = 1;
-      kind = 0;
-    } else if (b == 0xd9) {  // str 8
-      n = p_[1];
-      header = 2;
-      kind = 0;
-    } else if (b >= 0xd4 && b <= 0xd8 && static_cast<int8_t>(p_[1]) == kExtAtom) {  // fixext atom
-      n = size_t{1} << (b - 0xd4);
-      header = 2;
-      kind = 1;
-    } else if (b == 0xc7 && avail >= 3 && static_cast<int8_t>(p_[2]) == kExtAtom) {  // ext 8 atom
-      n = p_[1];
-      header = 3;
-      kind = 1;
-    } else {
-      return value(depth);
-    }
-    if (n > codec_detail::KeyCache::kMaxKey || avail - header < n) return value(depth);
-    std::string_view raw(reinterpret_cast<const char*>(p_ + header), n);
-    if (PyRef hit = keys_.find(raw, kind)) {
-      p_ += header + n;
-      return hit;
-    }
-    PyRef k = value(depth);
-    if (k && PyUnicode_CheckExact(k.get())) keys_.store(raw, kind, k.get());  // not true, none, bytes...
-    return k;
-  }
-
-  [[gnu::cold, gnu::noinline]] PyRef too_deep() {
-    err_ = "term nested deeper than " + std::to_string(kMaxDecodeDepth) + " levels";
+  [[gnu::cold, gnu::noinline]] PyRef fail_at(const char* what, size_t where) {
+    err_ = what;
+    at(where);
     return {};
   }
-
-  // p_ is at the type byte; `start` is the ext's first byte (for messages).
-  PyRef ext(size_t len, const unsigned char* start, int depth) {
-    if (!need(1)) return {};
-    const int8_t type = static_cast<int8_t>(*p_++);
-    if (!need(len)) return {};
-    const unsigned char* payload = p_;
-    std::string_view data(reinterpret_cast<const char*>(payload), len);
-    switch (type) {
-      case kExtAtom: {
-        p_ += len;
-        PyRef v = codec_detail::atom_value(data, false);
-        if (v) return v;
-        if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) return fail_python();
-        PyErr_Clear();
-        return fail_at("invalid UTF-8 in atom", payload);
-      }
-      case kExtTuple:
-        return tuple(payload + len, depth);
-      case kExtEtf:
-        p_ += len;
-        return etf(data, payload);
-      case kExtBigint:
-        p_ += len;
-        return bigint(data, payload);
-      default:
-        return fail_ext_type(type, start);
-    }
+  // The innermost failure sets err_; the parses around it must not overwrite it.
+  void at(size_t where) {
+    err_ += " at byte ";
+    err_ += std::to_string(where);
+    err_at_ = false;
+  }
+  // A failure whose offset the visitor does not know: the enclosing parse() appends it.
+  [[gnu::cold, gnu::noinline]] bool fail_here(const char* msg) {
+    err_ = msg;
+    err_at_ = true;
+    return false;
+  }
+  [[gnu::cold, gnu::noinline]] bool fail_python() {
+    err_ = codec_detail::take_python_error();
+    return false;
+  }
+  [[gnu::cold, gnu::noinline]] bool too_deep() {
+    err_ = "term nested deeper than " + std::to_string(kMaxDepth) + " levels";
+    return false;
+  }
+  // Every element of every container is a value of at least one byte of its own, so the sizes the
+  // headers announce add up to at most the body's length; more means truncated or hostile. Checked
+  // before a container is allocated at its announced size, this bounds what a body makes us allocate
+  // by its length (nested headers that each claim the rest of the body would multiply it).
+  bool claim(size_t elements) {
+    claimed_ += elements;
+    return claimed_ <= size_;
   }
 
-  // Ext 2: the payload is exactly one array, whose elements become the tuple.
-  PyRef tuple(const unsigned char* payload_end, int depth) {
-    if (depth >= kMaxDecodeDepth) return too_deep();
-    const unsigned char* outer_end = end_;
-    end_ = payload_end;  // reads inside the payload stop at its end
-    const unsigned char* start = p_;
-    if (!need(1)) return {};
-    const unsigned b = *p_++;
-    uint64_t n;
-    if (b >= 0x90 && b <= 0x9f) {
-      n = b & 0x0f;
-    } else if (b == 0xdc || b == 0xdd) {
-      if (!read_uint(size_t{2} << (b - 0xdc), n)) return {};
-    } else {
-      return fail_at("tuple ext does not hold an array", start);
-    }
-    PyRef t;
-    bool matched = false;
-    if (n == 2) t = bytes_pair(matched);
-    if (!matched) {
-      if (n > remaining()) return truncated();
-      t = py(PyTuple_New(static_cast<Py_ssize_t>(n)));
-      if (!t) return {};
-      for (size_t i = 0; i < n; ++i) {
-        PyRef item = value(depth + 1);
-        if (!item) return {};
-        PyTuple_SET_ITEM(t.get(), static_cast<Py_ssize_t>(i), item.release());
-      }
-    }
-    if (!t) return {};
-    if (p_ != end_) return fail_at("trailing bytes in tuple ext", p_);
-    end_ = outer_end;
-    return t;
-  }
+  PyRef ext(const char* v, uint32_t n, int depth);
+  PyRef tuple(const char* payload, size_t n, int depth);
+  PyRef bytes_pair(const unsigned char* q, size_t avail, bool& matched);
+  PyRef etf(std::string_view data, const char* payload);
+  PyRef bigint(std::string_view digits, const char* payload);
 
-  // {bytes, B}: first element the atom `bytes` (ext 1), second a str or bin -> always bytes.
-  PyRef bytes_pair(bool& matched) {
-    const unsigned char* q = p_;
-    size_t avail = remaining();
-    if (avail < 1) return {};
-    size_t len, hdr;
-    const unsigned b = q[0];
-    if (b >= 0xd4 && b <= 0xd8) {
-      len = size_t{1} << (b - 0xd4);
-      hdr = 2;
-    } else if (b == 0xc7 && avail >= 2) {
-      len = q[1];
-      hdr = 3;
-    } else if (b == 0xc8 && avail >= 3) {
-      len = be16(q + 1);
-      hdr = 4;
-    } else if (b == 0xc9 && avail >= 5) {
-      len = be32(q + 1);
-      hdr = 6;
-    } else {
-      return {};
-    }
-    if (len != 5 || avail < hdr + 5 || static_cast<int8_t>(q[hdr - 1]) != kExtAtom ||
-        std::memcmp(q + hdr, "bytes", 5) != 0)
-      return {};
-    q += hdr + 5;
-    avail -= hdr + 5;
-    if (avail < 1) return {};
-    const unsigned c = q[0];
-    if (c >= 0xa0 && c <= 0xbf) {
-      len = c & 0x1f;
-      hdr = 1;
-    } else if ((c == 0xd9 || c == 0xc4) && avail >= 2) {
-      len = q[1];
-      hdr = 2;
-    } else if ((c == 0xda || c == 0xc5) && avail >= 3) {
-      len = be16(q + 1);
-      hdr = 3;
-    } else if ((c == 0xdb || c == 0xc6) && avail >= 5) {
-      len = be32(q + 1);
-      hdr = 5;
-    } else {
-      return {};
-    }
-    if (avail - hdr < len) return {};  // truncated: the general path reports it
-    matched = true;
-    p_ = q + hdr + len;
-    return py(PyBytes_FromStringAndSize(reinterpret_cast<const char*>(q + hdr),
-                                        static_cast<Py_ssize_t>(len)));
-  }
-
-  // Ext 3: term_to_binary bytes. A pid gives erlang.Pid, a reference/port/fun erlang.Term (any other
-  // term is decoded as usual). Not a leaf of the recursion, so out of line with its own std::string.
-  [[gnu::noinline]] PyRef etf(std::string_view data, const unsigned char* payload) {
-    if (data.empty() || payload[0] != 131) return fail_at("ext 3 payload is not ETF", payload);
-    std::string sub;
-    PyRef v = etf_decode(data, sub);
-    if (!v) {
-      fail_at("bad ETF in ext 3", payload);
-      err_ += ": " + sub;
-    }
-    return v;
-  }
-
-  [[gnu::noinline]] PyRef bigint(std::string_view digits, const unsigned char* payload) {
-    // Signed decimal ASCII; checked here because PyLong_FromString also takes '_', spaces, "0x"...
-    size_t i = !digits.empty() && (digits[0] == '-' || digits[0] == '+') ? 1 : 0;
-    bool ok = i < digits.size();
-    for (; ok && i < digits.size(); ++i) ok = digits[i] >= '0' && digits[i] <= '9';
-    if (!ok) return fail_at("bad integer in ext 4", payload);
-    std::string text(digits);  // PyLong_FromString wants a NUL-terminated string
-    return py(PyLong_FromString(text.c_str(), nullptr, 10));
-  }
-
+  const char* base_;
+  const size_t size_;
+  std::string& err_;
+  bool err_at_ = false;
+  size_t claimed_ = 0;
   codec_detail::KeyCache keys_;
 };
+
+[[gnu::always_inline]] inline bool Visitor::put(PyObject* v) {
+  if (stack_.empty()) {
+    result_.reset(v);
+    return true;
+  }
+  Open& top = stack_.back();
+  switch (top.kind) {
+    case kList:
+      PyList_SET_ITEM(top.obj.get(), top.next++, v);
+      return true;
+    case kTuple:
+      PyTuple_SET_ITEM(top.obj.get(), top.next++, v);
+      return true;
+    case kDict:
+      break;
+  }
+  if (!top.key) {
+    top.key.reset(v);
+    return true;
+  }
+  PyRef value(v);
+  PyRef key = std::move(top.key);
+  return codec_detail::dict_set(top.obj.get(), key.get(), value.get(), d_.err_);
+}
+
+[[gnu::always_inline]] inline bool Visitor::py(PyObject* v) { return v ? put(v) : d_.fail_python(); }
+[[gnu::always_inline]] inline bool Visitor::own(PyRef v) { return v ? put(v.release()) : false; }
+
+bool Visitor::open(size_t claim) {
+  if (depth_ + static_cast<int>(stack_.size()) >= kMaxDepth) return d_.too_deep();
+  if (!d_.claim(claim)) return d_.fail_here("truncated term");
+  return true;
+}
+
+bool Visitor::start_array(uint32_t n) {
+  if (!open(n)) return false;
+  const bool as_tuple = tuple_ && stack_.empty();
+  PyObject* o = as_tuple ? PyTuple_New(n) : PyList_New(n);
+  if (!o) return d_.fail_python();
+  stack_.push_back({PyRef(o), as_tuple ? kTuple : kList, 0, {}});
+  return true;
+}
+
+bool Visitor::start_map(uint32_t n) {
+  if (!open(size_t{2} * n)) return false;
+  PyObject* o = PyDict_New();
+  if (!o) return d_.fail_python();
+  stack_.push_back({PyRef(o), kDict, 0, {}});
+  return true;
+}
+
+bool Visitor::close() {
+  PyObject* done = stack_.back().obj.release();
+  stack_.pop_back();
+  return put(done);
+}
+
+bool Visitor::visit_str(const char* v, uint32_t n) {
+  if (at_key() && n <= codec_detail::KeyCache::kMaxKey) {
+    std::string_view raw(v, n);
+    if (PyRef hit = d_.keys_.find(raw, 0)) return put(hit.release());
+    PyRef k = codec_detail::text_or_bytes(v, n);
+    if (!k) return d_.fail_python();
+    if (PyUnicode_CheckExact(k.get())) d_.keys_.store(raw, 0, k.get());
+    return put(k.release());
+  }
+  // Not valid UTF-8: the Erlang side sends such binaries as bin, but be lenient and give bytes.
+  return py(codec_detail::text_or_bytes(v, n).release());
+}
+
+bool Visitor::visit_ext(const char* v, uint32_t n) {
+  // v[0] is the type byte, then n - 1 payload bytes. Atoms as map keys come from the key cache.
+  if (at_key() && n >= 1 && static_cast<int8_t>(v[0]) == kExtAtom && n - 1 <= codec_detail::KeyCache::kMaxKey) {
+    std::string_view raw(v + 1, n - 1);
+    if (PyRef hit = d_.keys_.find(raw, 1)) return put(hit.release());
+    PyRef k = d_.ext(v, n, depth_ + static_cast<int>(stack_.size()));
+    if (k && PyUnicode_CheckExact(k.get())) d_.keys_.store(raw, 1, k.get());  // not true, none...
+    return own(std::move(k));
+  }
+  return own(d_.ext(v, n, depth_ + static_cast<int>(stack_.size())));
+}
+
+void Visitor::parse_error(size_t at, size_t) {
+  // 0xc1, the one byte msgpack leaves unused. `at` is within this parse: parse() makes it absolute.
+  d_.fail_here("invalid msgpack byte 0xc1");
+  error_at_ = at;
+}
+
+void Visitor::insufficient_bytes(size_t, size_t) {}  // parse() reports "truncated term" at its end
+
+// `v` is at the type byte; `depth` is the level the value sits at.
+PyRef Decoder::ext(const char* v, uint32_t n, int depth) {
+  const int8_t type = static_cast<int8_t>(v[0]);
+  const char* payload = v + 1;
+  std::string_view data(payload, n - 1);
+  switch (type) {
+    case kExtAtom: {
+      PyRef a = codec_detail::atom_value(data, false);
+      if (a) return a;
+      if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+        fail_python();
+        return {};
+      }
+      PyErr_Clear();
+      return fail_at("invalid UTF-8 in atom", offset(payload));
+    }
+    case kExtTuple:
+      return tuple(payload, data.size(), depth);
+    case kExtEtf:
+      return etf(data, payload);
+    case kExtBigint:
+      return bigint(data, payload);
+    default:
+      err_ = "unknown ext type " + std::to_string(type);
+      at(offset(v));
+      return {};
+  }
+}
+
+// Ext 2: the payload is exactly one array, whose elements become the tuple.
+PyRef Decoder::tuple(const char* payload, size_t n, int depth) {
+  if (depth >= kMaxDepth) {
+    too_deep();
+    return {};
+  }
+  const auto* q = reinterpret_cast<const unsigned char*>(payload);
+  if (n == 0) return fail_at("truncated term", offset(payload));
+  const unsigned b = q[0];
+  if (!((b >= 0x90 && b <= 0x9f) || b == 0xdc || b == 0xdd))
+    return fail_at("tuple ext does not hold an array", offset(payload));
+  if (b == 0x92) {  // {bytes, B} has two elements
+    bool matched = false;
+    PyRef pair = bytes_pair(q + 1, n - 1, matched);
+    if (matched || !err_.empty()) return pair;
+  }
+  return parse(payload, n, depth, true, "trailing bytes in tuple ext");
+}
+
+// {bytes, B}: first element the atom `bytes` (ext 1), second a str or bin, filling the payload ->
+// always bytes. Hand-written: the visitor could only tell after building a str from B. `matched`
+// only for that exact shape (anything else is left to the general path, which reports errors).
+PyRef Decoder::bytes_pair(const unsigned char* q, size_t avail, bool& matched) {
+  size_t len, hdr;
+  if (avail < 1) return {};
+  const unsigned b = q[0];
+  if (b >= 0xd4 && b <= 0xd8) {
+    len = size_t{1} << (b - 0xd4);
+    hdr = 2;
+  } else if (b == 0xc7 && avail >= 2) {
+    len = q[1];
+    hdr = 3;
+  } else if (b == 0xc8 && avail >= 3) {
+    len = be16(q + 1);
+    hdr = 4;
+  } else if (b == 0xc9 && avail >= 5) {
+    len = be32(q + 1);
+    hdr = 6;
+  } else {
+    return {};
+  }
+  if (len != 5 || avail < hdr + 5 || static_cast<int8_t>(q[hdr - 1]) != kExtAtom ||
+      std::memcmp(q + hdr, "bytes", 5) != 0)
+    return {};
+  q += hdr + 5;
+  avail -= hdr + 5;
+  if (avail < 1) return {};
+  const unsigned c = q[0];
+  if (c >= 0xa0 && c <= 0xbf) {
+    len = c & 0x1f;
+    hdr = 1;
+  } else if ((c == 0xd9 || c == 0xc4) && avail >= 2) {
+    len = q[1];
+    hdr = 2;
+  } else if ((c == 0xda || c == 0xc5) && avail >= 3) {
+    len = be16(q + 1);
+    hdr = 3;
+  } else if ((c == 0xdb || c == 0xc6) && avail >= 5) {
+    len = be32(q + 1);
+    hdr = 5;
+  } else {
+    return {};
+  }
+  if (avail - hdr != len) return {};  // truncated or trailing bytes: the general path reports it
+  matched = true;
+  PyRef v(PyBytes_FromStringAndSize(reinterpret_cast<const char*>(q + hdr), static_cast<Py_ssize_t>(len)));
+  if (!v) fail_python();
+  return v;
+}
+
+// Ext 3: term_to_binary bytes. A pid gives erlang.Pid, a reference erlang.Ref, a port or fun
+// erlang.Term (any other term is decoded as usual).
+PyRef Decoder::etf(std::string_view data, const char* payload) {
+  if (data.empty() || static_cast<unsigned char>(payload[0]) != 131)
+    return fail_at("ext 3 payload is not ETF", offset(payload));
+  std::string sub;
+  PyRef v = etf_decode(data, sub);
+  if (!v) {
+    fail_at("bad ETF in ext 3", offset(payload));
+    err_ += ": " + sub;
+  }
+  return v;
+}
+
+PyRef Decoder::bigint(std::string_view digits, const char* payload) {
+  // Signed decimal ASCII; checked here because PyLong_FromString also takes '_', spaces, "0x"...
+  size_t i = !digits.empty() && (digits[0] == '-' || digits[0] == '+') ? 1 : 0;
+  bool ok = i < digits.size();
+  for (; ok && i < digits.size(); ++i) ok = digits[i] >= '0' && digits[i] <= '9';
+  if (!ok) return fail_at("bad integer in ext 4", offset(payload));
+  std::string text(digits);  // PyLong_FromString wants a NUL-terminated string
+  PyRef v(PyLong_FromString(text.c_str(), nullptr, 10));
+  if (!v) fail_python();
+  return v;
+}
 
 // ---------------------------------------------------------------------------------------------------
 // Encoding: raw writers shared by the typed API and python().
@@ -677,7 +738,7 @@ bool MsgpackWriter::put_long(PyObject* obj) {
 }
 
 bool MsgpackWriter::put_list(PyObject* obj, const Path* parent, int depth) {
-  if (depth >= kMaxEncodeDepth) return codec_detail::nesting_error(obj, parent, kMaxEncodeDepth);
+  if (depth >= kMaxDepth) return codec_detail::nesting_error(obj, parent, kMaxDepth);
   Py_ssize_t n = PyList_GET_SIZE(obj);
   if (!check_len(static_cast<size_t>(n), "list")) return false;
   put_array_header(out_, static_cast<size_t>(n));
@@ -692,7 +753,7 @@ bool MsgpackWriter::put_list(PyObject* obj, const Path* parent, int depth) {
 }
 
 bool MsgpackWriter::put_tuple(PyObject* obj, const Path* parent, int depth) {
-  if (depth >= kMaxEncodeDepth) return codec_detail::nesting_error(obj, parent, kMaxEncodeDepth);
+  if (depth >= kMaxDepth) return codec_detail::nesting_error(obj, parent, kMaxDepth);
   Py_ssize_t n = PyTuple_GET_SIZE(obj);
   if (!check_len(static_cast<size_t>(n), "tuple")) return false;
   size_t pos = ext_begin();
@@ -708,7 +769,7 @@ bool MsgpackWriter::put_tuple(PyObject* obj, const Path* parent, int depth) {
 }
 
 bool MsgpackWriter::put_dict(PyObject* obj, const Path* parent, int depth) {
-  if (depth >= kMaxEncodeDepth) return codec_detail::nesting_error(obj, parent, kMaxEncodeDepth);
+  if (depth >= kMaxDepth) return codec_detail::nesting_error(obj, parent, kMaxDepth);
   Py_ssize_t n = PyDict_GET_SIZE(obj);
   put_map_header(out_, static_cast<size_t>(n));
   const Path here{obj, parent};

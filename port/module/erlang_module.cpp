@@ -251,6 +251,7 @@ extern "C" PyObject* erlang_module_init() {
       PyModule_AddObjectRef(m.get(), "ProcessError", g_process_error) ||
       PyModule_AddObjectRef(m.get(), "CancelledError", g_cancelled_error) ||
       PyModule_AddObjectRef(m.get(), "Pid", reinterpret_cast<PyObject*>(pid_type())) ||
+      PyModule_AddObjectRef(m.get(), "Ref", reinterpret_cast<PyObject*>(ref_type())) ||
       PyModule_AddObjectRef(m.get(), "Term", reinterpret_cast<PyObject*>(term_type())))
     return nullptr;
   g_rt->set_exception_types(g_cancelled_error);

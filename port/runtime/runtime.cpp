@@ -832,7 +832,7 @@ void Runtime::handle(Context& ctx, Item& item, std::string& out) {
   std::string err;
   PyRef body = decode(item.body(), err);
   if (!body) {
-    protocol_error_frame(out, h.ctx, h.id, "bad_body", err);
+    protocol_error_frame(out, h.ctx, h.id, decode_failure_reason(err), err);  // improper_list or bad_body
     return;
   }
   const uint64_t serial = ctx.serial();

@@ -156,7 +156,7 @@ erlang_to_python_types(_) ->
 		{true, <<"bool">>}, {false, <<"bool">>}, {none, <<"NoneType">>}, {nil, <<"NoneType">>},
 		{undefined, <<"NoneType">>}, {nan, <<"float">>}, {infinity, <<"float">>},
 		{neg_infinity, <<"float">>}, {hello, <<"str">>}, {[1, 2], <<"list">>}, {"abc", <<"list">>},
-		{{1, 2}, <<"tuple">>}, {#{a => 1}, <<"dict">>}, {self(), <<"Pid">>}, {make_ref(), <<"Term">>},
+		{{1, 2}, <<"tuple">>}, {#{a => 1}, <<"dict">>}, {self(), <<"Pid">>}, {make_ref(), <<"Ref">>},
 		{[], <<"list">>}, {{}, <<"tuple">>}
 	],
 	_ = [{{ok, Type}, V} = {py:eval(<<"type(v).__name__">>, #{v => V}), V} || {V, Type} <- Cases],
@@ -169,7 +169,11 @@ erlang_to_python_types(_) ->
 	{ok, true} = py:eval(<<"__import__('math').isnan(v)">>, #{v => nan}),
 	{ok, true} = py:eval(<<"v == float('inf')">>, #{v => infinity}),
 	{ok, true} = py:eval(<<"v == float('-inf')">>, #{v => neg_infinity}),
-	{ok, true} = py:eval(<<"v == 'héllo ✓'"/utf8>>, #{v => <<"héllo ✓"/utf8>>}).
+	{ok, true} = py:eval(<<"v == 'héllo ✓'"/utf8>>, #{v => <<"héllo ✓"/utf8>>}),
+	%% A reference is an erlang.Ref: hashable, equal to itself sent again, back as the same ref.
+	Ref = make_ref(),
+	{ok, {Ref, 1, true, true}} = py:eval(<<"(v, {v: 1}[w], v == w, isinstance(v, erlang.Ref))">>,
+		#{v => Ref, w => Ref}).
 
 %% Every row of the Python -> Erlang table, with the docs' examples.
 python_to_erlang_types(_) ->
@@ -253,9 +257,12 @@ unconvertible_result(_) ->
 	%% and the context goes on serving
 	{ok, 2} = py:eval(<<"1+1">>).
 
-%% An improper list cannot be sent; the port goes on serving.
+%% An improper list cannot be sent: {badarg, improper_list} in both codecs (ETF: the port refuses it,
+%% msgpack: the encoder does), however deep it sits; the port goes on serving.
 improper_list_refused(_) ->
-	{error, _} = py:eval(<<"v">>, #{v => [1 | 2]}),
+	{error, {badarg, improper_list}} = py:eval(<<"v">>, #{v => [1 | 2]}),
+	{error, {badarg, improper_list}} = py:call(operator, getitem, [[[a, [1, 2 | 3]]], 0]),
+	{error, {badarg, improper_list}} = py:eval(<<"v">>, #{v => #{k => {[x | y]}}}),
 	{ok, 2} = py:eval(<<"1+1">>).
 
 %% 8 MB of bytes go to Python and back unchanged.

@@ -22,13 +22,20 @@
 -export([elapsed_ms/1]).
 
 %% Starts erlang_python with the given application env (on top of its defaults).
-%% EP_TEST_CODEC=msgpack runs every suite over the msgpack codec (unless a suite sets its own).
+%% EP_TEST_CODEC=msgpack runs every suite over the msgpack codec (unless a suite sets its own);
+%% EP_TEST_PORT=Path runs them against another port executable (tools/test.sh: the sanitizer build).
 start_app(Env0) ->
-	Env = case os:getenv("EP_TEST_CODEC") of
+	Env1 = case os:getenv("EP_TEST_CODEC") of
 		Codec when Codec =:= "etf"; Codec =:= "msgpack" ->
 			[{codec, list_to_atom(Codec)} || not lists:keymember(codec, 1, Env0)] ++ Env0;
 		_ ->
 			Env0
+	end,
+	Env = case os:getenv("EP_TEST_PORT") of
+		Exe when is_list(Exe), Exe =/= "" ->
+			[{port_executable, Exe} || not lists:keymember(port_executable, 1, Env1)] ++ Env1;
+		_ ->
+			Env1
 	end,
 	_ = application:stop(erlang_python),
 	_ = application:load(erlang_python),

@@ -38,6 +38,11 @@ class Pid:
 
 
 @dataclass(frozen=True)
+class Ref:
+    ident: int
+
+
+@dataclass(frozen=True)
 class Term:
     ident: int
 
@@ -168,6 +173,7 @@ def _make_fake_module() -> types.ModuleType:
         "_env_count": lambda: 0,
         "_current_request": lambda: 0,
         "Pid": Pid,
+        "Ref": Ref,
         "Term": Term,
         "ErlangError": ErlangError,
         "ProcessError": ProcessError,
