@@ -233,9 +233,10 @@ ctx_id(#place{ctx = CtxId}, _) ->
 	CtxId.
 
 %% Only ports that answered context_init know the nested flag (py_port publishes nested => true); an
-%% older port refuses any flag. The flag is defined on call/eval/exec only (PROTOCOL.md §1.1): a cast
-%% nobody waits for is never nested.
-flags(Kind, #{nested := true}, Slot, Ctx, Gen) when Kind =:= call; Kind =:= eval; Kind =:= exec ->
+%% older port refuses any flag. The flag is defined on call/eval/exec/ref_op only (PROTOCOL.md §1.1): a
+%% cast nobody waits for is never nested.
+flags(Kind, #{nested := true}, Slot, Ctx, Gen) when Kind =:= call; Kind =:= eval; Kind =:= exec;
+		Kind =:= ref_op ->
 	nested_flag(Slot, Ctx, Gen);
 flags(_, _, _, _, _) ->
 	0.
@@ -256,9 +257,9 @@ run_pinned(Kind, Slot, Ctx, Gen, Body, Timeout) ->
 	Deadline = deadline(Timeout),
 	ok = settle_cancels(Deadline),
 	case py_port:info(Slot) of
-		#{status := up, generation := Gen, port := Port, codec := Codec, owner := Owner} ->
+		#{status := up, generation := Gen, port := Port, codec := Codec, owner := Owner} = Info ->
 			Id = ?REQ_BASE + erlang:unique_integer([positive]),
-			case encode(Kind, 0, Ctx, Id, Codec, Body) of
+			case encode(Kind, flags(Kind, Info, Slot, Ctx, Gen), Ctx, Id, Codec, Body) of
 				{error, _} = Error ->
 					Error;
 				Frame ->

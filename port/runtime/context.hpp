@@ -52,7 +52,7 @@ inline bool is_request_kind(uint8_t kind) {
 inline bool servable_while_waiting(const Header& h) {
   auto k = static_cast<Kind>(h.kind);
   if (k == Kind::CallbackReply) return true;
-  return (h.flags & kFlagNested) && (k == Kind::Call || k == Kind::Eval || k == Kind::Exec);
+  return (h.flags & kFlagNested) && (k == Kind::Call || k == Kind::Eval || k == Kind::Exec || k == Kind::RefOp);
 }
 
 // A request being served on a context thread.

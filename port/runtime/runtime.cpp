@@ -385,11 +385,11 @@ void Runtime::dispatch(std::string payload) {
   }
   reap_contexts();
   Header h = parse_header(payload.data());
-  // The nested flag (§3.4) is the only flag, and only on call/eval/exec.
+  // The nested flag (§3.4) is the only flag, and only on call/eval/exec/ref_op.
   bool nestable = h.kind == static_cast<uint8_t>(Kind::Call) || h.kind == static_cast<uint8_t>(Kind::Eval) ||
-                  h.kind == static_cast<uint8_t>(Kind::Exec);
+                  h.kind == static_cast<uint8_t>(Kind::Exec) || h.kind == static_cast<uint8_t>(Kind::RefOp);
   if (h.reserved != 0 || (h.flags & ~kFlagNested) != 0 || (h.flags != 0 && !nestable)) {
-    protocol_error(h.ctx, h.id, "bad_flags", "only the nested flag, on call/eval/exec; reserved bytes must be 0");
+    protocol_error(h.ctx, h.id, "bad_flags", "only the nested flag, on call/eval/exec/ref_op; reserved bytes must be 0");
     return;
   }
   switch (static_cast<Kind>(h.kind)) {

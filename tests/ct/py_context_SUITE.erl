@@ -2,7 +2,7 @@
 %% with a context first, process-bound environments in a context, explicit environments, lifecycle
 %% (stop, linked owner, port death) and nesting.
 %%
-%% Cases marked NEEDS-PORT-V2 assert what PROTOCOL.md §3.1/§3.4 promise of the port (reference
+%% Cases marked PROTOCOL.md v2 assert what PROTOCOL.md §3.1/§3.4 promise of the port (reference
 %% environments, one request at a time per context); they pass once the port implements it.
 -module(py_context_SUITE).
 -behaviour(gen_server).
@@ -10,15 +10,14 @@
 
 -include_lib("common_test/include/ct.hrl").
 
--export([all/0, groups/0, init_per_suite/1, end_per_suite/1, init_per_group/2, end_per_group/2,
-	init_per_testcase/2, end_per_testcase/2]).
+-export([all/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2, end_per_testcase/2]).
 -export([new_call_eval_exec/1, call_shapes_with_context/1, spawn_call_and_cast_on_context/1,
 	failure_isolation/1, owngil_and_bad_mode_refused/1, explicit_contexts_spread_over_ports/1,
 	stop_destroys_the_context/1, start_link_dies_with_owner/1, port_death_ends_explicit_context/1,
 	default_contexts_reattach_after_restart/1, process_bound_env_in_context/1, python_actor_gen_server/1,
 	ml_pipeline_main_module/1, interp_id_and_subinterp/1, context_down_errors/1, killed_context_is_down/1,
 	owner_crash_ends_explicit_contexts/1, user_supervisor_restarts_context/1,
-	restarted_port_gets_registry_back/1, nested_flag_on_the_wire/1,
+	restarted_port_gets_registry_back/1,
 	nested_flag_marks_callbacks/1, nested_python_erlang_python_on_context/1,
 	local_env_reference/1, local_env_freed_when_owner_exits/1, one_request_at_a_time/1]).
 
@@ -33,13 +32,8 @@ all() ->
 	 process_bound_env_in_context, python_actor_gen_server, ml_pipeline_main_module,
 	 interp_id_and_subinterp, context_down_errors, killed_context_is_down,
 	 owner_crash_ends_explicit_contexts, user_supervisor_restarts_context, nested_flag_marks_callbacks,
-	 nested_flag_on_the_wire,
-	 nested_python_erlang_python_on_context, {group, port_v2}].
-
-%% NEEDS-PORT-V2.
-groups() ->
-	[{port_v2, [], [local_env_reference, local_env_freed_when_owner_exits, one_request_at_a_time,
-		restarted_port_gets_registry_back]}].
+	 nested_python_erlang_python_on_context, local_env_reference, local_env_freed_when_owner_exits,
+	 one_request_at_a_time, restarted_port_gets_registry_back].
 
 init_per_suite(Config) ->
 	ok = py_ct_helper:start_app([{num_ports, 2}, {contexts_per_port, 2}]),
@@ -48,16 +42,6 @@ init_per_suite(Config) ->
 end_per_suite(_Config) ->
 	py_ct_helper:stop_app().
 
-%% Skipped (not failed) against a port that predates PROTOCOL v2's contexts (it answered context_init
-%% with unknown_kind, so py_port published nested => false).
-init_per_group(port_v2, Config) ->
-	case py_port:info(1) of
-		#{nested := true} -> Config;
-		_ -> {skip, "the port does not implement PROTOCOL.md v2 contexts (context_init, nested, envs)"}
-	end.
-
-end_per_group(_, _Config) ->
-	ok.
 
 init_per_testcase(_Case, Config) ->
 	case whereis(erlang_python_sup) of
@@ -358,25 +342,19 @@ user_supervisor_restarts_context(_) ->
 		exit(Sup, shutdown)
 	end.
 
-%% NEEDS-PORT-V2 and py_import (PROTOCOL.md §3.6): a restarted port gets the path registry back
+%% PROTOCOL.md §3.6: a restarted port gets the path registry back
 %% (py_port sends context_init after its hello), and so does a new explicit context.
 restarted_port_gets_registry_back(_) ->
-	case erlang:function_exported(py_import, add_path, 1) of
-		false ->
-			{skip, "py_import:add_path/1 is not there yet"};
-		true ->
-			Dir = <<"/tmp/erlang_python_hx1_registry_path">>,
-			ok = py_import:add_path(Dir),
-			Check = <<"__import__('sys').path.count(d)">>,
-			{ok, 1} = py:eval(Check, #{d => Dir}),
-			Ctx = py:context(1),
-			{error, {port_exited, _}} = py:eval(Ctx, <<"__import__('os')._exit(3)">>),
-			{ok, 1} = py:eval(Ctx, Check, #{d => Dir}),
-			{ok, E} = py_context:new(#{}),
-			{ok, 1} = py:eval(E, Check, #{d => Dir}),
-			_ = erlang:function_exported(py_import, clear_paths, 0) andalso py_import:clear_paths(),
-			ok
-	end.
+	Dir = <<"/tmp/erlang_python_hx1_registry_path">>,
+	ok = py_import:add_path(Dir),
+	Check = <<"__import__('sys').path.count(d)">>,
+	{ok, 1} = py:eval(Check, #{d => Dir}),
+	Ctx = py:context(1),
+	{error, {port_exited, _}} = py:eval(Ctx, <<"__import__('os')._exit(3)">>),
+	{ok, 1} = py:eval(Ctx, Check, #{d => Dir}),
+	{ok, E} = py_context:new(#{}),
+	{ok, 1} = py:eval(E, Check, #{d => Dir}),
+	ok = py_import:clear_paths().
 
 %% The nested flag (PROTOCOL.md §3.4) is set exactly while the process runs a callback of a request on
 %% the same {Slot, Ctx, Generation}.
@@ -397,27 +375,6 @@ nested_flag_marks_callbacks(_) ->
 	ok = py:exec(Ctx, <<"def inner():\n    return 'inner'\n">>),
 	{ok, {<<"ok">>, <<"inner">>}} = py:eval(Ctx, <<"erlang.call('ctx_spawned')">>).
 
-%% The flag reaches the wire on exactly the nested request. Shown against a port that predates the
-%% flag (it refuses any flag: bad_flags) by publishing the slot as flag-capable; a port that knows the
-%% flag serves the nested request (nested_python_erlang_python_on_context).
-nested_flag_on_the_wire(_) ->
-	{ok, Ctx} = py_context:new(#{}),
-	{ok, #{slot := Slot}} = py_context:place(Ctx),
-	case py_port:info(Slot) of
-		#{nested := true} ->
-			{skip, "the port knows the nested flag"};
-		Info ->
-			ok = py:register_function(ctx_nested_eval, fun([]) -> py:eval(Ctx, <<"1">>) end),
-			ok = persistent_term:put({py_port, Slot}, Info#{nested => true}),
-			try
-				{ok, 2} = py:eval(Ctx, <<"2">>),
-				{ok, {<<"error">>, {<<"protocol_error">>, <<"bad_flags">>, _}}} =
-					py:eval(Ctx, <<"erlang.call('ctx_nested_eval')">>)
-			after
-				ok = persistent_term:put({py_port, Slot}, Info)
-			end
-	end.
-
 %% Python -> Erlang -> Python on the same explicit context, 5 deep: each nested request is served on
 %% the waiting one's stack.
 nested_python_erlang_python_on_context(_) ->
@@ -428,7 +385,7 @@ nested_python_erlang_python_on_context(_) ->
 	end),
 	{ok, 5} = py:eval(Ctx, <<"erlang.call('ctx_down_one', 5)">>).
 
-%% NEEDS-PORT-V2 (reference environments). An explicit environment: its own namespace in the context,
+%% PROTOCOL.md v2 (reference environments). An explicit environment: its own namespace in the context,
 %% usable from any process, passed to call/7, eval/5, exec/3.
 local_env_reference(_) ->
 	{ok, Ctx} = py_context:new(#{}),
@@ -450,7 +407,7 @@ local_env_reference(_) ->
 	ok = py_context:exec(Ctx, <<"y = 3">>, Env),
 	{ok, 3} = py_context:eval(Ctx, <<"y">>, #{}, 5000, Env).
 
-%% NEEDS-PORT-V2. The environment is freed (env_drop) when the process that made it exits.
+%% PROTOCOL.md v2. The environment is freed (env_drop) when the process that made it exits.
 local_env_freed_when_owner_exits(_) ->
 	{ok, Ctx} = py_context:new(#{}),
 	{ok, #{slot := Slot}} = py_context:place(Ctx),
@@ -468,7 +425,7 @@ local_env_freed_when_owner_exits(_) ->
 	receive {'DOWN', MRef, process, Pid, _} -> ok after 5000 -> error(no_exit) end,
 	ok = py_ct_helper:eventually(fun() -> py_ct_helper:env_count(Slot) =:= Before end, 5000).
 
-%% NEEDS-PORT-V2 (§3.4). While a request on a context waits for a callback (1 s in Erlang), an
+%% PROTOCOL.md v2 (§3.4). While a request on a context waits for a callback (1 s in Erlang), an
 %% unrelated request on that context waits in its queue: it is answered once the first is done, not on
 %% its stack (where it would take a millisecond).
 one_request_at_a_time(_) ->

@@ -1,14 +1,10 @@
 %% The context router: the default pool by index and by the caller's place, bindings, named pools,
 %% the pool registry and its priority, and routing around condemned ports and across restarts.
-%%
-%% The port_v2 group needs a port that implements PROTOCOL.md §3.7 (drain/requeue); it is skipped
-%% against one that does not.
 -module(py_context_router_SUITE).
 
 -include_lib("common_test/include/ct.hrl").
 
--export([all/0, groups/0, init_per_suite/1, end_per_suite/1, init_per_group/2, end_per_group/2,
-	init_per_testcase/2, end_per_testcase/2]).
+-export([all/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2, end_per_testcase/2]).
 -export([router_usage_example/1, index_order/1, context_is_callers_place/1, bind_default_context/1,
 	bind_explicit_context/1, start_stop_default_pool/1, named_pool_lifecycle/1, registry_priority/1,
 	registered_calls_route_to_pool/1, registered_pool_not_started/1, pool_binding/1,
@@ -25,10 +21,8 @@ all() ->
 	 registered_calls_route_to_pool, registered_pool_not_started, pool_binding,
 	 pool_member_restarts_after_port_death, cached_place_survives_app_restart, condemned_slot_is_skipped,
 	 started_request_never_rerun, requeue_moves_free_caller, requeue_waits_for_successor,
-	 requeue_on_explicit_context, all_slots_condemned_waits, cast_leaves_condemned_slot, {group, port_v2}].
-
-groups() ->
-	[{port_v2, [], [queued_work_requeued_on_successor]}].
+	 requeue_on_explicit_context, all_slots_condemned_waits, cast_leaves_condemned_slot,
+	 queued_work_requeued_on_successor].
 
 init_per_suite(Config) ->
 	ok = py_ct_helper:start_app(?ENV),
@@ -36,15 +30,6 @@ init_per_suite(Config) ->
 
 end_per_suite(_Config) ->
 	py_ct_helper:stop_app().
-
-init_per_group(port_v2, Config) ->
-	case py_port:info(1) of
-		#{nested := true} -> Config;
-		_ -> {skip, "the port does not implement PROTOCOL.md v2 drain/requeue"}
-	end.
-
-end_per_group(_, _Config) ->
-	ok.
 
 init_per_testcase(_Case, Config) ->
 	case whereis(erlang_python_sup) of

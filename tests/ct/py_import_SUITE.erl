@@ -194,29 +194,24 @@ context_init_body_reflects_registry(_) ->
 	{[<<"/tmp/hx2_a">>, <<"/tmp/hx2_b">>], [{<<"json">>, all}, {<<"math">>, <<"sqrt">>}], <<"X = 1">>} =
 		py_import:context_init_body().
 
-%% POST-MERGE (needs the port's context_init and py_port sending it after hello): a port that
+%% A port that
 %% restarts gets the registered paths and imports in its new interpreter.
 restarted_port_gets_registry(Config) ->
-	case py_ct_probe:port_supports(context_init) of
-		false ->
-			{skip, "the port does not answer context_init yet"};
-		true ->
-			Dir = module_dir(Config, "restart"),
-			ok = file:write_file(filename:join(Dir, "hx2_restarted.py"), <<"def f():\n    return 7\n">>),
-			ok = py_import:add_path(Dir),
-			ok = py_import:ensure_imported(colorsys),
-			Gen = py_ct_helper:generation(1),
-			OsPid = py_ct_helper:os_pid(1),
-			_ = os:cmd("kill -9 " ++ integer_to_list(OsPid)),
-			ok = py_ct_helper:eventually(fun() ->
-				case py_port:info(1) of
-					#{status := up, generation := G} -> G > Gen;
-					_ -> false
-				end
-			end, 10000),
-			{ok, 7} = py_ct_helper:on(1, 0, fun() -> py:call(hx2_restarted, f, []) end),
-			{ok, true} = eval_on(1, <<"'colorsys' in __import__('sys').modules">>, #{})
-	end.
+	Dir = module_dir(Config, "restart"),
+	ok = file:write_file(filename:join(Dir, "hx2_restarted.py"), <<"def f():\n    return 7\n">>),
+	ok = py_import:add_path(Dir),
+	ok = py_import:ensure_imported(colorsys),
+	Gen = py_ct_helper:generation(1),
+	OsPid = py_ct_helper:os_pid(1),
+	_ = os:cmd("kill -9 " ++ integer_to_list(OsPid)),
+	ok = py_ct_helper:eventually(fun() ->
+		case py_port:info(1) of
+			#{status := up, generation := G} -> G > Gen;
+			_ -> false
+		end
+	end, 10000),
+	{ok, 7} = py_ct_helper:on(1, 0, fun() -> py:call(hx2_restarted, f, []) end),
+	{ok, true} = eval_on(1, <<"'colorsys' in __import__('sys').modules">>, #{}).
 
 %% Internal.
 

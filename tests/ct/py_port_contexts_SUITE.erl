@@ -110,7 +110,7 @@ cancel_not_held_by_queued(C) ->
 	{result, <<"b">>} = reply(C, B),
 	ok.
 
-%% §1.1: the nested bit is the only flag, and only on call/eval/exec.
+%% §1.1: the nested bit is the only flag, and only on call/eval/exec/ref_op.
 flags(C) ->
 	Eval = {undefined, <<"1">>, #{}},
 	{protocol_error, {bad_flags, _}} = reply(C, request(C, eval, 2, 1, Eval)),

@@ -1,4 +1,4 @@
-%% py_preload: storing the preload code, and (POST-MERGE cases, which need py_context and the port's
+%% py_preload: storing the preload code, and (cases, which need py_context and the port's
 %% context_init) the documented acceptance examples: preloaded globals in new contexts, an isolated
 %% copy per environment, clearing affecting only new contexts, a preload error failing the context.
 -module(py_preload_SUITE).
@@ -77,7 +77,7 @@ running_contexts_unaffected(_) ->
 	[{error, {'NameError', _}}, {error, {'NameError', _}}] =
 		[py_ct_helper:on(Slot, 0, fun() -> py:eval(<<"PRELOADED_HX2">>) end) || Slot <- [1, 2]].
 
-%% POST-MERGE. The docs' basic usage: preloaded imports, functions and variables in a new context.
+%% The docs' basic usage: preloaded imports, functions and variables in a new context.
 docs_basic_usage(_) ->
 	with_contexts(fun() ->
 		ok = py_preload:set_code(?DOCS_CODE),
@@ -88,7 +88,7 @@ docs_basic_usage(_) ->
 		stop(Ctx)
 	end).
 
-%% POST-MERGE. The docs' isolation example: each environment has its own copy of the preloaded globals.
+%% The docs' isolation example: each environment has its own copy of the preloaded globals.
 docs_process_isolation(_) ->
 	with_contexts(fun() ->
 		ok = py_preload:set_code(<<"COUNTER = 0">>),
@@ -101,7 +101,7 @@ docs_process_isolation(_) ->
 		stop(Ctx2)
 	end).
 
-%% POST-MERGE. Two processes on one context: each gets a fresh copy of the base.
+%% Two processes on one context: each gets a fresh copy of the base.
 isolation_between_processes_of_one_context(_) ->
 	with_contexts(fun() ->
 		ok = py_preload:set_code(<<"COUNTER = 0\nITEMS = []">>),
@@ -116,7 +116,7 @@ isolation_between_processes_of_one_context(_) ->
 		stop(Ctx)
 	end).
 
-%% POST-MERGE. The docs' clearing example: a context made before clear_code keeps the preload, one
+%% The docs' clearing example: a context made before clear_code keeps the preload, one
 %% made after does not have it.
 docs_clear_affects_only_new_contexts(_) ->
 	with_contexts(fun() ->
@@ -131,43 +131,34 @@ docs_clear_affects_only_new_contexts(_) ->
 		stop(Ctx2)
 	end).
 
-%% POST-MERGE. A preload that raises fails the context's start.
+%% A preload that raises fails the context's start.
 preload_error_fails_context(_) ->
 	with_contexts(fun() ->
 		ok = py_preload:set_code(<<"1/0">>),
 		{error, _} = py_context:new(#{mode => worker})
 	end).
 
-%% POST-MERGE (the port's context_init, sent by py_port after hello). The default pool's contexts of a
+%% The default pool's contexts of a
 %% port that restarts start from the preload that is set then.
 restarted_port_gets_preload(_) ->
-	case py_ct_probe:port_supports(context_init) of
-		false ->
-			{skip, "the port does not answer context_init yet"};
-		true ->
-			ok = py_preload:set_code(?DOCS_CODE),
-			Gen = py_ct_helper:generation(1),
-			_ = os:cmd("kill -9 " ++ integer_to_list(py_ct_helper:os_pid(1))),
-			ok = py_ct_helper:eventually(fun() ->
-				case py_port:info(1) of
-					#{status := up, generation := G} -> G > Gen;
-					_ -> false
-				end
-			end, 10000),
-			{ok, 10} = py_ct_helper:on(1, 0, fun() -> py:eval(<<"shared_helper(5)">>) end),
-			{ok, 10} = py_ct_helper:on(1, 1, fun() -> py:eval(<<"shared_helper(5)">>) end),
-			%% The other port did not restart: its contexts have no preload.
-			{error, {'NameError', _}} = py_ct_helper:on(2, 0, fun() -> py:eval(<<"shared_helper(5)">>) end)
-	end.
+	ok = py_preload:set_code(?DOCS_CODE),
+	Gen = py_ct_helper:generation(1),
+	_ = os:cmd("kill -9 " ++ integer_to_list(py_ct_helper:os_pid(1))),
+	ok = py_ct_helper:eventually(fun() ->
+		case py_port:info(1) of
+			#{status := up, generation := G} -> G > Gen;
+			_ -> false
+		end
+	end, 10000),
+	{ok, 10} = py_ct_helper:on(1, 0, fun() -> py:eval(<<"shared_helper(5)">>) end),
+	{ok, 10} = py_ct_helper:on(1, 1, fun() -> py:eval(<<"shared_helper(5)">>) end),
+	%% The other port did not restart: its contexts have no preload.
+	{error, {'NameError', _}} = py_ct_helper:on(2, 0, fun() -> py:eval(<<"shared_helper(5)">>) end).
 
 %% Internal.
 
-%% Runs a case that needs explicit contexts (py_context) and the port's context_init.
 with_contexts(Fun) ->
-	case py_ct_probe:has_py_context() andalso py_ct_probe:port_supports(context_init) of
-		true -> Fun();
-		false -> {skip, "needs py_context:new/1 and the port's context_init"}
-	end.
+	Fun().
 
 stop(Ctx) ->
 	_ = (catch py_context:stop(Ctx)),

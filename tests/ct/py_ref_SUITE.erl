@@ -1,11 +1,12 @@
 %% Python object references: #{return => ref}, call_method/getattr/to_term/is_ref, release, freeing
 %% with the owning process, and stale references after a port restart. The cases that need the
-%% port's ref_op (PROTOCOL.md §3.8) are marked POST-MERGE and skip until the port answers it.
+%% port's ref_op (PROTOCOL.md §3.8) are marked and skip until the port answers it.
 -module(py_ref_SUITE).
 
 -include_lib("common_test/include/ct.hrl").
 -include_lib("stdlib/include/assert.hrl").
 
+-export([ref_op_from_callback_on_same_context/1]).
 -export([all/0, init_per_suite/1, end_per_suite/1]).
 -export([is_ref_false_for_other_terms/1, call_body_strips_return_ref/1, other_return_values_pass_through/1,
 	ref_value_is_ref/1, stale_generation_refused/1, unknown_slot_refused/1,
@@ -18,7 +19,8 @@ all() ->
 	 ref_value_is_ref, stale_generation_refused, unknown_slot_refused,
 	 docs_example, docs_example_context_form, getattr, to_term, object_stays_in_port,
 	 unconvertible_object_as_ref, kwargs_beside_return_ref, method_error, release,
-	 freed_when_owner_exits, usable_from_another_process, stale_after_port_restart].
+	 freed_when_owner_exits, usable_from_another_process, stale_after_port_restart,
+	 ref_op_from_callback_on_same_context].
 
 init_per_suite(Config) ->
 	ok = py_ct_helper:start_app([{num_ports, 2}, {contexts_per_port, 2}]),
@@ -67,7 +69,7 @@ unknown_slot_refused(_) ->
 	Ref = py_ref:new(99, 1, 1, self(), 1, <<"list">>),
 	{error, stale_ref} = py:to_term(Ref).
 
-%% POST-MERGE. The docs' example, on the default pool.
+%% The docs' example, on the default pool.
 docs_example(_) ->
 	with_ref_op(fun() ->
 		{ok, Ref} = py:call(builtins, list, [[1, 2, 3]], #{return => ref}),
@@ -76,22 +78,17 @@ docs_example(_) ->
 		{ok, 3} = py:call_method(Ref, '__len__', [])
 	end).
 
-%% POST-MERGE. The docs' example as written, with an explicit context.
+%% The docs' example as written, with an explicit context.
 docs_example_context_form(_) ->
 	with_ref_op(fun() ->
-		case py_ct_probe:has_py_context() of
-			false ->
-				{skip, "needs py_context:new/1"};
-			true ->
-				{ok, Ctx} = py_context:new(#{mode => worker}),
-				{ok, Ref} = py:call(Ctx, builtins, list, [[1, 2, 3]], #{return => ref}),
-				{ok, 3} = py:call_method(Ref, '__len__', []),
-				_ = (catch py_context:stop(Ctx)),
-				ok
-		end
+		{ok, Ctx} = py_context:new(#{mode => worker}),
+		{ok, Ref} = py:call(Ctx, builtins, list, [[1, 2, 3]], #{return => ref}),
+		{ok, 3} = py:call_method(Ref, '__len__', []),
+		_ = (catch py_context:stop(Ctx)),
+		ok
 	end).
 
-%% POST-MERGE. getattr reads an attribute of the object.
+%% getattr reads an attribute of the object.
 getattr(_) ->
 	with_ref_op(fun() ->
 		{ok, Ref} = py:call(fractions, 'Fraction', [3, 4], #{return => ref}),
@@ -100,14 +97,14 @@ getattr(_) ->
 		{error, {'AttributeError', _}} = py:getattr(Ref, no_such_attribute)
 	end).
 
-%% POST-MERGE. to_term gives what the call would have returned.
+%% to_term gives what the call would have returned.
 to_term(_) ->
 	with_ref_op(fun() ->
 		{ok, Ref} = py:call(builtins, list, [[1, 2, 3]], #{return => ref}),
 		{ok, [1, 2, 3]} = py:to_term(Ref)
 	end).
 
-%% POST-MERGE. The object lives on in the port: a method that mutates it is seen by the next operation.
+%% The object lives on in the port: a method that mutates it is seen by the next operation.
 object_stays_in_port(_) ->
 	with_ref_op(fun() ->
 		{ok, Ref} = py:call(builtins, list, [[1, 2, 3]], #{return => ref}),
@@ -116,7 +113,7 @@ object_stays_in_port(_) ->
 		{ok, 4} = py:call_method(Ref, '__len__', [])
 	end).
 
-%% POST-MERGE. An object with no term form (a set) can be held and used by reference; to_term on it
+%% An object with no term form (a set) can be held and used by reference; to_term on it
 %% is the usual TypeError.
 unconvertible_object_as_ref(_) ->
 	with_ref_op(fun() ->
@@ -127,7 +124,7 @@ unconvertible_object_as_ref(_) ->
 		{error, {'TypeError', _}} = py:to_term(Ref)
 	end).
 
-%% POST-MERGE. The other keyword arguments still reach the function.
+%% The other keyword arguments still reach the function.
 kwargs_beside_return_ref(_) ->
 	with_ref_op(fun() ->
 		{ok, Ref} = py:call(builtins, dict, [], #{return => ref, a => 1}),
@@ -136,7 +133,7 @@ kwargs_beside_return_ref(_) ->
 		{ok, [1]} = py:to_term(Ref5)
 	end).
 
-%% POST-MERGE. A method that raises gives the usual error term.
+%% A method that raises gives the usual error term.
 method_error(_) ->
 	with_ref_op(fun() ->
 		{ok, Ref} = py:call(builtins, list, [[]], #{return => ref}),
@@ -144,7 +141,7 @@ method_error(_) ->
 		{error, {'AttributeError', _}} = py:call_method(Ref, no_such_method, [])
 	end).
 
-%% POST-MERGE. After release the object is gone: operations get the port's KeyError.
+%% After release the object is gone: operations get the port's KeyError.
 release(_) ->
 	with_ref_op(fun() ->
 		{ok, Ref} = py:call(builtins, list, [[1]], #{return => ref}),
@@ -152,7 +149,7 @@ release(_) ->
 		{error, {'KeyError', _}} = py:to_term(Ref)
 	end).
 
-%% POST-MERGE. The objects of a process are freed when it exits (its environment's env_drop), and
+%% The objects of a process are freed when it exits (its environment's env_drop), and
 %% release frees one at once.
 freed_when_owner_exits(Config) ->
 	with_ref_op(fun() ->
@@ -178,7 +175,7 @@ freed_when_owner_exits(Config) ->
 		ok = py_ct_helper:eventually(fun() -> Alive() =:= {ok, 0} end, 5000)
 	end).
 
-%% POST-MERGE. Another process can use a reference while its owner lives (it goes to the owner's
+%% Another process can use a reference while its owner lives (it goes to the owner's
 %% environment in the object's context).
 usable_from_another_process(_) ->
 	with_ref_op(fun() ->
@@ -188,7 +185,7 @@ usable_from_another_process(_) ->
 		receive {len, {ok, 2}} -> ok after 10000 -> error(no_len) end
 	end).
 
-%% POST-MERGE. After its port restarted, a reference is stale (the object died with the OS process).
+%% After its port restarted, a reference is stale (the object died with the OS process).
 stale_after_port_restart(_) ->
 	with_ref_op(fun() ->
 		%% Made by a process on slot 1 that stays alive (its exit would free the object anyway).
@@ -216,13 +213,20 @@ stale_after_port_restart(_) ->
 %% Internal.
 
 with_ref_op(Fun) ->
-	case py_ct_probe:port_supports(ref_op) of
-		true -> Fun();
-		false -> {skip, "the port does not answer ref_op yet"}
-	end.
+	Fun().
 
 eval_on(Slot, Code) ->
 	py_request:run(eval, {slot, Slot, 0}, {undefined, Code, #{}}, 10000, true).
+
+%% A reference used from a callback of a request on the object's own context is nested in that request
+%% (PROTOCOL.md §3.4): served at once, not queued behind the request that waits for the callback.
+ref_op_from_callback_on_same_context(_) ->
+	{ok, Ctx} = py_context:new(#{mode => worker}),
+	{ok, Ref} = py:call(Ctx, builtins, list, [[1, 2, 3]], #{return => ref}),
+	ok = py:register_function(ref_len_cb, fun([]) -> py:call_method(Ref, '__len__', []) end),
+	{ok, {<<"ok">>, 3}} = py_context:eval(Ctx, <<"erlang.call('ref_len_cb')">>, #{}, 5000),
+	ok = py:unregister_function(ref_len_cb),
+	ok = py_context:stop(Ctx).
 
 %% A module whose objects can be counted while they live (weak references).
 tracker_module(Config) ->
