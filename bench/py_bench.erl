@@ -101,6 +101,7 @@ rows() ->
      {"state_incr", fun row_state_incr/1},
      {"RSS after latency runs", fun row_rss_after/1},
      {"throughput", fun row_throughput/1},
+     {"stream throughput", fun row_stream/1},
      {"CPU-bound parallel speedup", fun row_cpu_parallel/1},
      {"bulk 1 MiB", fun(C) -> row_bulk(C, 1 * ?MiB) end},
      {"bulk 64 MiB", fun(C) -> row_bulk(C, 64 * ?MiB) end}].
@@ -256,6 +257,44 @@ row_throughput(C = #{p := #{tp_secs := Secs}, callers := Callers}) ->
     {[row(Name, cps, Ours, Echo1, echo_label(S) ++ ", 1 port", {ge, 250000}),
       row("  same, vs a pool of echo ports", cps, Ours, EchoK,
           echo_label(S) ++ io_lib:format(", ~b port(s)", [K]), {ge, 250000})], C}.
+
+%% Streams (py_stream): items/s of py:stream_eval collecting iter(range(N)), and of py:stream_start
+%% delivering to a consumer that takes every event, both from one caller, beside plain py:call calls/s
+%% from one caller (the baseline: what one process gets without streaming). Each runs Secs / 2.
+row_stream(C = #{p := #{tp_secs := Secs}}) ->
+    Ms = round(Secs * 500),
+    Calls = fun() -> {ok, 4.0} = py:call(math, sqrt, [16]), 1 end,
+    Batch = fun() -> {ok, L} = py:stream_eval(<<"iter(range(100000))">>), length(L) end,
+    Events = fun() -> {ok, Ref} = py:stream_start(builtins, range, [100000]), stream_events(Ref, 0) end,
+    Rate = fun(F) -> measure(fun() -> case C of
+                                          #{app_ok := true} -> per_second(F, Ms);
+                                          _ -> app_na(C)
+                                      end end) end,
+    [Base, BatchR, EventsR] = [Rate(F) || F <- [Calls, Batch, Events]],
+    {[row("stream items/s, py:stream_eval of range, 1 caller", ips, BatchR, Base,
+          "py:call calls/s, 1 caller", none),
+      row("stream items/s, py:stream_start to its consumer, 1 caller", ips, EventsR, Base,
+          "py:call calls/s, 1 caller", none)], C}.
+
+%% Units of work per second: F() returns how many it did; run until Ms have passed.
+per_second(F, Ms) ->
+    T0 = erlang:monotonic_time(millisecond),
+    per_second(F, T0, T0 + Ms, 0).
+
+per_second(F, T0, Until, N) ->
+    case erlang:monotonic_time(millisecond) of
+        T when T >= Until -> N * 1000 / max(1, T - T0);
+        _ -> per_second(F, T0, Until, N + F())
+    end.
+
+stream_events(Ref, N) ->
+    receive
+        {py_stream, Ref, {data, _}} -> stream_events(Ref, N + 1);
+        {py_stream, Ref, done} -> N;
+        {py_stream, Ref, {error, E}} -> error({stream_error, E})
+    after 30000 ->
+            error(stream_stalled)
+    end.
 
 %% One binary there and back: ours py:eval(<<"b">>, #{b => {bytes, Bin}}) (Python bytes -> binary),
 %% echo the same request frame. MB/s = payload bytes / round-trip time, 1 MB = 10^6 bytes.

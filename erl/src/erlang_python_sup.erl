@@ -71,6 +71,7 @@ init([]) ->
 		{write_concurrency, true}, {read_concurrency, true}]),
 	ok = py_callback:init_tab(),
 	ok = py_state:init_tab(),
+	ok = py_stream:init_tab(),
 	ok = py_shared_dict:init_tab(),
 	py_contexts = ets:new(py_contexts, [set, public, named_table,
 		{write_concurrency, true}, {read_concurrency, true}]),

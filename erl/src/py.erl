@@ -47,6 +47,15 @@
 -export([cast/5]).
 -export([spawn_call/5]).
 
+%% Streams from Python iterators (py_stream).
+-export([stream/3]).
+-export([stream/4]).
+-export([stream_eval/1]).
+-export([stream_eval/2]).
+-export([stream_start/3]).
+-export([stream_start/4]).
+-export([stream_cancel/1]).
+
 %% Contexts and pools.
 -export([context/0]).
 -export([context/1]).
@@ -186,6 +195,60 @@ exec(Ctx, Code) when is_pid(Ctx) ->
 	limited(fun() -> py_request:run(exec, {ctx, Ctx}, {py_request:env_owner(), code(Code)}, default_timeout(), true) end);
 exec(Code, Timeout) when is_integer(Timeout), Timeout >= 0; Timeout =:= infinity ->
 	limited(fun() -> py_request:run(exec, self(), {py_request:env_owner(), code(Code)}, Timeout, true) end).
+
+%% Streams (py_stream, PROTOCOL.md §3.9). The iterator Module.Function(*Args, **Kwargs) returns (or
+%% the one Code evaluates to), run where py:call/py:eval would run it, in the caller's environment.
+
+%% Every item the iterator yields, as {ok, List}; errors as py:call reports them. Within the
+%% default timeout (the whole stream), after which it is cancelled.
+-spec stream(py_module(), py_func(), py_args()) -> py_result().
+stream(Module, Function, Args) ->
+	stream(Module, Function, Args, #{}).
+
+-spec stream(py_module(), py_func(), py_args(), py_kwargs()) -> py_result().
+stream(Module, Function, Args, Kwargs) when is_list(Args), is_map(Kwargs) ->
+	case stream_call(Module, Function, Args, Kwargs) of
+		{error, _} = Error -> Error;
+		Call -> limited(fun() -> py_stream:collect(call, Call, default_timeout()) end)
+	end.
+
+-spec stream_eval(py_code()) -> py_result().
+stream_eval(Code) ->
+	stream_eval(Code, #{}).
+
+-spec stream_eval(py_code(), map()) -> py_result().
+stream_eval(Code, Locals) when is_map(Locals) ->
+	Body = {py_request:env_owner(), code(Code), Locals},
+	limited(fun() -> py_stream:collect(eval, {self(), Body}, default_timeout()) end).
+
+%% Starts the stream and returns at once; the owner (#{owner => Pid}, default the caller) gets
+%% {py_stream, Ref, {data, Value}} per item, then {py_stream, Ref, done} or
+%% {py_stream, Ref, {error, Reason}}. The port runs only a bounded number of items ahead of what the
+%% owner has taken (README "Streams").
+-spec stream_start(py_module(), py_func(), py_args()) -> {ok, reference()} | {error, term()}.
+stream_start(Module, Function, Args) ->
+	stream_start(Module, Function, Args, #{}).
+
+-spec stream_start(py_module(), py_func(), py_args(), #{owner => pid(), kwargs => py_kwargs()}) ->
+	{ok, reference()} | {error, term()}.
+stream_start(Module, Function, Args, Opts) when is_list(Args), is_map(Opts) ->
+	Owner = maps:get(owner, Opts, self()),
+	case stream_call(Module, Function, Args, maps:get(kwargs, Opts, #{})) of
+		{error, _} = Error -> Error;
+		{Route, Body} -> py_stream:start(call, Route, Body, Owner)
+	end.
+
+%% Stops the stream (its generator is closed in Python); no further event of Ref arrives after it
+%% returns. ok also for a stream that has ended.
+-spec stream_cancel(reference()) -> ok.
+stream_cancel(Ref) when is_reference(Ref) ->
+	py_stream:cancel(Ref).
+
+stream_call(Module, Function, Args, Kwargs) ->
+	case route(Module, Function) of
+		{error, _} = Error -> Error;
+		Route -> {Route, {py_request:env_owner(), name(Module), name(Function), Args, Kwargs}}
+	end.
 
 %% Starts the call in another process and returns at once; py:await/1,2 collects the result. The
 %% call uses the caller's context and environment; Erlang functions Python calls back meanwhile run in

@@ -36,8 +36,16 @@
 -export([set_nested_marker/1]).
 -export([env_owner/0]).
 -export([act_for/1]).
+-export([stream_open/4]).
+-export([stream_reopen/2]).
+-export([stream_id/1]).
+-export([stream_pull/2]).
+-export([stream_cancel_pull/1]).
+-export([stream_frame/4]).
+-export([stream_forget/1]).
 
 -export_type([route/0]).
+-export_type([stream/0]).
 
 %% Request id ranges; the same values are in py_port.
 -define(REQ_BASE, (1 bsl 48)).
@@ -49,6 +57,8 @@
 -define(OUTPUT, 69).
 -define(PROTOCOL_ERROR, 70).
 -define(REQUEUE, 75).
+-define(STREAM_CHUNK, 72).
+-define(STREAM_END, 73).
 
 %% Process dictionary key: the {Slot, Ctx, Generation} of the requests whose callbacks this process is
 %% running, innermost first.
@@ -158,6 +168,99 @@ set_nested_marker(undefined) ->
 set_nested_marker(Stack) ->
 	_ = put(?NESTED, Stack),
 	ok.
+
+%% Streams (PROTOCOL.md §3.9), for py_stream. A stream is one request id for its whole life: its
+%% py_inflight entry stays while items come (stream_chunk is routed like a callback) and goes with its
+%% one final frame (stream_end, error, protocol_error, or port_exited). The process that opens it
+%% receives its frames and hands each to stream_frame/4.
+-opaque stream() :: {py_stream_req, #req{}, call | eval, #place{}, term()}.
+
+%% Sends the call/eval that starts a stream (its Body carries Opts #{stream => Credit}), without
+%% waiting for anything but a ready port (until Deadline, monotonic ms or infinity).
+-spec stream_open(call | eval, route(), term(), integer() | infinity) -> {ok, stream()} | {error, term()}.
+stream_open(Kind, Route, Body, Deadline) ->
+	case place(Route) of
+		{error, _} = Error -> Error;
+		Place -> stream_send(Kind, Place, Body, Deadline, 0)
+	end.
+
+%% The start was handed back by a condemned port (requeue, it never ran): send it again.
+-spec stream_reopen(stream(), integer() | infinity) -> {ok, stream()} | {error, term()}.
+stream_reopen({py_stream_req, _, _, #place{chooser = Pid}, _}, _) when is_pid(Pid) ->
+	{error, {context_down, Pid}};
+stream_reopen({py_stream_req, #req{generation = Gen}, Kind, Place, Body}, Deadline) ->
+	stream_send(Kind, Place, Body, Deadline, Gen).
+
+stream_send(Kind, Place, Body, Deadline, SeenGen) ->
+	case ready(Place, SeenGen, Deadline) of
+		{ok, Info = #{port := Port, codec := Codec, owner := Owner, generation := Gen}} ->
+			Slot = Place#place.slot,
+			Ctx = ctx_id(Place, Info),
+			Id = ?REQ_BASE + erlang:unique_integer([positive]),
+			case encode(Kind, flags(Kind, Info, Slot, Ctx, Gen), Ctx, Id, Codec, Body) of
+				{error, _} = Error ->
+					Error;
+				Frame ->
+					true = ets:insert(py_inflight, {Id, self(), Slot}),
+					Req = #req{id = Id, kind = Kind, port = Port, slot = Slot, codec = Codec, owner = Owner,
+						generation = Gen, ctx = Ctx, deadline = infinity},
+					try port_command(Port, Frame) of
+						true -> {ok, {py_stream_req, Req, Kind, Place, Body}}
+					catch error:badarg ->
+						%% Its port is gone: port_exited is on its way if the owner swept the entry.
+						_ = ets:delete(py_inflight, Id),
+						flush(Req),
+						{error, {port_exited, #{exit_status => undefined, signal => undefined,
+							traceback => <<>>, reason => crashed}}}
+					end
+			end;
+		{moved, Place1} ->
+			stream_send(Kind, Place1, Body, Deadline, 0);
+		{error, _} = Error ->
+			Error
+	end.
+
+-spec stream_id(stream()) -> pos_integer().
+stream_id({py_stream_req, #req{id = Id}, _, _, _}) -> Id.
+
+%% Grants Credit more items (0: close the stream; its generator gets GeneratorExit).
+-spec stream_pull(stream(), non_neg_integer()) -> ok.
+stream_pull({py_stream_req, #req{id = Id, ctx = Ctx, port = Port, codec = Codec}, _, _, _}, Credit) ->
+	_ = catch port_command(Port, py_codec:frame(stream_next, Ctx, Id, Codec, Credit)),
+	ok.
+
+%% Interrupts a pull that is running (CancelledError in the generator); ignored by the port otherwise.
+-spec stream_cancel_pull(stream()) -> ok.
+stream_cancel_pull({py_stream_req, #req{id = Id, ctx = Ctx, port = Port, codec = Codec}, _, _, _}) ->
+	_ = catch port_command(Port, py_codec:frame(cancel, Ctx, Id, Codec, [])),
+	ok.
+
+%% One frame of the stream ({py_frame, Id, Kind, Ctx, Body} received by its process): items, the
+%% end, a final error as py:call reports it, requeue (the start never ran), or served (a callback
+%% was run or output printed and acknowledged).
+-spec stream_frame(stream(), term(), non_neg_integer(), term()) ->
+	{chunk, [term()]} | done | requeue | served | {error, term()}.
+stream_frame({py_stream_req, Req, _, _, _}, Kind, Ctx, Body) ->
+	case decode(Kind, Body, Req) of
+		{ok, Items} when Kind =:= ?STREAM_CHUNK, is_list(Items) -> {chunk, Items};
+		{ok, _} when Kind =:= ?STREAM_END -> done;
+		{ok, Term} when Kind =:= ?CALLBACK; Kind =:= ?OUTPUT ->
+			ok = interim(Kind, Ctx, Term, Req, infinity),
+			served;
+		{ok, Term} when Kind =:= ?ERROR; Kind =:= ?PROTOCOL_ERROR; Kind =:= port_exited; Kind =:= ?REQUEUE ->
+			frame(Kind, Ctx, Term, Req);
+		{ok, Term} ->
+			{error, {protocol_error, bad_reply, {Kind, Term}}};
+		{error, Why} ->
+			{error, {protocol_error, bad_reply, {Kind, Why}}}
+	end.
+
+%% Gives up on the stream's final frame: nothing more is routed to this process for it; frames
+%% already here are dropped (output acknowledged, callbacks answered).
+-spec stream_forget(stream()) -> ok.
+stream_forget({py_stream_req, Req = #req{id = Id}, _, _, _}) ->
+	_ = ets:delete(py_inflight, Id),
+	flush(Req).
 
 %% Internal: sending.
 

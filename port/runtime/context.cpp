@@ -258,6 +258,7 @@ void Context::run() {
 }
 
 void Context::finish(std::string& out) {
+  rt_.streams().drop_context(serial_);  // its iterators go with the environments below
   rt_.envs().drop_context(serial_);
   if (PyErr_Occurred()) PyErr_Clear();
   uint64_t destroy_id;

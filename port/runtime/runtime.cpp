@@ -439,9 +439,13 @@ void Runtime::dispatch(std::string payload) {
     case Kind::OutputAck:
       on_output_ack(h, std::string_view(payload).substr(kHeaderSize));
       return;
-    case Kind::StreamNext:
-      protocol_error(h.ctx, h.id, "not_implemented", "streaming is not implemented yet");
+    case Kind::StreamNext: {
+      // Queued on its context like a request (§3.9): one pull at a time, between other requests.
+      Context* c = find_context(h.ctx);
+      if (!c || !c->push(Item{h, std::move(payload)}))
+        protocol_error(h.ctx, h.id, "unknown_context", "no context " + std::to_string(h.ctx));
       return;
+    }
     default:
       protocol_error(h.ctx, h.id, "unknown_kind", "unknown message kind " + std::to_string(h.kind));
       return;
@@ -855,6 +859,9 @@ void Runtime::handle(Context& ctx, Item& item, std::string& out) {
     case Kind::RefOp:
       serve_ref_op(out, h, body.get(), serial);
       break;
+    case Kind::StreamNext:
+      serve_stream_next(out, h, body.get(), serial);
+      break;
     case Kind::ContextCreate:
       serve_context_create(ctx, out, h, body.get());
       break;
@@ -880,9 +887,12 @@ void Runtime::serve_call(std::string& out, const Header& h, PyObject* body, bool
   }
   // Opts (§3.1): #{return => ref} keeps the result in the context and answers a reference to it.
   bool want_ref = false;
+  uint64_t credit = 0;
+  bool want_stream = false;  // #{stream => Credit} (§3.9)
   if (n == 6) {
     PyObject* ret = PyDict_GetItemString(PyTuple_GET_ITEM(body, 5), "return");  // borrowed
     want_ref = ret && PyUnicode_Check(ret) && PyUnicode_CompareWithASCIIString(ret, "ref") == 0;
+    want_stream = !is_cast && stream_credit(PyTuple_GET_ITEM(body, 5), credit);
   }
   std::string key;
   PyRef env = env_for(serial, PyTuple_GET_ITEM(body, 0), key);
@@ -908,6 +918,10 @@ void Runtime::serve_call(std::string& out, const Header& h, PyObject* body, bool
     error_frame_from_exception(out, h.ctx, h.id);
     return;
   }
+  if (want_stream) {
+    stream_open(out, h, result.get(), serial, key, credit);
+    return;
+  }
   if (want_ref) {
     ref_result_frame(out, h, result.get(), serial, key);
     return;
@@ -916,11 +930,14 @@ void Runtime::serve_call(std::string& out, const Header& h, PyObject* body, bool
 }
 
 void Runtime::serve_eval(std::string& out, const Header& h, PyObject* body, uint64_t serial) {
-  if (!PyTuple_Check(body) || PyTuple_GET_SIZE(body) != 3 || !PyUnicode_Check(PyTuple_GET_ITEM(body, 1)) ||
-      !PyDict_Check(PyTuple_GET_ITEM(body, 2))) {
-    bad_shape(*this, out, h, "{Env, Code :: binary, Locals :: map}");
+  Py_ssize_t n = PyTuple_Check(body) ? PyTuple_GET_SIZE(body) : 0;
+  if ((n != 3 && n != 4) || !PyUnicode_Check(PyTuple_GET_ITEM(body, 1)) || !PyDict_Check(PyTuple_GET_ITEM(body, 2)) ||
+      (n == 4 && !PyDict_Check(PyTuple_GET_ITEM(body, 3)))) {
+    bad_shape(*this, out, h, "{Env, Code :: binary, Locals :: map[, Opts :: map]}");
     return;
   }
+  uint64_t credit = 0;
+  bool want_stream = n == 4 && stream_credit(PyTuple_GET_ITEM(body, 3), credit);  // §3.9
   std::string key;
   PyRef env = env_for(serial, PyTuple_GET_ITEM(body, 0), key);
   PyObject* globals = env.get();
@@ -942,6 +959,10 @@ void Runtime::serve_eval(std::string& out, const Header& h, PyObject* body, uint
   }
   if (!result) {
     error_frame_from_exception(out, h.ctx, h.id);
+    return;
+  }
+  if (want_stream) {
+    stream_open(out, h, result.get(), serial, key, credit);
     return;
   }
   result_frame(out, h.ctx, h.id, result.get());

@@ -25,6 +25,7 @@
 #include "frame.hpp"
 #include "output.hpp"
 #include "py_ref.hpp"
+#include "streams.hpp"
 
 namespace ep {
 
@@ -68,6 +69,9 @@ class ControlThread {
   std::deque<std::function<void()>> jobs_;
   std::thread thread_;
 };
+
+// Opts #{stream => Credit} of a call or eval (streams.cpp): true and `credit` set if present.
+bool stream_credit(PyObject* opts, uint64_t& credit);
 
 class Runtime {
  public:
@@ -144,6 +148,7 @@ class Runtime {
   Output& output() { return out_; }
   size_t env_count() { return envs_.env_count(); }
   Envs& envs() { return envs_; }
+  StreamTable& streams() { return streams_; }
   PyObject* cancelled_error() const { return cancelled_error_; }
   void set_exception_types(PyObject* cancelled) { cancelled_error_ = cancelled; }
 
@@ -197,6 +202,12 @@ class Runtime {
   // Object references (ref_ops.cpp).
   void ref_result_frame(std::string& out, const Header& h, PyObject* obj, uint64_t serial, const std::string& key);
   void serve_ref_op(std::string& out, const Header& h, PyObject* body, uint64_t serial);
+  // Streams (streams.cpp, PROTOCOL.md §3.9).
+  void stream_open(std::string& out, const Header& h, PyObject* result, uint64_t serial, const std::string& key,
+                   uint64_t credit);
+  void serve_stream_next(std::string& out, const Header& h, PyObject* body, uint64_t serial);
+  void stream_pull(std::string& out, const Header& h, uint64_t serial, PyObject* it, uint64_t credit);
+  void stream_end_frame(std::string& out, const Header& h);
 
   Options opts_;
   Output& out_;
@@ -243,6 +254,7 @@ class Runtime {
 
   // GIL-protected Python state.
   Envs envs_;
+  StreamTable streams_;
   PyRef builtins_;
   PyRef erlang_module_;
   PyRef compile_block_;
