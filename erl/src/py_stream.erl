@@ -84,7 +84,7 @@ start(Kind, Route0, Body, Owner) when is_pid(Owner) ->
 %% reaches the owner (events already sent may be in its mailbox). ok for a stream that has ended.
 -spec cancel(reference()) -> ok.
 cancel(Ref) when is_reference(Ref) ->
-	case ets:lookup(?TAB, Ref) of
+	case catch ets:lookup(?TAB, Ref) of
 		[{_, Pid}] ->
 			Mon = erlang:monitor(process, Pid),
 			Pid ! {py_stream_cancel, Ref},
@@ -96,7 +96,8 @@ cancel(Ref) when is_reference(Ref) ->
 				exit(Pid, kill),
 				ok
 			end;
-		[] ->
+		_ ->
+			%% ended, or the application is not running (no table)
 			ok
 	end.
 

@@ -18,7 +18,7 @@
 	cancel_closes_generator/1, cancel_interrupts_running_pull/1, cancel_after_done/1,
 	owner_death_closes_generator/1, context_free_between_pulls/1, callbacks_and_output_in_generator/1,
 	batch_timeout_cancels/1, mailbox_bounded_10m/1, many_streams_no_leak/1, caller_death_drops_iterator/1,
-	wire_pulls/1, wire_errors/1, wire_context_destroy/1]).
+	wire_pulls/1, wire_errors/1, wire_context_destroy/1, not_running/1]).
 
 all() ->
 	[docs_stream_eval_examples, docs_generator_function, stream_with_kwargs, stream_eval_locals,
@@ -27,7 +27,7 @@ all() ->
 	 async_generator, first_item_not_held_back, cancel_closes_generator, cancel_interrupts_running_pull,
 	 cancel_after_done, owner_death_closes_generator, context_free_between_pulls,
 	 callbacks_and_output_in_generator, batch_timeout_cancels, mailbox_bounded_10m, many_streams_no_leak,
-	 caller_death_drops_iterator, wire_pulls, wire_errors, wire_context_destroy].
+	 caller_death_drops_iterator, wire_pulls, wire_errors, wire_context_destroy, not_running].
 
 init_per_suite(Config) ->
 	ok = py_ct_helper:start_app([{num_ports, 1}, {contexts_per_port, 1}]),
@@ -436,6 +436,19 @@ wire_context_destroy(_) ->
 	0 = objects(),
 	ok = next(C, Id, 1),
 	{70, {unknown_context, _}} = final(Id, 5000).
+
+%% Without the application every form answers at once, nothing is left running.
+not_running(_) ->
+	ok = py_ct_helper:stop_app(),
+	try
+		{error, not_started} = py:stream_eval(<<"iter([1])">>),
+		{error, not_started} = py:stream(builtins, iter, [[1]]),
+		{error, not_started} = py:stream_start(builtins, iter, [[1]]),
+		ok = py:stream_cancel(make_ref()),
+		receive M -> ct:fail({unexpected, M}) after 100 -> ok end
+	after
+		ok = py_ct_helper:start_app([{num_ports, 1}, {contexts_per_port, 1}])
+	end.
 
 %% Helpers.
 
