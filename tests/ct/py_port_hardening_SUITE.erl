@@ -11,11 +11,15 @@
 	thread_outside_context_bounded/1, oversized_reply_refused/1, fork_child_releases_pipes/1,
 	sleep_bad_and_huge_lengths/1, deep_term_small_stack/1, startup_failure_crash_file/1,
 	cancelled_callback_leaves_nothing/1, bad_output_ack/1, thread_callbacks_stress/1,
-	stats_counts_contexts_when_asked/1]).
+	stats_counts_contexts_when_asked/1, unacked_output_forgiven_at_final/1,
+	output_ack_reaches_destroying_context/1, cancel_any_reaches_destroying_context/1,
+	stuck_cancel_requeues_destroying_context/1]).
 
 -define(KIND_EVAL, 2).
 -define(KIND_CANCEL, 5).
 -define(KIND_CALLBACK_REPLY, 6).
+-define(KIND_CONTEXT_CREATE, 7).
+-define(KIND_CONTEXT_DESTROY, 8).
 -define(KIND_OUTPUT_ACK, 12).
 -define(KIND_HELLO, 64).
 -define(KIND_RESULT, 65).
@@ -31,7 +35,9 @@ all() ->
 	 cancel_unblocks_blocked_writer, thread_outside_context_bounded, oversized_reply_refused,
 	 fork_child_releases_pipes, sleep_bad_and_huge_lengths, deep_term_small_stack,
 	 startup_failure_crash_file, cancelled_callback_leaves_nothing, bad_output_ack,
-	 thread_callbacks_stress, stats_counts_contexts_when_asked].
+	 thread_callbacks_stress, stats_counts_contexts_when_asked, unacked_output_forgiven_at_final,
+	 output_ack_reaches_destroying_context, cancel_any_reaches_destroying_context,
+	 stuck_cancel_requeues_destroying_context].
 
 init_per_suite(Config) ->
 	{module, py_codec} = code:ensure_loaded(py_codec),
@@ -314,6 +320,75 @@ stats_counts_contexts_when_asked(Config) ->
 	#{contexts := 1, envs := _, os_pid := OsPid} = decode(Stats, Config),
 	50 = length([ok || {?KIND_RESULT, _, Id, B} <- Replies, Id > 600, decode(B, Config) =:= ok]),
 	[{?KIND_RESULT, 1, 51, _}] = [F || F = {_, _, 51, _} <- Replies].
+
+%% 3. A request's unacknowledged output is forgiven when its final frame goes out: a reader that went
+%% away (here nobody acks A's output, as when its caller was killed) cannot keep the context's window
+%% shut for the requests after it. A's late acks are then ignored: they cannot open the window for
+%% another request's output, which its own acks release.
+unacked_output_forgiven_at_final(Config) ->
+	{Port, _} = start(Config, ["--contexts", "1", "--output-window", integer_to_list(?WINDOW)]),
+	Over = integer_to_binary(?WINDOW + 99),  % + the newline, in one write: 100 bytes over the window
+	send(Port, ?KIND_EVAL, 1, 61, eval_body(<<"import sys\nsys.stdout.write('a' * ", Over/binary, " + '\\n')\n1">>), Config),
+	{HeldA, {?KIND_RESULT, 1}} = collect_output(Port, Config, 5000, 61),
+	true = text_bytes(HeldA) =:= ?WINDOW + 100,
+	send(Port, ?KIND_EVAL, 1, 62, eval_body(<<"print('b' * 999)\n2">>), Config),
+	{HeldB, {?KIND_RESULT, 2}} = collect_output(Port, Config, 5000, 62),
+	1000 = text_bytes(HeldB),
+	send(Port, ?KIND_EVAL, 1, 63, eval_body(<<"import sys\nsys.stdout.write('c' * ", Over/binary, " + '\\n')\nprint('d' * 9)\n3">>), Config),
+	{HeldC, none} = collect_output(Port, Config, 1000, 63),
+	true = text_bytes(HeldC) =:= ?WINDOW + 100,
+	ok = ack_all(Port, HeldA ++ HeldB, Config),
+	{[], none} = collect_output(Port, Config, 1000, 63),
+	ok = ack_all(Port, HeldC, Config),
+	{[{1, 63, 1, <<"ddddddddd\n">>}], {?KIND_RESULT, 3}} = collect_output(Port, Config, 5000, 63).
+
+%% 3. Acks reach a context being destroyed: its last request, blocked on the window, goes on when its
+%% output is acked, and the destroy is answered after it.
+output_ack_reaches_destroying_context(Config) ->
+	{Port, _} = start(Config, ["--contexts", "1", "--output-window", integer_to_list(?WINDOW)]),
+	send(Port, ?KIND_CONTEXT_CREATE, 5, 71, {worker}, Config),
+	{result, ok} = final(Port, 71, Config, 10000),
+	Over = integer_to_binary(?WINDOW + 99),
+	send(Port, ?KIND_EVAL, 5, 72, eval_body(<<"import sys\nsys.stdout.write('a' * ", Over/binary, " + '\\n')\nprint('end')\n5">>), Config),
+	{Held, none} = collect_output(Port, Config, 1000, 72),
+	true = text_bytes(Held) =:= ?WINDOW + 100,
+	send(Port, ?KIND_CONTEXT_DESTROY, 5, 73, [], Config),
+	{[], none} = collect_output(Port, Config, 500, 72),
+	ok = ack_all(Port, Held, Config),
+	{[{5, 72, 1, <<"end\n">>}], {?KIND_RESULT, 5}} = collect_output(Port, Config, 5000, 72),
+	{result, ok} = final(Port, 73, Config, 5000).
+
+%% 11. A cancel that names no context (ctx 0, the owner cancelling a dead caller's requests) reaches a
+%% request running on a context being destroyed; the destroy is answered after it.
+cancel_any_reaches_destroying_context(Config) ->
+	{Port, _} = start(Config, ["--contexts", "1"]),
+	send(Port, ?KIND_CONTEXT_CREATE, 5, 81, {worker}, Config),
+	{result, ok} = final(Port, 81, Config, 10000),
+	send(Port, ?KIND_EVAL, 5, 82,
+		eval_body(<<"import time\nprint('started')\nwhile True:\n    time.sleep(0.01)">>), Config),
+	{?KIND_OUTPUT, 5, 82, _} = receive_frame(Port, 10000),
+	send(Port, ?KIND_CONTEXT_DESTROY, 5, 83, [], Config),
+	send(Port, ?KIND_CANCEL, 0, 82, [], Config),
+	{error, {<<"CancelledError">>, _, _}} = final(Port, 82, Config, 5000),
+	{result, ok} = final(Port, 83, Config, 5000).
+
+%% 11. When a stuck cancel makes the port exit, the requests queued on a context being destroyed are
+%% answered requeue too (they never started). Without --crash-file: the exit path must not raise the
+%% faulthandler signal nobody handles then (its default action killed the port before the requeues).
+stuck_cancel_requeues_destroying_context(Config) ->
+	{Port, _} = start(Config, ["--contexts", "1", "--cancel-stuck-ms", "200"]),
+	send(Port, ?KIND_CONTEXT_CREATE, 5, 91, {worker}, Config),
+	{result, ok} = final(Port, 91, Config, 10000),
+	send(Port, ?KIND_EVAL, 5, 92, eval_body(<<"print('started')\nsum(range(10**11))">>), Config),
+	{?KIND_OUTPUT, 5, 92, _} = receive_frame(Port, 10000),
+	timer:sleep(500),  % into the sum (a cancel delivered before it would just end the request)
+	send(Port, ?KIND_EVAL, 5, 93, eval_body(<<"1">>), Config),
+	send(Port, ?KIND_CONTEXT_DESTROY, 5, 94, [], Config),
+	send(Port, ?KIND_CANCEL, 5, 92, [], Config),
+	{Frames, Status} = until_exit(Port, 10000),
+	5 = Status,
+	[{5, 93}] = [{Ctx, Id} || {?KIND_REQUEUE, Ctx, Id, Body} <- Frames, decode(Body, Config) =:= []],
+	[] = [F || F = {K, _, _, _} <- Frames, K =/= ?KIND_REQUEUE].
 
 answer_callbacks(Port, Id, Config, Deadline, N) ->
 	case receive_frame(Port, left(Deadline)) of
