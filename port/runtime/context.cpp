@@ -212,6 +212,11 @@ bool Context::wait_output_window(size_t window) {
   return open;
 }
 
+std::pair<size_t, size_t> Context::output_unacked() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return {output_unacked_, unacked_by_id_.size()};
+}
+
 size_t Context::early_reply_count() {
   std::lock_guard<std::mutex> lock(mutex_);
   return early_replies_.size();

@@ -28,6 +28,7 @@
 #include <string_view>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "frame.hpp"
@@ -108,6 +109,8 @@ class Context {
   // Context thread, GIL held on entry and exit (released while blocked): returns true once no more
   // than `window` bytes are unacknowledged, false if the request being served is cancelled first.
   bool wait_output_window(size_t window);
+  // For tests (_erlang._output_unacked): unacknowledged output bytes, and the ids they belong to.
+  std::pair<size_t, size_t> output_unacked();
   // For tests (_erlang._pending): replies kept for outer waits.
   size_t early_reply_count();
 

@@ -13,7 +13,8 @@
 	cancelled_callback_leaves_nothing/1, bad_output_ack/1, thread_callbacks_stress/1,
 	stats_counts_contexts_when_asked/1, unacked_output_forgiven_at_final/1,
 	output_ack_reaches_destroying_context/1, cancel_any_reaches_destroying_context/1,
-	stuck_cancel_requeues_destroying_context/1]).
+	stuck_cancel_requeues_destroying_context/1, reused_context_id_keeps_acks_and_cancels_apart/1,
+	cast_output_counts_until_acked/1]).
 
 -define(KIND_EVAL, 2).
 -define(KIND_CANCEL, 5).
@@ -37,7 +38,8 @@ all() ->
 	 startup_failure_crash_file, cancelled_callback_leaves_nothing, bad_output_ack,
 	 thread_callbacks_stress, stats_counts_contexts_when_asked, unacked_output_forgiven_at_final,
 	 output_ack_reaches_destroying_context, cancel_any_reaches_destroying_context,
-	 stuck_cancel_requeues_destroying_context].
+	 stuck_cancel_requeues_destroying_context, reused_context_id_keeps_acks_and_cancels_apart,
+	 cast_output_counts_until_acked].
 
 init_per_suite(Config) ->
 	{module, py_codec} = code:ensure_loaded(py_codec),
@@ -340,7 +342,22 @@ unacked_output_forgiven_at_final(Config) ->
 	ok = ack_all(Port, HeldA ++ HeldB, Config),
 	{[], none} = collect_output(Port, Config, 1000, 63),
 	ok = ack_all(Port, HeldC, Config),
-	{[{1, 63, 1, <<"ddddddddd\n">>}], {?KIND_RESULT, 3}} = collect_output(Port, Config, 5000, 63).
+	{[{1, 63, 1, <<"ddddddddd\n">>} = D], {?KIND_RESULT, 3}} = collect_output(Port, Config, 5000, 63),
+	%% Exact: nothing is left counted (C's last frame was forgiven with it), and acks that come
+	%% late (C's last, A's again) change nothing.
+	ok = ack_all(Port, [D | HeldA], Config),
+	{result, {0, 0}} = eval(Port, <<"__import__('_erlang')._output_unacked()">>, Config).
+
+%% 3. A cast has no final frame: its output counts until the owner acks it (so casts cannot flood
+%% the owner), and the ack takes it off exactly.
+cast_output_counts_until_acked(Config) ->
+	{Port, _} = start(Config, ["--contexts", "1", "--output-window", integer_to_list(?WINDOW)]),
+	send(Port, 4, 1, 111, {undefined, <<"builtins">>, <<"print">>, [<<"cast">>], #{}}, Config),
+	{?KIND_OUTPUT, 1, 111, B} = receive_frame(Port, 10000),
+	{1, <<"cast\n">>} = decode(B, Config),
+	{result, {5, 1}} = eval(Port, <<"__import__('_erlang')._output_unacked()">>, Config),
+	send(Port, ?KIND_OUTPUT_ACK, 1, 111, 5, Config),
+	{result, {0, 0}} = eval(Port, <<"__import__('_erlang')._output_unacked()">>, Config).
 
 %% 3. Acks reach a context being destroyed: its last request, blocked on the window, goes on when its
 %% output is acked, and the destroy is answered after it.
@@ -389,6 +406,29 @@ stuck_cancel_requeues_destroying_context(Config) ->
 	5 = Status,
 	[{5, 93}] = [{Ctx, Id} || {?KIND_REQUEUE, Ctx, Id, Body} <- Frames, decode(Body, Config) =:= []],
 	[] = [F || F = {K, _, _, _} <- Frames, K =/= ?KIND_REQUEUE].
+
+%% 3, 11. A context id may be reused while the context that had it is still being destroyed: acks and
+%% cancels for the old one's requests still reach it (request ids are unique), not the new one.
+reused_context_id_keeps_acks_and_cancels_apart(Config) ->
+	{Port, _} = start(Config, ["--contexts", "1", "--output-window", integer_to_list(?WINDOW)]),
+	send(Port, ?KIND_CONTEXT_CREATE, 5, 101, {worker}, Config),
+	{result, ok} = final(Port, 101, Config, 10000),
+	Over = integer_to_binary(?WINDOW + 99),
+	Code = <<"import sys, time\nsys.stdout.write('a' * ", Over/binary, " + '\\n')\nprint('end')\n"
+		"while True:\n    time.sleep(0.01)">>,
+	send(Port, ?KIND_EVAL, 5, 102, eval_body(Code), Config),
+	{Held, none} = collect_output(Port, Config, 1000, 102),
+	true = text_bytes(Held) =:= ?WINDOW + 100,
+	send(Port, ?KIND_CONTEXT_DESTROY, 5, 103, [], Config),
+	send(Port, ?KIND_CONTEXT_CREATE, 5, 104, {worker}, Config),
+	{result, ok} = final(Port, 104, Config, 10000),
+	ok = ack_all(Port, Held, Config),
+	{[{5, 102, 1, <<"end\n">>}], none} = collect_output(Port, Config, 1000, 102),
+	send(Port, ?KIND_CANCEL, 5, 102, [], Config),
+	{error, {<<"CancelledError">>, _, _}} = final(Port, 102, Config, 5000),
+	{result, ok} = final(Port, 103, Config, 5000),
+	send(Port, ?KIND_EVAL, 5, 105, eval_body(<<"6">>), Config),
+	{result, 6} = final(Port, 105, Config, 5000).
 
 answer_callbacks(Port, Id, Config, Deadline, N) ->
 	case receive_frame(Port, left(Deadline)) of
