@@ -443,13 +443,9 @@ void Runtime::dispatch(std::string payload) {
 void Runtime::on_cancel(const Header& h) {
   if (h.ctx == 0) {
     // The sender does not know the context (the owner cancelling a dead caller's requests): every
-    // context, those being destroyed included (they still finish their requests). Copied first:
-    // cancel_in only reads the maps, but the copy keeps that true whatever it comes to do.
-    std::vector<std::shared_ptr<Context>> all;
-    all.reserve(contexts_.size() + destroying_.size());
-    for (auto& [id, ctx] : contexts_) all.push_back(ctx);
-    for (auto& [serial, ctx] : destroying_) all.push_back(ctx);
-    for (auto& ctx : all) cancel_in(ctx, h.id);
+    // context, those being destroyed included (they still finish their requests).
+    for (auto& [id, ctx] : contexts_) cancel_in(ctx, h.id);
+    for (auto& [serial, ctx] : destroying_) cancel_in(ctx, h.id);
     return;
   }
   // The live context with this id and any being destroyed under it (a new context may reuse the id
