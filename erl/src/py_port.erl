@@ -62,7 +62,7 @@
 
 %% nested: the port answered context_init, so it knows PROTOCOL v2's contexts (the nested flag, drain).
 -type info() :: #{owner := pid(), status := up | down | condemned, slot := pos_integer(),
-	nested => boolean(),
+	nested => boolean(), start_failure => exit_reason(),
 	port => port(), codec => py_codec:codec(), contexts => tuple(), os_pid => non_neg_integer(),
 	generation => non_neg_integer(), python => binary(), build => atom(), hello => map()}.
 -type exit_reason() :: #{exit_status := non_neg_integer() | undefined,
