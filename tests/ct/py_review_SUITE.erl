@@ -6,14 +6,14 @@
 -export([all/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2, end_per_testcase/2]).
 -export([destroy_timeout_keeps_port/1, callee_with_local_env_dies/1, parallel_inside_callback/1,
 	preload_output_and_callback/1, helper_does_not_carry_semaphore/1, no_stray_frame_after_timeout/1,
-	control_ids_not_cancelled_on_down/1, create_timeout_destroys/1]).
+	control_ids_not_cancelled_on_down/1, create_timeout_destroys/1, down_scan_not_in_owner/1]).
 
 -define(GRACE, 1000).
 
 all() ->
 	[destroy_timeout_keeps_port, callee_with_local_env_dies, parallel_inside_callback,
 	 preload_output_and_callback, helper_does_not_carry_semaphore, no_stray_frame_after_timeout,
-	 control_ids_not_cancelled_on_down, create_timeout_destroys].
+	 control_ids_not_cancelled_on_down, create_timeout_destroys, down_scan_not_in_owner].
 
 init_per_suite(Config) ->
 	ok = py_ct_helper:start_app([{num_ports, 1}, {contexts_per_port, 2}, {cancel_grace_ms, ?GRACE}]),
@@ -210,3 +210,37 @@ port_contexts() ->
 	after 10000 ->
 		error(no_stats)
 	end.
+
+%% Review 10. A process with an environment dies with a request in flight: its request is cancelled
+%% (the call ends, no entry is left), and the owner did not scan py_inflight for it (traced: no
+%% ets:select call in the owner process).
+down_scan_not_in_owner(_Config) ->
+	Self = self(),
+	#{owner := Owner} = py_port:info(1),
+	{P, PMRef} = spawn_monitor(fun() ->
+		py:eval(<<"[erlang.send(me, 'started'), __import__('time').sleep(20)][1]">>, #{me => Self}, infinity)
+	end),
+	ok = await_started(),
+	%% The owner monitors P once the port said env_created for it.
+	ok = py_ct_helper:eventually(fun() ->
+		lists:member(P, [M || {process, M} <- element(2, erlang:process_info(Owner, monitors))])
+	end, 5000),
+	1 = erlang:trace_pattern({ets, select, 2}, true, [global]),
+	1 = erlang:trace(Owner, true, [call]),
+	try
+		exit(P, kill),
+		_ = await_down(PMRef, 5000),
+		ok = py_ct_helper:eventually(fun() ->
+			ets:select_count(py_inflight, [{{'_', P, '_'}, [], [true]}]) =:= 0
+				andalso py_port:pending_cancels(1) =:= []
+		end, 10000)
+	after
+		_ = erlang:trace(Owner, false, [call]),
+		_ = erlang:trace_pattern({ets, select, 2}, false, [global])
+	end,
+	%% The trace messages are sent before the calls return: a round trip with the owner orders them.
+	_ = py_port:pending_cancels(1),
+	receive {trace, Owner, call, {ets, select, Args}} -> error({owner_scanned, Args})
+	after 0 -> ok
+	end,
+	{ok, 2} = py:eval(<<"1+1">>, #{}, 5000).
