@@ -28,6 +28,20 @@ main(_) ->
     ok = py:register_function(add, fun([X, Y]) -> X + Y end),
     show("py:register_function(add, ...), py:eval(<<\"erlang.call('add', 1, 2)\">>)",
          py:eval(<<"erlang.call('add', 1, 2)">>)),
+    %% Contexts: the default pool's context 1, an explicit context with preloaded code, a reference.
+    Ctx1 = py:context(1),
+    show("py:eval(py:context(1), <<\"2 ** 10\">>)", py:eval(Ctx1, <<"2 ** 10">>)),
+    ok = py_preload:set_code(<<"def shared_helper(x):\n    return x * 2\n">>),
+    {ok, Ctx} = py_context:new(#{mode => worker}),
+    show("py_preload:set_code(...), {ok, Ctx} = py_context:new(#{mode => worker}), py:eval(Ctx, <<\"shared_helper(5)\">>)",
+         py:eval(Ctx, <<"shared_helper(5)">>)),
+    {ok, List} = py:call(Ctx, builtins, list, [[1, 2, 3]], #{return => ref}),
+    show("{ok, Ref} = py:call(Ctx, builtins, list, [[1,2,3]], #{return => ref}), py:call_method(Ref, '__len__', [])",
+         py:call_method(List, '__len__', [])),
+    ok = py_context:stop(Ctx),
+    ok = py_preload:clear_code(),
+    show("py:parallel([{math, factorial, [N]} || N <- [5, 10, 15]])",
+         py:parallel([{math, factorial, [N]} || N <- [5, 10, 15]])),
     ok = application:stop(erlang_python),
     io:format("~nstopped.~n").
 

@@ -25,7 +25,7 @@ meson compile -C "$build" >"$build.compile.log" 2>&1 || { tail -n 30 "$build.com
 # The canary: a port whose start-up overflows a buffer must leave a report, or this stage is blind.
 canary="$top/$build/canary"
 rm -rf "$canary" && mkdir -p "$canary"
-ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:handle_segv=0:log_path=$canary/asan" \
+ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:halt_on_error=1:handle_segv=0:log_path=$canary/asan" \
   timeout 60 "$build/erlang_python_port" --pylib tests/sanitize/canary --contexts 1 </dev/null >/dev/null 2>&1
 if ! grep -qs 'heap-buffer-overflow' "$canary"/asan.*; then
   echo "sanitize: the canary overflow left no ASan report in $canary: the stage cannot see findings"
@@ -39,7 +39,7 @@ log="$top/$build/ct.txt"
 # halt_on_error: the first finding ends the port (and so fails the test that ran it). Fatal signals
 # are left to the port (faulthandler, its crash file): py_crash_SUITE kills it with one on purpose,
 # and ASan checks memory accesses by instrumentation, not by its SIGSEGV handler.
-ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:handle_segv=0:handle_sigbus=0:handle_sigfpe=0:handle_abort=0:allow_user_segv_handler=1:log_path=$reports/asan" \
+ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:halt_on_error=1:handle_segv=0:handle_sigbus=0:handle_sigfpe=0:handle_abort=0:allow_user_segv_handler=1:log_path=$reports/asan" \
 UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$reports/ubsan" \
 PYTHONMALLOC=malloc EP_TEST_CODEC=etf EP_TEST_PORT="$top/$build/erlang_python_port" \
   rebar3 ct --dir tests/ct >"$log" 2>&1

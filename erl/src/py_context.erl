@@ -294,9 +294,11 @@ check_mode(worker) -> ok;
 check_mode(owngil) -> {error, {mode_not_supported, owngil, "only worker contexts are offered so far"}};
 check_mode(Mode) -> {error, {bad_mode, Mode}}.
 
-%% Creates an explicit context on the slot with the fewest: context_create, then context_init.
+%% Creates an explicit context on the slot with the fewest: context_create, then context_init, both
+%% within context_create_timeout (application env, ms; default ?CONTROL_TIMEOUT).
 create(Mode) ->
-	Deadline = erlang:monotonic_time(millisecond) + ?CONTROL_TIMEOUT,
+	Deadline = erlang:monotonic_time(millisecond)
+		+ application:get_env(erlang_python, context_create_timeout, ?CONTROL_TIMEOUT),
 	case up_info(pick_slot(), Deadline) of
 		{ok, #{slot := Slot, generation := Gen, contexts := Startup} = Info} ->
 			First = lists:max(tuple_to_list(Startup)),
@@ -310,6 +312,10 @@ create(Mode) ->
 							_ = py_request:control(context_destroy, Slot, CtxId, Gen, [], ?TERMINATE_TIMEOUT),
 							{error, {context_init_failed, Why}}
 					end;
+				{error, timeout} ->
+					%% The port may still create it: a destroy queued behind the create frees its thread.
+					_ = py_request:control(context_destroy, Slot, CtxId, Gen, [], ?TERMINATE_TIMEOUT),
+					{error, {context_create_failed, timeout}};
 				{error, Why} ->
 					{error, {context_create_failed, Why}}
 			end;

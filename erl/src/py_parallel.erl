@@ -39,10 +39,14 @@ spread(Tasks, Places, Timeout) ->
 	Parent = self(),
 	Tag = make_ref(),
 	Next = atomics:new(1, []),
+	%% py:parallel from inside a callback is nested in that callback's request (PROTOCOL.md §3.4): a
+	%% call that lands on the waiting context must say so, or it queues behind the wait for good.
+	Nested = py_request:nested_marker(),
 	%% Monitored both ways, not linked: a worker killed from outside ends the wait with an error
 	%% instead of killing the caller, and the workers stop taking calls once the caller is gone.
 	Workers = maps:from_list([{MRef, Pid} || Place <- Places,
 		{Pid, MRef} <- [spawn_monitor(fun() ->
+			ok = py_request:set_nested_marker(Nested),
 			PMRef = erlang:monitor(process, Parent),
 			worker(Parent, PMRef, Tag, Tasks, Next, Place, Timeout)
 		end)]]),

@@ -10,7 +10,8 @@
 %% decode the bodies of the frames routed to them. The owner reads the 16-byte header:
 %%
 %%   result/error/protocol_error with an id: ets:take(py_inflight, Id) and forward;
-%%   callback/output with an id:            ets:lookup(py_inflight, Id) and forward;
+%%   callback/output with an id:            ets:lookup(py_inflight, Id) and forward (the target of a
+%%                                          callback is monitored: its death cancels its requests);
 %%   everything with id 0:                  handled here (the body is decoded here, it is rare).
 %%
 %% The forwarded message is {py_frame, Id, Kind, Ctx, Body}; after a port death each caller in flight
@@ -34,7 +35,8 @@
 -export([child_spec/2]).
 -export([info/1]).
 -export([wait_ready/3]).
--export([cancel_watch/3]).
+-export([cancel_watch/4]).
+-export([sync/2]).
 -export([await_cancel/4]).
 -export([crash_file/1]).
 -export([pending_cancels/1]).
@@ -55,10 +57,12 @@
 -define(CAST_BASE, (1 bsl 56)).
 %% The owner's own context_init requests: below the callers' ids, far above the port's callback ids.
 -define(INIT_BASE, (1 bsl 40)).
+%% Callers' context_create/init/destroy requests (py_request): never cancelled, never watched.
+-define(CTRL_BASE, (1 bsl 44)).
 
 %% nested: the port answered context_init, so it knows PROTOCOL v2's contexts (the nested flag, drain).
 -type info() :: #{owner := pid(), status := up | down | condemned, slot := pos_integer(),
-	nested => boolean(),
+	nested => boolean(), start_failure => exit_reason(),
 	port => port(), codec => py_codec:codec(), contexts => tuple(), os_pid => non_neg_integer(),
 	generation => non_neg_integer(), python => binary(), build => atom(), hello => map()}.
 -type exit_reason() :: #{exit_status := non_neg_integer() | undefined,
@@ -86,6 +90,11 @@
 	start_failure = undefined :: exit_reason() | undefined,  %% why the last start failed (published)
 	waiters = [] :: [{gen_server:from(), non_neg_integer()}],
 	envs = #{} :: #{pid() => reference()},
+	%% Processes a callback frame was forwarded to that have no environment here (explicit-env callers,
+	%% py:parallel workers, callback helpers, context processes): monitored so that a death cancels
+	%% their requests (one waiting on the callback would block its context for good). Bounded by the
+	%% live processes that got a callback; an entry goes with its process's DOWN.
+	callees = #{} :: #{pid() => reference()},
 	cancels = #{} :: #{non_neg_integer() => reference()},
 	cancel_waiters = #{} :: #{non_neg_integer() => [gen_server:from()]},
 	done_early = #{} :: #{non_neg_integer() => true},
@@ -138,10 +147,22 @@ info(Slot) ->
 wait_ready(Owner, SeenGeneration, Timeout) ->
 	gen_server:call(Owner, {wait_ready, SeenGeneration}, Timeout).
 
-%% A caller gave up on request Id and sent the cancel frame: start the grace timer.
--spec cancel_watch(pid(), non_neg_integer(), non_neg_integer()) -> ok.
-cancel_watch(Owner, Id, Generation) ->
-	gen_server:cast(Owner, {cancel_watch, Id, Generation}).
+%% A caller gave up on request Id and sent the cancel frame: start the grace timer. A call, so that
+%% when it returns every frame the owner forwarded for Id is in the caller's mailbox (the caller
+%% took Id's entry before, so nothing more comes). An owner that is gone or slow past Timeout: ok.
+-spec cancel_watch(pid(), non_neg_integer(), non_neg_integer(), timeout()) -> ok.
+cancel_watch(Owner, Id, Generation, Timeout) ->
+	try gen_server:call(Owner, {cancel_watch, Id, Generation}, Timeout)
+	catch exit:_ -> ok
+	end.
+
+%% Returns once the owner handled everything sent to it before; what it forwarded to the caller
+%% before is then in the caller's mailbox. An owner that is gone or slow past Timeout: ok.
+-spec sync(pid(), timeout()) -> ok.
+sync(Owner, Timeout) ->
+	try gen_server:call(Owner, sync, Timeout)
+	catch exit:_ -> ok
+	end.
 
 %% Returns once cancelled request Id (sent to OS process Generation) is over: its final frame arrived,
 %% or that OS process died. A caller calls it before its next request, so that request does not queue
@@ -159,11 +180,14 @@ pending_cancels(Slot) ->
 	gen_server:call(Owner, pending_cancels).
 
 %% Process Pid is gone (a killed callback helper or spawn_call worker): its requests in flight on
-%% any slot are cancelled like a dead caller's, and their entries removed.
+%% any slot are cancelled like a dead caller's, and their entries removed. Runs in the calling
+%% process (the table scan stays out of the owners).
 -spec forget_caller(pid()) -> ok.
 forget_caller(Pid) ->
-	_ = [gen_server:cast(Owner, {forget_caller, Pid})
-		|| Slot <- lists:seq(1, py_router:num_slots()), #{owner := Owner} <- [info(Slot)]],
+	_ = [cancel_requests(Pid, Slot, Port, Codec, Owner, Gen)
+		|| Slot <- lists:seq(1, py_router:num_slots()),
+			#{status := St, port := Port, codec := Codec, owner := Owner, generation := Gen} <- [info(Slot)],
+			St =/= down],
 	ok.
 
 %% Where the port of Slot writes its faulthandler output.
@@ -215,7 +239,7 @@ init({Slot, Opts}) ->
 	end.
 
 -spec handle_call({wait_ready, non_neg_integer()} | {await_cancel, non_neg_integer(), non_neg_integer()}
-	| pending_cancels, gen_server:from(), #state{})
+	| {cancel_watch, non_neg_integer(), non_neg_integer()} | sync | pending_cancels, gen_server:from(), #state{})
 	-> {reply, term(), #state{}} | {noreply, #state{}}.
 handle_call({wait_ready, Seen}, _From, State = #state{status = up, generation = Gen, info = Info})
 		when Gen > Seen ->
@@ -229,17 +253,19 @@ handle_call({await_cancel, _, _}, _From, State) ->
 	%% Already over, or its OS process is gone (the next request waits for the new one).
 	{reply, ok, State};
 handle_call(pending_cancels, _From, State = #state{cancels = Cancels}) ->
-	{reply, lists:sort(maps:keys(Cancels)), State}.
-
--spec handle_cast({cancel_watch, non_neg_integer(), non_neg_integer()} | {forget_caller, pid()}, #state{})
-	-> {noreply, #state{}}.
-handle_cast({cancel_watch, Id, Gen}, State = #state{generation = Gen, status = up}) ->
-	{noreply, watch_cancel(Id, State)};
-handle_cast({cancel_watch, _, _}, State) ->
+	{reply, lists:sort(maps:keys(Cancels)), State};
+handle_call({cancel_watch, Id, Gen}, _From, State = #state{generation = Gen, status = up}) ->
+	{reply, ok, watch_cancel(Id, State)};
+handle_call({cancel_watch, _, _}, _From, State) ->
 	%% An older OS process, already gone.
-	{noreply, State};
-handle_cast({forget_caller, Pid}, State) ->
-	{noreply, cancel_requests_of(Pid, State)}.
+	{reply, ok, State};
+handle_call(sync, _From, State) ->
+	{reply, ok, State}.
+
+-spec handle_cast(term(), #state{}) -> {noreply, #state{}}.
+handle_cast(Msg, State) ->
+	log(warning, "py_port ~b got an unexpected cast ~tp", [State#state.slot, Msg], State),
+	{noreply, State}.
 
 -spec handle_info(term(), #state{}) -> {noreply, #state{}}.
 handle_info({Port, {data, Frame}}, State = #state{port = Port}) ->
@@ -270,11 +296,13 @@ handle_info({'EXIT', Port, _}, State) when is_port(Port) ->
 handle_info({'EXIT', _Pid, Reason}, State) ->
 	%% Our supervisor is leaving: stop, so terminate/2 closes the port.
 	{stop, Reason, State};
-handle_info({'DOWN', MRef, process, Pid, _}, State = #state{envs = Envs}) ->
-	case maps:take(Pid, Envs) of
-		{MRef, Envs1} ->
+handle_info({'DOWN', MRef, process, Pid, _}, State = #state{envs = Envs, callees = Callees}) ->
+	case {maps:take(Pid, Envs), maps:take(Pid, Callees)} of
+		{{MRef, Envs1}, _} ->
 			send_to_port(py_codec:frame(env_drop, 0, 0, codec(State), Pid), State),
 			{noreply, cancel_requests_of(Pid, State#state{envs = Envs1})};
+		{_, {MRef, Callees1}} ->
+			{noreply, cancel_requests_of(Pid, State#state{callees = Callees1})};
 		_ ->
 			{noreply, State}
 	end;
@@ -463,8 +491,16 @@ frame(Bad, _Port, State) ->
 		[State#state.slot, binary:part(Bad, 0, min(byte_size(Bad), 16))], State),
 	State.
 
-frame(Kind, Ctx, Id, Body, _, State = #state{inits = Inits}) when Id < ?REQ_BASE, is_map_key(Id, Inits) ->
+%% A context_init of ours: only its final frame answers it. Its output (a preload that prints) is
+%% logged and acknowledged like a thread's; its callback (an erlang.call in a preload) is served like
+%% a thread's.
+frame(Kind, Ctx, Id, Body, _, State = #state{inits = Inits}) when is_map_key(Id, Inits),
+		(Kind =:= ?RESULT orelse Kind =:= ?ERROR orelse Kind =:= ?PROTOCOL_ERROR) ->
 	init_reply(Kind, Ctx, Id, Body, State);
+frame(?OUTPUT, Ctx, Id, Body, _, State = #state{inits = Inits}) when is_map_key(Id, Inits) ->
+	guarded(fun() -> log_output(Ctx, Id, thread, Body, State) end, ?OUTPUT, Ctx, State);
+frame(?CALLBACK, Ctx, Id, Body, Port, State = #state{inits = Inits}) when is_map_key(Id, Inits) ->
+	guarded(fun() -> frame(?CALLBACK, Ctx, 0, Body, Port, State) end, ?CALLBACK, Ctx, State);
 frame(Kind, Ctx, Id, Body, _, State) when Id =/= 0, (Kind =:= ?RESULT orelse Kind =:= ?ERROR
 		orelse Kind =:= ?PROTOCOL_ERROR orelse Kind =:= ?STREAM_END orelse Kind =:= ?REQUEUE) ->
 	case ets:take(py_inflight, Id) of
@@ -474,8 +510,15 @@ frame(Kind, Ctx, Id, Body, _, State) when Id =/= 0, (Kind =:= ?RESULT orelse Kin
 		[] ->
 			orphan_final(Kind, Ctx, Id, Body, State)
 	end;
-frame(Kind, Ctx, Id, Body, Port, State) when Id =/= 0, (Kind =:= ?CALLBACK orelse Kind =:= ?OUTPUT
-		orelse Kind =:= ?STREAM_CHUNK) ->
+frame(?CALLBACK, Ctx, Id, Body, Port, State) when Id =/= 0 ->
+	case ets:lookup(py_inflight, Id) of
+		[{_, Pid, _}] ->
+			Pid ! {py_frame, Id, ?CALLBACK, Ctx, Body},
+			watch_callee(Pid, State);
+		[] ->
+			guarded(fun() -> orphan(?CALLBACK, Ctx, Id, Body, Port, State) end, ?CALLBACK, Ctx, State)
+	end;
+frame(Kind, Ctx, Id, Body, Port, State) when Id =/= 0, (Kind =:= ?OUTPUT orelse Kind =:= ?STREAM_CHUNK) ->
 	case ets:lookup(py_inflight, Id) of
 		[{_, Pid, _}] ->
 			Pid ! {py_frame, Id, Kind, Ctx, Body},
@@ -500,15 +543,20 @@ frame(?SEND, Ctx, 0, Body, Port, State) ->
 	_ = catch port_command(Port, py_codec:frame(callback_reply, Ctx, CbId, Codec, Reply)),
 	State;
 frame(?OUTPUT, Ctx, 0, Body, _, State) ->
-	log_output(Ctx, 0, Body, State);
+	log_output(Ctx, 0, thread, Body, State);
 frame(?PROTOCOL_ERROR, _, Id, Body, _, State) ->
 	log(warning, "port ~b reports a protocol error (id ~b): ~tp",
 		[State#state.slot, Id, py_codec:decode(codec(State), Body)], State),
 	State;
-frame(?ENV_CREATED, _, 0, Body, _, State = #state{envs = Envs}) ->
+frame(?ENV_CREATED, _, 0, Body, _, State = #state{envs = Envs, callees = Callees}) ->
 	case py_codec:decode(codec(State), Body) of
 		Pid when is_pid(Pid), is_map_key(Pid, Envs) -> State;
-		Pid when is_pid(Pid) -> State#state{envs = Envs#{Pid => erlang:monitor(process, Pid)}};
+		Pid when is_pid(Pid) ->
+			%% A callee's monitor becomes its environment's (its DOWN must also drop the environment).
+			case maps:take(Pid, Callees) of
+				{MRef, Callees1} -> State#state{envs = Envs#{Pid => MRef}, callees = Callees1};
+				error -> State#state{envs = Envs#{Pid => erlang:monitor(process, Pid)}}
+			end;
 		%% An explicit environment (a reference): its context process frees it (py_context).
 		_ -> State
 	end;
@@ -531,6 +579,15 @@ guarded(Fun, Kind, Ctx, State) ->
 		State
 	end.
 
+%% Monitors Pid, which a callback frame was just forwarded to, unless it is monitored already (see
+%% callees). Only callback frames come here: results and output never pay for it.
+watch_callee(Pid, State = #state{envs = Envs}) when is_map_key(Pid, Envs) ->
+	State;
+watch_callee(Pid, State = #state{callees = Callees}) when is_map_key(Pid, Callees) ->
+	State;
+watch_callee(Pid, State = #state{callees = Callees}) ->
+	State#state{callees = Callees#{Pid => erlang:monitor(process, Pid)}}.
+
 %% A final frame for a request nobody waits for: a request whose caller timed out and cancelled it
 %% (stop its grace timer), or a cast that could not run.
 orphan_final(Kind, _Ctx, Id, Body, State = #state{cancels = Cancels, done_early = Done})
@@ -544,6 +601,11 @@ orphan_final(Kind, _Ctx, Id, Body, State = #state{cancels = Cancels, done_early 
 			%% The caller took its entry but its cancel_watch cast has not arrived yet.
 			State#state{done_early = Done#{Id => true}}
 	end;
+orphan_final(Kind, Ctx, Id, Body, State) when Id >= ?CTRL_BASE, Id < ?REQ_BASE ->
+	%% A context request whose caller stopped waiting (they are never cancelled or watched).
+	log(info, "port ~b context ~b answered context request ~b after its caller gave up (kind ~b): ~tp",
+		[State#state.slot, Ctx, Id, Kind, decode_quietly(Kind, Body, State)], State),
+	State;
 orphan_final(?REQUEUE, _Ctx, Id, _Body, State) when Id >= ?CAST_BASE ->
 	%% Casts keep no body on the Erlang side, so one the condemned port did not start is lost.
 	logger:warning("erlang_python: a py:cast queued on condemned port ~b was dropped", [State#state.slot]),
@@ -565,19 +627,19 @@ orphan(?CALLBACK, Ctx, _Id, Body, Port, State) ->
 	_ = catch port_command(Port, py_codec:frame(callback_reply, Ctx, CbId, Codec, Reply)),
 	State;
 orphan(?OUTPUT, Ctx, Id, Body, _, State) ->
-	log_output(Ctx, Id, Body, State);
+	log_output(Ctx, Id, orphan, Body, State);
 orphan(_, _, _, _, _, State) ->
 	State.
 
-%% Output nobody waits for goes to the log. From a thread that serves no request (id 0): stdout at
-%% notice and stderr at warning, so both show at the default level. Of a request whose caller
-%% stopped waiting (it timed out; the request is being cancelled): at info, or a flood would flood
-%% the log too. Either way it is acknowledged, or the port's output window (PROTOCOL.md §3.5) would
-%% stay full and block the printer.
-log_output(Ctx, Id, Body, State) ->
+%% Output nobody waits for goes to the log. From a thread that serves no request (id 0) or from our
+%% own context_init (a preload): stdout at notice and stderr at warning, so both show at the default
+%% level. Of a request whose caller stopped waiting (orphan: it timed out; the request is being
+%% cancelled): at info, or a flood would flood the log too. Either way it is acknowledged (for id
+%% Id), or the port's output window (PROTOCOL.md §3.5) would stay full and block the printer.
+log_output(Ctx, Id, From, Body, State) ->
 	{Stream, Text} = py_codec:decode(codec(State), Body),
 	Level = if
-		Id =/= 0 -> info;
+		From =:= orphan -> info;
 		Stream =:= 2 -> warning;
 		true -> notice
 	end,
@@ -660,20 +722,32 @@ watch_cancel(Id, State = #state{generation = Gen, done_early = Done, cancels = C
 	end.
 
 %% A caller died: nobody will read its replies or answer its callbacks (a request waiting on one would
-%% wait forever). Its requests are cancelled like timed-out ones; the port finds their contexts.
-cancel_requests_of(Pid, State = #state{slot = Slot, status = up}) ->
-	Ids = ets:select(py_inflight, [{{'$1', Pid, Slot}, [], ['$1']}]),
-	lists:foldl(fun(Id, S) ->
-		case ets:take(py_inflight, Id) of
-			[_] ->
-				send_to_port(py_codec:frame(cancel, 0, Id, codec(S), []), S),
-				watch_cancel(Id, S);
-			[] ->
-				S
-		end
-	end, State, Ids);
+%% wait forever). Its requests are cancelled like timed-out ones; the port finds their contexts. The
+%% scan of py_inflight (O(in flight)) runs in a short-lived process, not in the owner that routes for
+%% everyone; it ends after one pass.
+cancel_requests_of(Pid, State = #state{slot = Slot, status = up, port = Port, generation = Gen}) ->
+	Owner = self(),
+	Codec = codec(State),
+	_ = spawn(fun() -> cancel_requests(Pid, Slot, Port, Codec, Owner, Gen) end),
+	State;
 cancel_requests_of(_, State) ->
 	State.
+
+%% Takes Pid's entries of Slot and cancels their requests (each watched by the owner like a timed-out
+%% caller's). Context requests are not cancelled: the port cannot end them early, and a cancel would
+%% only get the port killed when its grace runs out; their late answer is dropped (orphan_final).
+cancel_requests(Pid, Slot, Port, Codec, Owner, Gen) ->
+	Ids = ets:select(py_inflight, [{{'$1', Pid, Slot}, [], ['$1']}]),
+	_ = [case ets:take(py_inflight, Id) of
+		[_] when Id >= ?CTRL_BASE, Id < ?REQ_BASE ->
+			ok;
+		[_] ->
+			_ = catch port_command(Port, py_codec:frame(cancel, 0, Id, Codec, [])),
+			cancel_watch(Owner, Id, Gen, 5000);
+		[] ->
+			ok
+	end || Id <- Ids],
+	ok.
 
 release_cancel_waiters(Id, State = #state{cancel_waiters = Waiters}) ->
 	case maps:take(Id, Waiters) of
@@ -686,7 +760,8 @@ release_cancel_waiters(Id, State = #state{cancel_waiters = Waiters}) ->
 
 %% Internal: death and restart.
 
-port_died(Status, State0 = #state{slot = Slot, envs = Envs, cancels = Cancels, status = Was}) ->
+port_died(Status, State0 = #state{slot = Slot, envs = Envs, callees = Callees, cancels = Cancels,
+		status = Was}) ->
 	Reason = exit_reason(Status, State0),
 	FailedStart = Was =:= starting,
 	State = case FailedStart of
@@ -705,10 +780,10 @@ port_died(Status, State0 = #state{slot = Slot, envs = Envs, cancels = Cancels, s
 	publish_down(State),
 	fail_inflight(Slot, Reason),
 	ok = py_context:port_exited(Slot, State#state.generation, Reason),
-	_ = [erlang:demonitor(MRef, [flush]) || MRef <- maps:values(Envs)],
+	_ = [erlang:demonitor(MRef, [flush]) || MRef <- maps:values(Envs) ++ maps:values(Callees)],
 	_ = [erlang:cancel_timer(TRef) || TRef <- maps:values(Cancels)],
 	_ = [gen_server:reply(From, ok) || Froms <- maps:values(State#state.cancel_waiters), From <- Froms],
-	schedule_restart(State#state{port = undefined, status = down, envs = #{}, cancels = #{}, cancel_waiters = #{},
+	schedule_restart(State#state{port = undefined, status = down, envs = #{}, callees = #{}, cancels = #{}, cancel_waiters = #{},
 		done_early = #{}, info = #{}, inits = #{}}, FailedStart orelse self_inflicted(Status, State#state.kill_reason)).
 
 %% Whether a death counts against the port's restart backoff. Not when we killed it (a cancel that
@@ -885,10 +960,11 @@ log(Level, Format, Args, State) ->
 log_meta(#state{slot = Slot, os_pid = OsPid}) ->
 	#{domain => [erlang_python], port => Slot, os_pid => OsPid}.
 
-send_to_port(Frame, #state{port = Port, status = up}) ->
-	_ = catch port_command(Port, Frame),
+%% Whenever the port is open, also while it starts (acks of a preload's output, PROTOCOL.md §3.5).
+send_to_port(_, #state{port = undefined}) ->
 	ok;
-send_to_port(_, _) ->
+send_to_port(Frame, #state{port = Port}) ->
+	_ = catch port_command(Port, Frame),
 	ok.
 
 codec(#state{opts = #{codec := Codec}}) ->

@@ -50,6 +50,9 @@
 %% Request id ranges; the same values are in py_port.
 -define(REQ_BASE, (1 bsl 48)).
 -define(CAST_BASE, (1 bsl 56)).
+%% Requests of the context machinery (context_create/init/destroy): their own range, below the callers'
+%% ids. The port cannot end them early, so they are never cancelled (give_up/1, py_port).
+-define(CTRL_BASE, (1 bsl 44)).
 
 -define(RESULT, 65).
 -define(ERROR, 66).
@@ -68,6 +71,8 @@
 -define(CANCEL_PENDING, py_cancel_pending).
 %% Process dictionary key of a callback helper or spawn_call process: the process it acts for.
 -define(ENV_OWNER, py_env_owner).
+%% How long a caller that gave up waits for the owner to take note of its cancel (cancel_watch).
+-define(CANCEL_WATCH_MS, 5000).
 
 %% Logger metadata of what this module logs (the caller's pid is logger's own `pid`).
 -define(LOG_META(Slot), #{domain => [erlang_python], port => Slot}).
@@ -298,7 +303,7 @@ send(Kind, Place, Body, Deadline, Retry, SeenGen) ->
 		{ok, Info = #{port := Port, codec := Codec, owner := Owner, generation := Gen}} ->
 			Slot = Place#place.slot,
 			Ctx = ctx_id(Place, Info),
-			Id = ?REQ_BASE + erlang:unique_integer([positive]),
+			Id = request_id(Kind),
 			case encode(Kind, flags(Kind, Info, Slot, Ctx, Gen), Ctx, Id, Codec, Body) of
 				{error, _} = Error ->
 					Error;
@@ -321,6 +326,11 @@ send(Kind, Place, Body, Deadline, Retry, SeenGen) ->
 		{error, _} = Error ->
 			Error
 	end.
+
+request_id(Kind) when Kind =:= context_create; Kind =:= context_init; Kind =:= context_destroy ->
+	?CTRL_BASE + erlang:unique_integer([positive]);
+request_id(_) ->
+	?REQ_BASE + erlang:unique_integer([positive]).
 
 %% The condemned port handed the request back unstarted: send it again where it may go now (another
 %% slot, or the slot's next generation), within the same deadline. Each round needs a new generation or
@@ -595,7 +605,7 @@ run_callback(Fun, infinity, _Req) ->
 run_callback(Fun, Deadline, _Req) ->
 	Caller = self(),
 	Tag = make_ref(),
-	Dict = [{?ENV_OWNER, env_owner()} | carried_dictionary()],
+	Dict = [{?ENV_OWNER, env_owner()} | carried_dictionary(get())],
 	Helper = spawn_link(fun() ->
 		_ = [put(K, V) || {K, V} <- Dict],
 		Caller ! {Tag, Fun()}
@@ -620,9 +630,13 @@ unlink_quietly(Pid) ->
 	true = unlink(Pid),
 	receive {'EXIT', Pid, _} -> ok after 0 -> ok end.
 
-%% The caller's process dictionary, without the entries that describe the caller process itself.
-carried_dictionary() ->
-	[KV || {K, _} = KV <- get(), not lists:member(K, ['$ancestors', '$initial_call', ?CANCEL_PENDING])].
+%% The caller's process dictionary, without the entries that describe the caller process itself: its
+%% pending cancels, and the semaphore slots it holds and the reaper that watches them (a helper that
+%% inherited them would take its own slots unwatched, and leak them when the deadline kills it).
+-spec carried_dictionary([{term(), term()}]) -> [{term(), term()}].
+carried_dictionary(Dict) ->
+	[KV || {K, _} = KV <- Dict, not lists:member(K, ['$ancestors', '$initial_call', ?CANCEL_PENDING,
+		py_semaphore_held, py_semaphore_watched])].
 
 %% The process whose environment py calls from this process use: itself, or, in a callback helper or
 %% a spawn_call process, the process it acts for.
@@ -665,11 +679,28 @@ abandon(Req, Kind, Why) ->
 
 %% Takes our entry back; if we got it, nobody forwards anything for the request any more, so we
 %% cancel it and let the owner watch the grace period. false: the owner took it first.
+%%
+%% The context machinery's requests are not cancelled: the port cannot end a context_create, init or
+%% destroy early, so a cancel would only run out its grace and get the port killed. Their answer, when
+%% it comes, finds no entry and is dropped (py_port:orphan_final).
+%%
+%% cancel_watch is a call: the owner's reply comes after every frame it forwarded for the id before
+%% we took the entry, so flush/1 then finds them all (and acknowledges their output).
+give_up(Req = #req{id = Id, kind = Kind}) when Kind =:= context_create; Kind =:= context_init;
+		Kind =:= context_destroy ->
+	case ets:take(py_inflight, Id) of
+		[_] ->
+			ok = py_port:sync(Req#req.owner, ?CANCEL_WATCH_MS),
+			flush(Req),
+			true;
+		[] ->
+			false
+	end;
 give_up(Req = #req{id = Id, ctx = Ctx, port = Port, codec = Codec, owner = Owner, generation = Gen}) ->
 	case ets:take(py_inflight, Id) of
 		[_] ->
 			_ = catch port_command(Port, py_codec:frame(cancel, Ctx, Id, Codec, [])),
-			ok = py_port:cancel_watch(Owner, Id, Gen),
+			ok = py_port:cancel_watch(Owner, Id, Gen, ?CANCEL_WATCH_MS),
 			flush(Req),
 			Pending = case get(?CANCEL_PENDING) of undefined -> []; L -> L end,
 			_ = put(?CANCEL_PENDING, [{Owner, Id, Gen} | Pending]),

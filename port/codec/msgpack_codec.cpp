@@ -42,18 +42,35 @@ inline uint32_t be32(const unsigned char* p) {
 class Decoder;
 
 // One msgpack::parse: of the body, or of a tuple ext's payload (`tuple`: its top array becomes a
-// tuple). The containers open in this parse are on stack_; they nest at most kMaxDepth levels
-// counting those of the parses around it (`depth`), so stack_ is bounded by kMaxDepth too.
+// tuple). The containers open in this parse are on open_; they nest at most kMaxDepth levels
+// counting those of the parses around it (`depth`), so open_ is bounded by kMaxDepth too.
+//
+// The parser keeps its own stack of open containers and says, through the *_item/*_key/*_value
+// callbacks, where each finished value belongs, so the visitor does not work that out again: a
+// visit_* leaves its value in value_, and the end_* callback that follows stores it in the
+// container on top of open_ (end_array_item, end_map_key, end_map_value); at the top level it stays
+// there for take().
 class Visitor : public msgpack::null_visitor {
  public:
   Visitor(Decoder& d, int depth, bool tuple) : d_(d), depth_(depth), tuple_(tuple) {}
+  Visitor(const Visitor&) = delete;
+  Visitor& operator=(const Visitor&) = delete;
+  ~Visitor() {
+    // After a failure: the containers still open (their unfilled slots are NULL, which list and
+    // tuple deallocation allow), a pending key and the value not yet stored.
+    for (const Open& o : open_) {
+      Py_XDECREF(o.key);
+      Py_DECREF(o.obj);
+    }
+    Py_XDECREF(value_);
+  }
 
-  PyRef take() { return std::move(result_); }
+  PyRef take() { return PyRef(std::exchange(value_, nullptr)); }
   // Where the parser found a malformed byte, if it did (else the parse's end offset is used).
   size_t error_at(size_t end) const { return error_at_ == kNone ? end : error_at_; }
 
-  bool visit_nil() { return put(Py_NewRef(Py_None)); }
-  bool visit_boolean(bool v) { return put(Py_NewRef(v ? Py_True : Py_False)); }
+  bool visit_nil() { return set(Py_NewRef(Py_None)); }
+  bool visit_boolean(bool v) { return set(Py_NewRef(v ? Py_True : Py_False)); }
   bool visit_positive_integer(uint64_t v) {
     // PyLong_FromLong hands out the cached small ints without a call chain.
     return py(v <= static_cast<uint64_t>(LONG_MAX) ? PyLong_FromLong(static_cast<long>(v))
@@ -66,37 +83,63 @@ class Visitor : public msgpack::null_visitor {
   bool visit_str(const char* v, uint32_t n);
   bool visit_bin(const char* v, uint32_t n) { return py(PyBytes_FromStringAndSize(v, n)); }
   bool visit_ext(const char* v, uint32_t n);
+
   bool start_array(uint32_t n);
+  bool start_array_item() {
+    key_next_ = false;
+    return true;
+  }
+  bool end_array_item() {
+    *open_.back().next++ = std::exchange(value_, nullptr);
+    return true;
+  }
   bool end_array() { return close(); }
   bool start_map(uint32_t n);
+  bool start_map_key() {
+    key_next_ = true;
+    return true;
+  }
+  bool end_map_key() {
+    open_.back().key = std::exchange(value_, nullptr);
+    return true;
+  }
+  bool start_map_value() {
+    key_next_ = false;
+    return true;
+  }
+  bool end_map_value();
   bool end_map() { return close(); }
   void parse_error(size_t at, size_t);
   void insufficient_bytes(size_t, size_t at);
 
  private:
-  enum Kind { kList, kTuple, kDict };
   struct Open {
-    PyRef obj;
-    Kind kind;
-    Py_ssize_t next;  // list/tuple: the next slot
-    PyRef key;        // dict: the key read, waiting for its value
+    PyObject* obj;    // owned
+    PyObject** next;  // list/tuple: its next slot
+    PyObject* key;    // dict: the key read, waiting for its value (owned)
   };
-  // Whether the next value is a map key (short keys come from the key cache).
-  bool at_key() const { return !stack_.empty() && stack_.back().kind == kDict && !stack_.back().key; }
-  // Stores a new value (an owned reference) in the container being filled, or as the result.
-  bool put(PyObject* v);
+  // A value for the end_* callback that follows (the parser calls one after every value).
+  bool set(PyObject* v) {
+    value_ = v;
+    return true;
+  }
   // A new reference from CPython (empty: its exception becomes the error).
   bool py(PyObject* v);
   // A value from our own readers (empty: they have set the error).
   bool own(PyRef v);
-  bool close();
+  bool close() {
+    value_ = open_.back().obj;
+    open_.pop_back();
+    return true;
+  }
   bool open(size_t claim);
 
   Decoder& d_;
   const int depth_;
   const bool tuple_;
-  std::vector<Open> stack_;
-  PyRef result_;
+  bool key_next_ = false;  // the value being parsed is a map key (short ones: the key cache)
+  PyObject* value_ = nullptr;  // owned
+  std::vector<Open> open_;
   static constexpr size_t kNone = ~size_t{0};
   size_t error_at_ = kNone;
 };
@@ -116,8 +159,11 @@ class Decoder {
 
   size_t offset(const char* q) const { return static_cast<size_t>(q - base_); }
 
-  // Parses exactly one value from [data, data + n) with a fresh visitor.
-  PyRef parse(const char* data, size_t n, int depth, bool tuple, const char* trailing) {
+  // Parses exactly one value from [data, data + n) with a fresh visitor. flatten: msgpack-cxx's
+  // state machine, its after-visit step and the visitor's callbacks become one loop (GCC otherwise
+  // keeps after_visit_proc and the visit_* functions out of line: calls per value). ext() stays out
+  // of line, and with it the nested parse of a tuple's payload.
+  [[gnu::flatten]] PyRef parse(const char* data, size_t n, int depth, bool tuple, const char* trailing) {
     Visitor v(*this, depth, tuple);
     size_t off = 0;
     const bool ok = msgpack::parse(data, n, off, v);
@@ -156,6 +202,16 @@ class Decoder {
     err_ = codec_detail::take_python_error();
     return false;
   }
+  // codec_detail::dict_set's failure half (the same texts), for the inlined PyDict_SetItem.
+  [[gnu::cold, gnu::noinline]] bool dict_set_failed(PyObject* key) {
+    if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+      PyErr_Clear();
+      err_ = std::string("unhashable map key of type '") + Py_TYPE(key)->tp_name + "'";
+    } else {
+      err_ = codec_detail::take_python_error();
+    }
+    return false;
+  }
   [[gnu::cold, gnu::noinline]] bool too_deep() {
     err_ = "term nested deeper than " + std::to_string(kMaxDepth) + " levels";
     return false;
@@ -169,7 +225,7 @@ class Decoder {
     return claimed_ <= size_;
   }
 
-  PyRef ext(const char* v, uint32_t n, int depth);
+  [[gnu::noinline]] PyRef ext(const char* v, uint32_t n, int depth);
   PyRef tuple(const char* payload, size_t n, int depth);
   PyRef bytes_pair(const unsigned char* q, size_t avail, bool& matched);
   PyRef etf(std::string_view data, const char* payload);
@@ -183,46 +239,29 @@ class Decoder {
   codec_detail::KeyCache keys_;
 };
 
-[[gnu::always_inline]] inline bool Visitor::put(PyObject* v) {
-  if (stack_.empty()) {
-    result_.reset(v);
-    return true;
-  }
-  Open& top = stack_.back();
-  switch (top.kind) {
-    case kList:
-      PyList_SET_ITEM(top.obj.get(), top.next++, v);
-      return true;
-    case kTuple:
-      PyTuple_SET_ITEM(top.obj.get(), top.next++, v);
-      return true;
-    case kDict:
-      break;
-  }
-  if (!top.key) {
-    top.key.reset(v);
-    return true;
-  }
-  PyRef value(v);
-  PyRef key = std::move(top.key);
-  return codec_detail::dict_set(top.obj.get(), key.get(), value.get(), d_.err_);
-}
-
-[[gnu::always_inline]] inline bool Visitor::py(PyObject* v) { return v ? put(v) : d_.fail_python(); }
-[[gnu::always_inline]] inline bool Visitor::own(PyRef v) { return v ? put(v.release()) : false; }
+[[gnu::always_inline]] inline bool Visitor::py(PyObject* v) { return v ? set(v) : d_.fail_python(); }
+[[gnu::always_inline]] inline bool Visitor::own(PyRef v) { return v ? set(v.release()) : false; }
 
 bool Visitor::open(size_t claim) {
-  if (depth_ + static_cast<int>(stack_.size()) >= kMaxDepth) return d_.too_deep();
+  if (depth_ + static_cast<int>(open_.size()) >= kMaxDepth) return d_.too_deep();
   if (!d_.claim(claim)) return d_.fail_here("truncated term");
   return true;
 }
 
 bool Visitor::start_array(uint32_t n) {
   if (!open(n)) return false;
-  const bool as_tuple = tuple_ && stack_.empty();
-  PyObject* o = as_tuple ? PyTuple_New(n) : PyList_New(n);
-  if (!o) return d_.fail_python();
-  stack_.push_back({PyRef(o), as_tuple ? kTuple : kList, 0, {}});
+  PyObject* o;
+  PyObject** items;
+  if (tuple_ && open_.empty()) {
+    o = PyTuple_New(n);
+    if (!o) return d_.fail_python();
+    items = reinterpret_cast<PyTupleObject*>(o)->ob_item;
+  } else {
+    o = PyList_New(n);
+    if (!o) return d_.fail_python();
+    items = reinterpret_cast<PyListObject*>(o)->ob_item;
+  }
+  open_.push_back({o, items, nullptr});
   return true;
 }
 
@@ -230,39 +269,87 @@ bool Visitor::start_map(uint32_t n) {
   if (!open(size_t{2} * n)) return false;
   PyObject* o = PyDict_New();
   if (!o) return d_.fail_python();
-  stack_.push_back({PyRef(o), kDict, 0, {}});
+  open_.push_back({o, nullptr, nullptr});
   return true;
 }
 
-bool Visitor::close() {
-  PyObject* done = stack_.back().obj.release();
-  stack_.pop_back();
-  return put(done);
+bool Visitor::end_map_value() {
+  Open& top = open_.back();
+  PyRef key(std::exchange(top.key, nullptr)), value(std::exchange(value_, nullptr));
+  // PyDict_SetItem inline, codec_detail::dict_set (its error text) only once it has failed: the
+  // call per map entry was a measurable part of decoding a list of records.
+  if (PyDict_SetItem(top.obj, key.get(), value.get()) == 0) [[likely]] return true;
+  return d_.dict_set_failed(key.get());
+}
+
+// Whether s[0..n) is all ASCII, for 2 <= n <= kShortStr: a few (overlapping) word loads.
+inline bool short_ascii(const char* s, size_t n) {
+  uint64_t acc;
+  if (n >= 8) {
+    acc = 0;
+    uint64_t w;
+    for (size_t i = 0; i + 8 <= n; i += 8) {
+      std::memcpy(&w, s + i, 8);
+      acc |= w;
+    }
+    std::memcpy(&w, s + n - 8, 8);
+    acc |= w;
+  } else if (n >= 4) {
+    uint32_t a, b;
+    std::memcpy(&a, s, 4);
+    std::memcpy(&b, s + n - 4, 4);
+    acc = a | b;
+  } else {
+    acc = static_cast<unsigned char>(s[0]) | static_cast<unsigned char>(s[1]) |
+          static_cast<unsigned char>(s[n - 1]);
+  }
+  return (acc & 0x8080808080808080u) == 0;
+}
+
+// A str's Python value. Short ASCII text (map keys, names, tags: most strs) is copied straight into
+// a new str, the object PyUnicode_DecodeUTF8 would build, without the UTF-8 pre-scan and decoder
+// calls that text_or_bytes goes through. One ASCII character or none: CPython's shared strs, as
+// PyUnicode_DecodeUTF8 gives them.
+constexpr size_t kShortStr = 64;
+inline PyObject* str_value(const char* v, size_t n) {
+  if (n >= 2 && n <= kShortStr) {
+    if (short_ascii(v, n)) {
+      PyObject* s = PyUnicode_New(static_cast<Py_ssize_t>(n), 127);  // writes the terminating NUL
+      if (s) std::memcpy(PyUnicode_1BYTE_DATA(s), v, n);
+      return s;
+    }
+  } else if (n == 1 && static_cast<unsigned char>(v[0]) < 0x80) {
+    return PyUnicode_FromOrdinal(static_cast<unsigned char>(v[0]));
+  } else if (n == 0) {
+    return PyUnicode_New(0, 0);
+  }
+  // Not valid UTF-8: the Erlang side sends such binaries as bin, but be lenient and give bytes.
+  return codec_detail::text_or_bytes(v, n).release();
 }
 
 bool Visitor::visit_str(const char* v, uint32_t n) {
-  if (at_key() && n <= codec_detail::KeyCache::kMaxKey) {
+  if (key_next_ && n <= codec_detail::KeyCache::kMaxKey) {
     std::string_view raw(v, n);
-    if (PyRef hit = d_.keys_.find(raw, 0)) return put(hit.release());
-    PyRef k = codec_detail::text_or_bytes(v, n);
+    if (PyRef hit = d_.keys_.find(raw, 0)) return set(hit.release());
+    PyObject* k = str_value(v, n);
     if (!k) return d_.fail_python();
-    if (PyUnicode_CheckExact(k.get())) d_.keys_.store(raw, 0, k.get());
-    return put(k.release());
+    if (PyUnicode_CheckExact(k)) d_.keys_.store(raw, 0, k);
+    return set(k);
   }
-  // Not valid UTF-8: the Erlang side sends such binaries as bin, but be lenient and give bytes.
-  return py(codec_detail::text_or_bytes(v, n).release());
+  return py(str_value(v, n));
 }
 
 bool Visitor::visit_ext(const char* v, uint32_t n) {
   // v[0] is the type byte, then n - 1 payload bytes. Atoms as map keys come from the key cache.
-  if (at_key() && n >= 1 && static_cast<int8_t>(v[0]) == kExtAtom && n - 1 <= codec_detail::KeyCache::kMaxKey) {
+  const int depth = depth_ + static_cast<int>(open_.size());
+  if (key_next_ && n >= 1 && static_cast<int8_t>(v[0]) == kExtAtom && n - 1 <= codec_detail::KeyCache::kMaxKey) {
     std::string_view raw(v + 1, n - 1);
-    if (PyRef hit = d_.keys_.find(raw, 1)) return put(hit.release());
-    PyRef k = d_.ext(v, n, depth_ + static_cast<int>(stack_.size()));
+    if (PyRef hit = d_.keys_.find(raw, 1)) return set(hit.release());
+    PyRef k = d_.ext(v, n, depth);
     if (k && PyUnicode_CheckExact(k.get())) d_.keys_.store(raw, 1, k.get());  // not true, none...
     return own(std::move(k));
   }
-  return own(d_.ext(v, n, depth_ + static_cast<int>(stack_.size())));
+  return own(d_.ext(v, n, depth));
 }
 
 void Visitor::parse_error(size_t at, size_t) {

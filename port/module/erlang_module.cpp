@@ -193,6 +193,14 @@ PyObject* erl_pending(PyObject*, PyObject*) {
                        static_cast<Py_ssize_t>(c ? c->early_reply_count() : 0));
 }
 
+// _erlang._output_unacked(): (unacknowledged output bytes, request ids they belong to) of this
+// thread's context, (0, 0) outside contexts; for tests of the output window's accounting (§3.5).
+PyObject* erl_output_unacked(PyObject*, PyObject*) {
+  Context* c = Context::current_thread_context();
+  std::pair<size_t, size_t> u = c ? c->output_unacked() : std::pair<size_t, size_t>{0, 0};
+  return Py_BuildValue("(nn)", static_cast<Py_ssize_t>(u.first), static_cast<Py_ssize_t>(u.second));
+}
+
 PyObject* erl_env_count(PyObject*, PyObject*) { return PyLong_FromSize_t(g_rt->env_count()); }
 
 PyObject* erl_current_request(PyObject*, PyObject*) {
@@ -219,6 +227,8 @@ PyMethodDef methods[] = {
      "_write(stream, text): forward stdout (1) or stderr (2) text to Erlang."},
     {"_env_count", erl_env_count, METH_NOARGS, "number of live environments of pids and references, over all contexts"},
     {"_pending", erl_pending, METH_NOARGS, "(callback waiters, early replies of this context), for tests"},
+    {"_output_unacked", erl_output_unacked, METH_NOARGS,
+     "(unacknowledged output bytes, ids) of this context, for tests"},
     {"_current_request", erl_current_request, METH_NOARGS, "id of the request this thread serves, or 0"},
     {"_current_context", erl_current_context, METH_NOARGS, "id of the context this thread serves, or 0"},
     {nullptr, nullptr, 0, nullptr},

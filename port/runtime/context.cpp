@@ -164,15 +164,30 @@ void Context::join() {
   }
 }
 
-void Context::output_sent(size_t bytes) {
+void Context::output_sent(uint64_t id, size_t bytes) {
   std::lock_guard<std::mutex> lock(mutex_);
   output_unacked_ += bytes;
+  unacked_by_id_[id] += bytes;
 }
 
-void Context::output_acked(size_t bytes) {
+bool Context::output_acked(uint64_t id, size_t bytes) {
   std::lock_guard<std::mutex> lock(mutex_);
-  output_unacked_ -= std::min(bytes, output_unacked_);  // an over-ack cannot open the window further
+  auto it = unacked_by_id_.find(id);
+  if (it == unacked_by_id_.end()) return false;
+  size_t n = std::min(bytes, it->second);  // an over-ack cannot open the window further
+  output_unacked_ -= n;
+  it->second -= n;
+  if (it->second == 0) unacked_by_id_.erase(it);
   cv_.notify_all();  // under the lock: the waiter may otherwise return and we touch nothing after
+  return true;
+}
+
+void Context::output_forgive(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = unacked_by_id_.find(id);
+  if (it == unacked_by_id_.end()) return;
+  output_unacked_ -= it->second;
+  unacked_by_id_.erase(it);
 }
 
 bool Context::wait_output_window(size_t window) {
@@ -195,6 +210,11 @@ bool Context::wait_output_window(size_t window) {
   }
   if (me) me->waiting = false;
   return open;
+}
+
+std::pair<size_t, size_t> Context::output_unacked() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return {output_unacked_, unacked_by_id_.size()};
 }
 
 size_t Context::early_reply_count() {
@@ -279,6 +299,9 @@ void Context::serve(Item& item, std::string& out) {
   active_.push_back(&ar);
   running_id_.store(ar.id, std::memory_order_release);
   rt_.handle(*this, item, out);
+  // Its final frame is in `out`, which this thread writes next (before any other output of this
+  // context, which only this thread counts). A cast has none: the owner acks its output.
+  if (static_cast<Kind>(item.h.kind) != Kind::Cast) output_forgive(item.h.id);
   if (ar.cancelled.load()) {
     // A cancel that arrived as the request finished must not hit the next one.
     PyThreadState_SetAsyncExc(thread_ident_, nullptr);

@@ -28,6 +28,7 @@
 #include <string_view>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "frame.hpp"
@@ -95,13 +96,21 @@ class Context {
   void join();
 
   // Output flow control (PROTOCOL.md §3.5): bytes of this context's output frames not yet
-  // acknowledged, guarded by mutex_. output_sent: any thread, before the frame is written.
-  // output_acked: loop thread, on output_ack; wakes a writer blocked in wait_output_window.
-  void output_sent(size_t bytes);
-  void output_acked(size_t bytes);
+  // acknowledged, in total and per request id (the id the frames carry), guarded by mutex_.
+  // output_sent: this context's thread, before the frame is written. output_acked: loop thread, on
+  // output_ack; false (nothing changed) if no output of that id is outstanding here (acked already,
+  // forgiven, or never sent); wakes a writer blocked in wait_output_window. output_forgive: this
+  // context's thread, as request `id`'s final frame goes out: its unacknowledged bytes leave the
+  // count and later acks for it are ignored, so a reader that went away (caller killed) cannot keep
+  // the window shut for the requests after it.
+  void output_sent(uint64_t id, size_t bytes);
+  bool output_acked(uint64_t id, size_t bytes);
+  void output_forgive(uint64_t id);
   // Context thread, GIL held on entry and exit (released while blocked): returns true once no more
   // than `window` bytes are unacknowledged, false if the request being served is cancelled first.
   bool wait_output_window(size_t window);
+  // For tests (_erlang._output_unacked): unacknowledged output bytes, and the ids they belong to.
+  std::pair<size_t, size_t> output_unacked();
   // For tests (_erlang._pending): replies kept for outer waits.
   size_t early_reply_count();
 
@@ -152,7 +161,11 @@ class Context {
   // waiter was cancelled is dropped, never kept forever.
   std::unordered_map<uint64_t, std::string> early_replies_;
   std::vector<uint64_t> waiting_ids_;
-  size_t output_unacked_ = 0;  // under mutex_
+  // Under mutex_. output_unacked_ is always the sum of unacked_by_id_. Bounded: one entry per id with
+  // output not yet acknowledged: requests on this thread's stack (each forgiven when its final frame
+  // goes out), and casts and id 0 (no final frame; the owner acks that output once it has logged it).
+  size_t output_unacked_ = 0;
+  std::unordered_map<uint64_t, size_t> unacked_by_id_;
   bool exited_ = false;        // the thread left its loop: push refuses items
   bool abandoned_ = false;     // see request_stop
   uint64_t destroy_id_ = 0;

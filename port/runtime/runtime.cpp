@@ -329,14 +329,6 @@ Context* Runtime::find_context(uint32_t id) {
   return it == contexts_.end() || it->second->stopping() ? nullptr : it->second.get();
 }
 
-std::shared_ptr<Context> Runtime::context_by_id(uint32_t id) {
-  auto it = contexts_.find(id);
-  if (it != contexts_.end()) return it->second;
-  for (auto& [serial, c] : destroying_)
-    if (c->id() == id) return c;
-  return nullptr;
-}
-
 std::shared_ptr<Context> Runtime::new_context(uint32_t id) {
   return std::make_shared<Context>(*this, id, ++next_serial_, opts_.spin_us);
 }
@@ -454,22 +446,33 @@ void Runtime::dispatch(std::string payload) {
 
 void Runtime::on_cancel(const Header& h) {
   if (h.ctx == 0) {
-    // The sender does not know the context (the owner cancelling a dead caller's requests).
-    for (auto& [id, ctx] : contexts_) on_cancel(Header{h.kind, 0, 0, id, h.id});
+    // The sender does not know the context (the owner cancelling a dead caller's requests): every
+    // context, those being destroyed included (they still finish their requests).
+    for (auto& [id, ctx] : contexts_) cancel_in(ctx, h.id);
+    for (auto& [serial, ctx] : destroying_) cancel_in(ctx, h.id);
     return;
   }
-  std::shared_ptr<Context> c = context_by_id(h.ctx);  // held by the jobs below: the context may be destroyed
-  if (!c) {
+  // The live context with this id and any being destroyed under it (a new context may reuse the id
+  // of one still finishing): request ids are unique, so only the one that has the request acts.
+  std::vector<std::shared_ptr<Context>> named;  // held by the jobs below: the context may be destroyed
+  auto live = contexts_.find(h.ctx);
+  if (live != contexts_.end()) named.push_back(live->second);
+  for (auto& [serial, ctx] : destroying_)
+    if (ctx->id() == h.ctx) named.push_back(ctx);
+  if (named.empty()) {
     protocol_error(h.ctx, h.id, "unknown_context", "no context " + std::to_string(h.ctx));
     return;
   }
-  if (c->cancel_queued(h.id)) {
+  for (auto& ctx : named) cancel_in(ctx, h.id);
+}
+
+void Runtime::cancel_in(const std::shared_ptr<Context>& c, uint64_t id) {
+  if (c->cancel_queued(id)) {
     std::string out;
-    error_frame(out, h.ctx, h.id, "CancelledError", "request cancelled before it started", "");
+    error_frame(out, c->id(), id, "CancelledError", "request cancelled before it started", "");
     out_.write(out);
     return;
   }
-  uint64_t id = h.id;
   // Cancels wait for the control thread in one batch, delivered under one GIL acquisition: a storm of
   // cancels costs one job at a time, never a backlog of GIL hand-offs that would make a delivered
   // cancel look stuck. The batch holds each (context, id) once, so it is bounded by the requests.
@@ -481,7 +484,7 @@ void Runtime::on_cancel(const Header& h) {
       cancel_delivered_ = std::make_shared<std::atomic<bool>>(false);
       post = true;
     }
-    if (cancel_batched_.emplace(c->id(), id).second) cancel_batch_.emplace_back(c, id);
+    if (cancel_batched_.emplace(c->serial(), id).second) cancel_batch_.emplace_back(c, id);
     delivered = cancel_delivered_;
   }
   if (post) {
@@ -503,9 +506,9 @@ void Runtime::on_cancel(const Header& h) {
   // around inside this process. If the cancel is still undelivered after cancel_stuck_ms while the
   // request still runs, check_stuck_cancels (the loop's timer) makes the port exit. Only a request that
   // runs now can be stuck (a queued one was refused above, a starting one is refused when it starts).
-  if (c->running_id() != id || !stuck_armed_.emplace(c->id(), id).second) return;
+  if (c->running_id() != id || !stuck_armed_.emplace(c->serial(), id).second) return;
   if (stuck_checks_.size() >= kMaxStuckChecks) {
-    stuck_armed_.erase({c->id(), id});
+    stuck_armed_.erase({c->serial(), id});
     return;
   }
   bool idle = stuck_checks_.empty();
@@ -519,7 +522,7 @@ int64_t Runtime::check_stuck_cancels() {
   while (!stuck_checks_.empty() && stuck_checks_.front().due <= now) {
     StuckCheck s = std::move(stuck_checks_.front());
     stuck_checks_.pop_front();
-    stuck_armed_.erase({s.ctx->id(), s.id});
+    stuck_armed_.erase({s.ctx->serial(), s.id});
     if (!s.delivered->load() && s.ctx->running_id() == s.id) exit_cancel_stuck(s.id);
   }
   if (stuck_checks_.empty()) return -1;
@@ -530,11 +533,16 @@ int64_t Runtime::check_stuck_cancels() {
 void Runtime::exit_cancel_stuck(uint64_t id) {
   EP_LOG("request %llu ignores cancellation while holding the GIL: exiting", static_cast<unsigned long long>(id));
   // faulthandler (registered on SIGUSR1) dumps every thread's traceback to the crash file for the
-  // Erlang side; the handler runs in this thread, before raise returns.
-  raise(SIGUSR1);
+  // Erlang side; the handler runs in this thread, before raise returns. Without a crash file nothing
+  // handles SIGUSR1, whose default action would kill the port before the requeues below.
+  if (crash_file_) raise(SIGUSR1);
   // What never started goes back to the Erlang side to run elsewhere (PROTOCOL.md §3.7).
+  // Contexts being destroyed too: their queues would otherwise be lost with the port.
   std::string out;
   for (auto& [cid, ctx] : contexts_) {
+    for (const Item& item : ctx->take_queued()) requeue_frame(out, item.h.ctx, item.h.id);
+  }
+  for (auto& [serial, ctx] : destroying_) {
     for (const Item& item : ctx->take_queued()) requeue_frame(out, item.h.ctx, item.h.id);
   }
   if (!out.empty()) out_.write(out);
@@ -606,8 +614,14 @@ void Runtime::on_output_ack(const Header& h, std::string_view body) {
     out0_cv_.notify_all();
     return;
   }
-  // A context destroyed since it wrote has nobody left to wake.
-  if (Context* c = find_context(h.ctx)) c->output_acked(static_cast<size_t>(std::min<uint64_t>(bytes, SIZE_MAX)));
+  // A context being destroyed (destroying_) still counts its output: its last requests may be blocked
+  // on this very ack. Request ids are unique per port, so the context that knows the id takes the ack
+  // (one being destroyed under an id a new context reuses included). One that has gone is ignored.
+  const size_t n = static_cast<size_t>(std::min<uint64_t>(bytes, SIZE_MAX));
+  auto live = contexts_.find(h.ctx);
+  if (live != contexts_.end() && live->second->output_acked(h.id, n)) return;
+  for (auto& [serial, c] : destroying_)
+    if (c->id() == h.ctx && c->output_acked(h.id, n)) return;
 }
 
 void Runtime::on_env_drop(std::string_view body_view) {
@@ -676,7 +690,7 @@ void Runtime::output_frame(std::string& out, uint32_t ctx, uint64_t id, int stre
   // Counted before it is written, so its ack can never arrive first.
   Context* c = Context::current_thread_context();
   if (c && c->id() == ctx) {
-    c->output_sent(text.size());
+    c->output_sent(id, text.size());
   } else {
     std::lock_guard<std::mutex> lock(out0_mutex_);
     out0_unacked_ += text.size();

@@ -167,10 +167,10 @@ class Runtime {
   bool init_python();
   // The live context a request for `id` goes to (not one that is stopping), or nullptr.
   Context* find_context(uint32_t id);
-  // A live or destroying context with this id (cancel still reaches a destroying context's requests).
-  std::shared_ptr<Context> context_by_id(uint32_t id);
   std::shared_ptr<Context> new_context(uint32_t id);
   void on_cancel(const Header& h);
+  // Cancels request `id` in context `c` (queued: answered now; running: interrupted, watchdog armed).
+  void cancel_in(const std::shared_ptr<Context>& c, uint64_t id);
   void on_callback_reply(Item item);
   void on_stats(const Header& h);
   void on_output_ack(const Header& h, std::string_view body);
@@ -237,10 +237,10 @@ class Runtime {
   // cancel_mutex_; cancel_delivered_ is set once the batch has been delivered.
   std::mutex cancel_mutex_;
   std::vector<std::pair<std::shared_ptr<Context>, uint64_t>> cancel_batch_;  // contexts held, as above
-  std::set<std::pair<uint32_t, uint64_t>> cancel_batched_;
+  std::set<std::pair<uint64_t, uint64_t>> cancel_batched_;  // (context serial, request id)
   std::shared_ptr<std::atomic<bool>> cancel_delivered_;
   std::deque<StuckCheck> stuck_checks_;
-  std::set<std::pair<uint32_t, uint64_t>> stuck_armed_;
+  std::set<std::pair<uint64_t, uint64_t>> stuck_armed_;  // (context serial, request id)
   std::function<void(uint64_t)> arm_watchdog_;
 
   // The output window of threads outside contexts (ctx 0): unacknowledged bytes, under out0_mutex_.

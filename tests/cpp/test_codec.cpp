@@ -952,6 +952,47 @@ TEST_CASE("msgpack: decoding every format") {
   CHECK(strict_equal(big.get(), ev("-(10**300 - 1)").get()));
 }
 
+// The decoder builds short ASCII strs itself (and hands out CPython's shared one-character and
+// empty strs); anything else goes through the UTF-8 check. Every length around the word sizes it
+// reads in, with a non-ASCII character or an invalid byte at every position, as a value and as a key.
+TEST_CASE("msgpack: strs decode as PyUnicode_DecodeUTF8 decodes them, or to bytes") {
+  for (size_t n = 0; n <= 80; ++n) {
+    std::string ascii;
+    for (size_t i = 0; i < n; ++i) ascii.push_back(static_cast<char>('a' + i % 26));
+    std::vector<std::string> texts = {ascii};
+    for (size_t p = 0; p < n; ++p) {
+      std::string bad = ascii, accented = ascii;
+      bad[p] = static_cast<char>(0xff);  // not UTF-8: bytes
+      texts.push_back(bad);
+      if (p + 1 < n) {
+        accented[p] = static_cast<char>(0xc3);  // é
+        accented[p + 1] = static_cast<char>(0xa9);
+        texts.push_back(accented);
+      }
+    }
+    for (const std::string& t : texts) {
+      INFO("n = " << n << ": " << hex(t));
+      PyRef expect(PyUnicode_DecodeUTF8(t.data(), static_cast<Py_ssize_t>(t.size()), nullptr));
+      if (!expect) {
+        PyErr_Clear();
+        expect.reset(PyBytes_FromStringAndSize(t.data(), static_cast<Py_ssize_t>(t.size())));
+      }
+      const std::string str8 = B({0xd9, static_cast<int>(t.size())}) + t;
+      PyRef v = decode(kMsgpack, str8);
+      CHECK_MESSAGE(strict_equal(v.get(), expect.get()), "got " << repr(v.get()));
+      if (PyUnicode_Check(v.get())) {
+        CHECK(PyUnicode_IS_ASCII(v.get()) == PyUnicode_IS_ASCII(expect.get()));
+        if (t.size() <= 1) CHECK(v.get() == expect.get());  // the shared str
+      }
+      PyRef m = decode(kMsgpack, B({0x82}) + str8 + B({1, 0xa1, '~', 2}));
+      PyRef expect_m(PyDict_New());
+      PyDict_SetItem(expect_m.get(), expect.get(), PyRef(PyLong_FromLong(1)).get());
+      PyDict_SetItemString(expect_m.get(), "~", PyRef(PyLong_FromLong(2)).get());
+      CHECK_MESSAGE(strict_equal(m.get(), expect_m.get()), "got " << repr(m.get()));
+    }
+  }
+}
+
 TEST_CASE("msgpack: decode errors") {
   struct Case {
     std::string body;

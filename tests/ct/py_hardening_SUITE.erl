@@ -282,24 +282,42 @@ shared_dict_crash_spares_ports(_) ->
 %% spawn_call/await.
 
 %% A timed-out await leaves nothing in the mailbox, not even when the call finishes later; a later
-%% await still collects the result; after that nothing is left either.
+%% await still collects the result; after that nothing is left either. No sleeps: the call blocks in
+%% an Erlang function until the test releases it, and "finished" is its worker's exit (the worker
+%% hands the result to the holder before it exits; anything the holder sent to us before answering a
+%% later collect is in the mailbox when that answer is).
 await_timeout_no_stray(_) ->
-	Ref = py:spawn_call(time, sleep, [0.3]),
+	Self = self(),
+	ok = py:register_function(rv_gate, fun(_) ->
+		Self ! {gate, self()},
+		receive go -> 1 after 20000 -> 0 end
+	end),
+	Ref = py:spawn_call(builtins, eval, [<<"__import__('erlang').call('rv_gate')">>, #{}]),
+	Worker = receive {gate, W} -> W after 20000 -> error({gate_never_reached, py:await(Ref, 1000)}) end,
 	{error, timeout} = py:await(Ref, 10),
-	timer:sleep(600),
+	WMRef = erlang:monitor(process, Worker),
+	Worker ! go,
+	receive {'DOWN', WMRef, process, Worker, _} -> ok after 20000 -> error(worker_never_ended) end,
 	{messages, []} = erlang:process_info(self(), messages),
-	{ok, none} = py:await(Ref, 5000),
-	timer:sleep(100),
+	{ok, 1} = py:await(Ref, 5000),
 	{messages, []} = erlang:process_info(self(), messages),
 	%% a result already there is collected at once, also with a zero timeout
 	Ref2 = py:spawn_call(math, sqrt, [16]),
-	timer:sleep(300),
+	ok = await_worker_end(Ref2),
 	{ok, 4.0} = py:await(Ref2, 0),
 	%% collected: its Ref is no pending spawn_call any more
 	try py:await(Ref2, 0) of
 		Again -> error({collected_twice, Again})
 	catch error:badarg -> ok
 	end.
+
+%% Waits until the holder of spawn_call Ref (the process the caller monitors as Ref) holds the
+%% result: it is then waiting in spawn_call_hold/3 for a collect.
+await_worker_end(Ref) ->
+	Holder = get({py_spawn_call, Ref}),
+	py_ct_helper:eventually(fun() ->
+		erlang:process_info(Holder, current_function) =:= {current_function, {py, spawn_call_hold, 3}}
+	end, 20000).
 
 %% When the caller dies its spawned call goes too: the request is cancelled (the port is not killed)
 %% and no process or in-flight entry is left.

@@ -16,6 +16,7 @@
 -define(RESULT, 65).
 -define(ERROR, 66).
 -define(PROTOCOL_ERROR, 70).
+-define(OUTPUT, 69).
 -define(ENV_CREATED, 71).
 -define(REQUEUE, 75).
 -define(NESTED, 1).
@@ -100,9 +101,9 @@ nested_served_while_waiting(C) ->
 %% A cancelled request ends at once even with a (slow) request queued behind it: that one is not
 %% served on its stack.
 cancel_not_held_by_queued(C) ->
-	A = eval(C, 1, undefined, <<"erlang.sleep(10)">>),
+	A = eval(C, 1, undefined, <<"print('started') or erlang.sleep(10)">>),
 	B = eval(C, 1, undefined, <<"erlang.sleep(3) or 'b'">>),
-	timer:sleep(300),
+	ok = started(C, A),
 	T0 = erlang:monotonic_time(millisecond),
 	send(C, cancel, 1, A, []),
 	{error, {<<"CancelledError">>, _, _}} = reply(C, A, 2500),
@@ -323,8 +324,8 @@ objects_freed(C) ->
 %% §3.7: drain answers every queued, not-started request with requeue at once, and every later one;
 %% the running request finishes.
 drain_requeue(C) ->
-	A = eval(C, 1, undefined, <<"erlang.sleep(2) or 'a'">>),
-	timer:sleep(300),
+	A = eval(C, 1, undefined, <<"print('started') or erlang.sleep(2) or 'a'">>),
+	ok = started(C, A),
 	Q = [eval(C, 1, undefined, <<"1+1">>),
 	     request(C, exec, 0, 1, {undefined, <<"z = 1">>}),
 	     request(C, cast, 0, 1, {undefined, builtins, len, [[]], #{}})],
@@ -440,6 +441,16 @@ next_final(C) ->
 			{Id, {final_kind(K), py_codec:decode(codec(C), Body)}}
 	after 15000 ->
 		error(no_reply)
+	end.
+
+%% Waits for request Id's first output frame: the request has started (it prints first thing).
+started(C, Id) ->
+	Port = ?config(port, C),
+	receive
+		{Port, {data, <<?OUTPUT, 0, 0:16, _:32, Id:64, _/binary>>}} -> ok;
+		{Port, {exit_status, Status}} -> error({port_exited, Status})
+	after 15000 ->
+		error({not_started, Id})
 	end.
 
 %% Asserts that no final frame for Id arrives within Ms.

@@ -11,11 +11,16 @@
 	thread_outside_context_bounded/1, oversized_reply_refused/1, fork_child_releases_pipes/1,
 	sleep_bad_and_huge_lengths/1, deep_term_small_stack/1, startup_failure_crash_file/1,
 	cancelled_callback_leaves_nothing/1, bad_output_ack/1, thread_callbacks_stress/1,
-	stats_counts_contexts_when_asked/1]).
+	stats_counts_contexts_when_asked/1, unacked_output_forgiven_at_final/1,
+	output_ack_reaches_destroying_context/1, cancel_any_reaches_destroying_context/1,
+	stuck_cancel_requeues_destroying_context/1, reused_context_id_keeps_acks_and_cancels_apart/1,
+	cast_output_counts_until_acked/1]).
 
 -define(KIND_EVAL, 2).
 -define(KIND_CANCEL, 5).
 -define(KIND_CALLBACK_REPLY, 6).
+-define(KIND_CONTEXT_CREATE, 7).
+-define(KIND_CONTEXT_DESTROY, 8).
 -define(KIND_OUTPUT_ACK, 12).
 -define(KIND_HELLO, 64).
 -define(KIND_RESULT, 65).
@@ -31,7 +36,10 @@ all() ->
 	 cancel_unblocks_blocked_writer, thread_outside_context_bounded, oversized_reply_refused,
 	 fork_child_releases_pipes, sleep_bad_and_huge_lengths, deep_term_small_stack,
 	 startup_failure_crash_file, cancelled_callback_leaves_nothing, bad_output_ack,
-	 thread_callbacks_stress, stats_counts_contexts_when_asked].
+	 thread_callbacks_stress, stats_counts_contexts_when_asked, unacked_output_forgiven_at_final,
+	 output_ack_reaches_destroying_context, cancel_any_reaches_destroying_context,
+	 stuck_cancel_requeues_destroying_context, reused_context_id_keeps_acks_and_cancels_apart,
+	 cast_output_counts_until_acked].
 
 init_per_suite(Config) ->
 	{module, py_codec} = code:ensure_loaded(py_codec),
@@ -217,18 +225,23 @@ sleep_bad_and_huge_lengths(Config) ->
 %% a crash: context threads have their own, explicit stack size.
 deep_term_small_stack(Config) ->
 	{Port, _} = start(Config, ["--contexts", "1"], "ulimit -s 1024 && "),
-	Deep = lists:foldl(fun(_, Acc) -> [Acc] end, [], lists:seq(1, 9990)),
+	%% Just inside the codecs' nesting limit (1000 levels, the body's tuple and map included): decoded
+	%% and encoded back on the context thread's own stack, whatever ulimit -s says.
+	Deep = lists:foldl(fun(_, Acc) -> [Acc] end, [], lists:seq(1, 990)),
 	Id = next_id(),
 	Depth = <<"d = 0\nwhile x:\n    x = x[0]\n    d += 1\nd">>,
 	send(Port, ?KIND_EVAL, 1, Id, {undefined, Depth, #{<<"x">> => Deep}}, Config),
-	{result, 9990} = final(Port, Id, Config, 20000),
-	%% Echoing it back: encoded in full, or refused by the encoder's depth cap; the port lives on.
+	{result, 990} = final(Port, Id, Config, 20000),
 	Id2 = next_id(),
 	send(Port, ?KIND_EVAL, 1, Id2, {undefined, <<"x">>, #{<<"x">> => Deep}}, Config),
-	case final(Port, Id2, Config, 20000) of
-		{result, Deep} -> ok;
-		{error, {<<"RecursionError">>, _, _}} -> ok
-	end,
+	{result, Deep} = final(Port, Id2, Config, 20000),
+	%% Far beyond it: refused as a bad body, and the port lives on.
+	Deeper = lists:foldl(fun(_, Acc) -> [Acc] end, [], lists:seq(1, 9990)),
+	Id3 = next_id(),
+	send(Port, ?KIND_EVAL, 1, Id3, {undefined, <<"x">>, #{<<"x">> => Deeper}}, Config),
+	{70, 1, Id3, Refusal} = receive_frame(Port, 20000),
+	{bad_body, Why} = decode(Refusal, Config),
+	true = binary:match(Why, <<"nested deeper than 1000 levels">>) =/= nomatch,
 	{result, 2} = eval(Port, <<"1+1">>, Config).
 
 %% 4. A start-up failure (the erlang package raises on import) ends with status 3 and the
@@ -309,6 +322,113 @@ stats_counts_contexts_when_asked(Config) ->
 	#{contexts := 1, envs := _, os_pid := OsPid} = decode(Stats, Config),
 	50 = length([ok || {?KIND_RESULT, _, Id, B} <- Replies, Id > 600, decode(B, Config) =:= ok]),
 	[{?KIND_RESULT, 1, 51, _}] = [F || F = {_, _, 51, _} <- Replies].
+
+%% 3. A request's unacknowledged output is forgiven when its final frame goes out: a reader that went
+%% away (here nobody acks A's output, as when its caller was killed) cannot keep the context's window
+%% shut for the requests after it. A's late acks are then ignored: they cannot open the window for
+%% another request's output, which its own acks release.
+unacked_output_forgiven_at_final(Config) ->
+	{Port, _} = start(Config, ["--contexts", "1", "--output-window", integer_to_list(?WINDOW)]),
+	Over = integer_to_binary(?WINDOW + 99),  % + the newline, in one write: 100 bytes over the window
+	send(Port, ?KIND_EVAL, 1, 61, eval_body(<<"import sys\nsys.stdout.write('a' * ", Over/binary, " + '\\n')\n1">>), Config),
+	{HeldA, {?KIND_RESULT, 1}} = collect_output(Port, Config, 5000, 61),
+	true = text_bytes(HeldA) =:= ?WINDOW + 100,
+	send(Port, ?KIND_EVAL, 1, 62, eval_body(<<"print('b' * 999)\n2">>), Config),
+	{HeldB, {?KIND_RESULT, 2}} = collect_output(Port, Config, 5000, 62),
+	1000 = text_bytes(HeldB),
+	send(Port, ?KIND_EVAL, 1, 63, eval_body(<<"import sys\nsys.stdout.write('c' * ", Over/binary, " + '\\n')\nprint('d' * 9)\n3">>), Config),
+	{HeldC, none} = collect_output(Port, Config, 1000, 63),
+	true = text_bytes(HeldC) =:= ?WINDOW + 100,
+	ok = ack_all(Port, HeldA ++ HeldB, Config),
+	{[], none} = collect_output(Port, Config, 1000, 63),
+	ok = ack_all(Port, HeldC, Config),
+	{[{1, 63, 1, <<"ddddddddd\n">>} = D], {?KIND_RESULT, 3}} = collect_output(Port, Config, 5000, 63),
+	%% Exact: nothing is left counted (C's last frame was forgiven with it), and acks that come
+	%% late (C's last, A's again) change nothing.
+	ok = ack_all(Port, [D | HeldA], Config),
+	{result, {0, 0}} = eval(Port, <<"__import__('_erlang')._output_unacked()">>, Config).
+
+%% 3. A cast has no final frame: its output counts until the owner acks it (so casts cannot flood
+%% the owner), and the ack takes it off exactly.
+cast_output_counts_until_acked(Config) ->
+	{Port, _} = start(Config, ["--contexts", "1", "--output-window", integer_to_list(?WINDOW)]),
+	send(Port, 4, 1, 111, {undefined, <<"builtins">>, <<"print">>, [<<"cast">>], #{}}, Config),
+	{?KIND_OUTPUT, 1, 111, B} = receive_frame(Port, 10000),
+	{1, <<"cast\n">>} = decode(B, Config),
+	{result, {5, 1}} = eval(Port, <<"__import__('_erlang')._output_unacked()">>, Config),
+	send(Port, ?KIND_OUTPUT_ACK, 1, 111, 5, Config),
+	{result, {0, 0}} = eval(Port, <<"__import__('_erlang')._output_unacked()">>, Config).
+
+%% 3. Acks reach a context being destroyed: its last request, blocked on the window, goes on when its
+%% output is acked, and the destroy is answered after it.
+output_ack_reaches_destroying_context(Config) ->
+	{Port, _} = start(Config, ["--contexts", "1", "--output-window", integer_to_list(?WINDOW)]),
+	send(Port, ?KIND_CONTEXT_CREATE, 5, 71, {worker}, Config),
+	{result, ok} = final(Port, 71, Config, 10000),
+	Over = integer_to_binary(?WINDOW + 99),
+	send(Port, ?KIND_EVAL, 5, 72, eval_body(<<"import sys\nsys.stdout.write('a' * ", Over/binary, " + '\\n')\nprint('end')\n5">>), Config),
+	{Held, none} = collect_output(Port, Config, 1000, 72),
+	true = text_bytes(Held) =:= ?WINDOW + 100,
+	send(Port, ?KIND_CONTEXT_DESTROY, 5, 73, [], Config),
+	{[], none} = collect_output(Port, Config, 500, 72),
+	ok = ack_all(Port, Held, Config),
+	{[{5, 72, 1, <<"end\n">>}], {?KIND_RESULT, 5}} = collect_output(Port, Config, 5000, 72),
+	{result, ok} = final(Port, 73, Config, 5000).
+
+%% 11. A cancel that names no context (ctx 0, the owner cancelling a dead caller's requests) reaches a
+%% request running on a context being destroyed; the destroy is answered after it.
+cancel_any_reaches_destroying_context(Config) ->
+	{Port, _} = start(Config, ["--contexts", "1"]),
+	send(Port, ?KIND_CONTEXT_CREATE, 5, 81, {worker}, Config),
+	{result, ok} = final(Port, 81, Config, 10000),
+	send(Port, ?KIND_EVAL, 5, 82,
+		eval_body(<<"import time\nprint('started')\nwhile True:\n    time.sleep(0.01)">>), Config),
+	{?KIND_OUTPUT, 5, 82, _} = receive_frame(Port, 10000),
+	send(Port, ?KIND_CONTEXT_DESTROY, 5, 83, [], Config),
+	send(Port, ?KIND_CANCEL, 0, 82, [], Config),
+	{error, {<<"CancelledError">>, _, _}} = final(Port, 82, Config, 5000),
+	{result, ok} = final(Port, 83, Config, 5000).
+
+%% 11. When a stuck cancel makes the port exit, the requests queued on a context being destroyed are
+%% answered requeue too (they never started). Without --crash-file: the exit path must not raise the
+%% faulthandler signal nobody handles then (its default action killed the port before the requeues).
+stuck_cancel_requeues_destroying_context(Config) ->
+	{Port, _} = start(Config, ["--contexts", "1", "--cancel-stuck-ms", "200"]),
+	send(Port, ?KIND_CONTEXT_CREATE, 5, 91, {worker}, Config),
+	{result, ok} = final(Port, 91, Config, 10000),
+	send(Port, ?KIND_EVAL, 5, 92, eval_body(<<"print('started')\nsum(range(10**11))">>), Config),
+	{?KIND_OUTPUT, 5, 92, _} = receive_frame(Port, 10000),
+	timer:sleep(500),  % into the sum (a cancel delivered before it would just end the request)
+	send(Port, ?KIND_EVAL, 5, 93, eval_body(<<"1">>), Config),
+	send(Port, ?KIND_CONTEXT_DESTROY, 5, 94, [], Config),
+	send(Port, ?KIND_CANCEL, 5, 92, [], Config),
+	{Frames, Status} = until_exit(Port, 10000),
+	5 = Status,
+	[{5, 93}] = [{Ctx, Id} || {?KIND_REQUEUE, Ctx, Id, Body} <- Frames, decode(Body, Config) =:= []],
+	[] = [F || F = {K, _, _, _} <- Frames, K =/= ?KIND_REQUEUE].
+
+%% 3, 11. A context id may be reused while the context that had it is still being destroyed: acks and
+%% cancels for the old one's requests still reach it (request ids are unique), not the new one.
+reused_context_id_keeps_acks_and_cancels_apart(Config) ->
+	{Port, _} = start(Config, ["--contexts", "1", "--output-window", integer_to_list(?WINDOW)]),
+	send(Port, ?KIND_CONTEXT_CREATE, 5, 101, {worker}, Config),
+	{result, ok} = final(Port, 101, Config, 10000),
+	Over = integer_to_binary(?WINDOW + 99),
+	Code = <<"import sys, time\nsys.stdout.write('a' * ", Over/binary, " + '\\n')\nprint('end')\n"
+		"while True:\n    time.sleep(0.01)">>,
+	send(Port, ?KIND_EVAL, 5, 102, eval_body(Code), Config),
+	{Held, none} = collect_output(Port, Config, 1000, 102),
+	true = text_bytes(Held) =:= ?WINDOW + 100,
+	send(Port, ?KIND_CONTEXT_DESTROY, 5, 103, [], Config),
+	send(Port, ?KIND_CONTEXT_CREATE, 5, 104, {worker}, Config),
+	{result, ok} = final(Port, 104, Config, 10000),
+	ok = ack_all(Port, Held, Config),
+	{[{5, 102, 1, <<"end\n">>}], none} = collect_output(Port, Config, 1000, 102),
+	send(Port, ?KIND_CANCEL, 5, 102, [], Config),
+	{error, {<<"CancelledError">>, _, _}} = final(Port, 102, Config, 5000),
+	{result, ok} = final(Port, 103, Config, 5000),
+	send(Port, ?KIND_EVAL, 5, 105, eval_body(<<"6">>), Config),
+	{result, 6} = final(Port, 105, Config, 5000).
 
 answer_callbacks(Port, Id, Config, Deadline, N) ->
 	case receive_frame(Port, left(Deadline)) of
