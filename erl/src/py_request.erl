@@ -198,26 +198,19 @@ stream_reopen({py_stream_req, #req{generation = Gen}, Kind, Place, Body}, Deadli
 
 stream_send(Kind, Place, Body, Deadline, SeenGen) ->
 	case ready(Place, SeenGen, Deadline) of
-		{ok, Info = #{port := Port, codec := Codec, owner := Owner, generation := Gen}} ->
-			Slot = Place#place.slot,
-			Ctx = ctx_id(Place, Info),
-			Id = ?REQ_BASE + erlang:unique_integer([positive]),
-			case encode(Kind, flags(Kind, Info, Slot, Ctx, Gen), Ctx, Id, Codec, Body) of
+		{ok, Info} ->
+			%% The stream's request lives until its final frame, however long its consumer takes.
+			case issue(Kind, Info, Place#place.slot, ctx_id(Place, Info), Body, infinity) of
+				{ok, Req} ->
+					{ok, {py_stream_req, Req, Kind, Place, Body}};
+				{closed, Req = #req{id = Id}} ->
+					%% Its port is gone: port_exited is on its way if the owner swept the entry.
+					_ = ets:delete(py_inflight, Id),
+					flush(Req),
+					{error, {port_exited, #{exit_status => undefined, signal => undefined,
+						traceback => <<>>, reason => crashed}}};
 				{error, _} = Error ->
-					Error;
-				Frame ->
-					true = ets:insert(py_inflight, {Id, self(), Slot}),
-					Req = #req{id = Id, kind = Kind, port = Port, slot = Slot, codec = Codec, owner = Owner,
-						generation = Gen, ctx = Ctx, deadline = infinity},
-					try port_command(Port, Frame) of
-						true -> {ok, {py_stream_req, Req, Kind, Place, Body}}
-					catch error:badarg ->
-						%% Its port is gone: port_exited is on its way if the owner swept the entry.
-						_ = ets:delete(py_inflight, Id),
-						flush(Req),
-						{error, {port_exited, #{exit_status => undefined, signal => undefined,
-							traceback => <<>>, reason => crashed}}}
-					end
+					Error
 			end;
 		{moved, Place1} ->
 			stream_send(Kind, Place1, Body, Deadline, 0);
@@ -300,31 +293,44 @@ context_place(Pid) ->
 send(Kind, Place, Body, Deadline, Retry, SeenGen) ->
 	ok = settle_cancels(Deadline),
 	case ready(Place, SeenGen, Deadline) of
-		{ok, Info = #{port := Port, codec := Codec, owner := Owner, generation := Gen}} ->
+		{ok, Info} ->
 			Slot = Place#place.slot,
-			Ctx = ctx_id(Place, Info),
-			Id = request_id(Kind),
-			case encode(Kind, flags(Kind, Info, Slot, Ctx, Gen), Ctx, Id, Codec, Body) of
+			case issue(Kind, Info, Slot, ctx_id(Place, Info), Body, Deadline) of
+				{ok, Req = #req{generation = Gen}} ->
+					case wait(Req) of
+						requeue -> requeued(Kind, Place, Body, Deadline, Retry, Gen);
+						Result -> ref_result(Body, Slot, Req, Result)
+					end;
+				{closed, Req} ->
+					port_closed(Req, Place, Body, Retry);
 				{error, _} = Error ->
-					Error;
-				Frame ->
-					true = ets:insert(py_inflight, {Id, self(), Slot}),
-					Req = #req{id = Id, kind = Kind, port = Port, slot = Slot, codec = Codec, owner = Owner,
-						generation = Gen, ctx = Ctx, deadline = Deadline},
-					try port_command(Port, Frame) of
-						true ->
-							case wait(Req) of
-								requeue -> requeued(Kind, Place, Body, Deadline, Retry, Gen);
-								Result -> ref_result(Body, Slot, Req, Result)
-							end
-					catch error:badarg ->
-						port_closed(Req, Place, Body, Retry)
-					end
+					Error
 			end;
 		{moved, Place1} ->
 			send(Kind, Place1, Body, Deadline, Retry, 0);
 		{error, _} = Error ->
 			Error
+	end.
+
+%% Writes one request to context Ctx of the port Info describes, under a fresh id with its py_inflight
+%% entry (the owner routes its frames to this process by it): {ok, Req}; {closed, Req} when the port
+%% closed under us (the entry is still there: the caller decides); or the encoding error, with nothing
+%% written. The one place a request frame is built and sent (send/6, stream_send/5, run_pinned/6).
+issue(Kind, Info = #{port := Port, codec := Codec, owner := Owner, generation := Gen}, Slot, Ctx, Body,
+		Deadline) ->
+	Id = request_id(Kind),
+	case encode(Kind, flags(Kind, Info, Slot, Ctx, Gen), Ctx, Id, Codec, Body) of
+		{error, _} = Error ->
+			Error;
+		Frame ->
+			true = ets:insert(py_inflight, {Id, self(), Slot}),
+			Req = #req{id = Id, kind = Kind, port = Port, slot = Slot, codec = Codec, owner = Owner,
+				generation = Gen, ctx = Ctx, deadline = Deadline},
+			try port_command(Port, Frame) of
+				true -> {ok, Req}
+			catch error:badarg ->
+				{closed, Req}
+			end
 	end.
 
 request_id(Kind) when Kind =:= context_create; Kind =:= context_init; Kind =:= context_destroy ->
@@ -370,28 +376,21 @@ run_pinned(Kind, Slot, Ctx, Gen, Body, Timeout) ->
 	Deadline = deadline(Timeout),
 	ok = settle_cancels(Deadline),
 	case py_port:info(Slot) of
-		#{status := up, generation := Gen, port := Port, codec := Codec, owner := Owner} = Info ->
-			Id = ?REQ_BASE + erlang:unique_integer([positive]),
-			case encode(Kind, flags(Kind, Info, Slot, Ctx, Gen), Ctx, Id, Codec, Body) of
+		#{status := up, generation := Gen} = Info ->
+			case issue(Kind, Info, Slot, Ctx, Body, Deadline) of
+				{ok, Req} ->
+					case wait(Req) of
+						%% Its port is condemned: the object dies with it.
+						requeue -> {error, stale_ref};
+						Result -> Result
+					end;
+				{closed, Req = #req{id = Id}} ->
+					case ets:take(py_inflight, Id) of
+						[_] -> {error, stale_ref};
+						[] -> late(Req)
+					end;
 				{error, _} = Error ->
-					Error;
-				Frame ->
-					true = ets:insert(py_inflight, {Id, self(), Slot}),
-					Req = #req{id = Id, kind = Kind, port = Port, slot = Slot, codec = Codec, owner = Owner,
-						generation = Gen, ctx = Ctx, deadline = Deadline},
-					try port_command(Port, Frame) of
-						true ->
-							case wait(Req) of
-								%% Its port is condemned: the object dies with it.
-								requeue -> {error, stale_ref};
-								Result -> Result
-							end
-					catch error:badarg ->
-						case ets:take(py_inflight, Id) of
-							[_] -> {error, stale_ref};
-							[] -> late(Req)
-						end
-					end
+					Error
 			end;
 		_ ->
 			{error, stale_ref}
