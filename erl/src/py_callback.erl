@@ -16,6 +16,7 @@
 -export([init_tab/0]).
 -export([register_function/2]).
 -export([register_function/3]).
+-export([register/2]).
 -export([unregister_function/1]).
 -export([invoke/2]).
 -export([reply/2]).
@@ -49,6 +50,11 @@ register_function(Name, Fun) when is_function(Fun, 1) ->
 	insert(name(Name), Fun).
 
 %% Module:Function(Args) is called with the list of arguments.
+%% register/2: the name the reference docs' scheduling example uses (py_callback:register/2).
+-spec register(name(), fun((list()) -> term())) -> ok | {error, {reserved_name, binary()}}.
+register(Name, Fun) ->
+	register_function(Name, Fun).
+
 -spec register_function(name(), module(), atom()) -> ok | {error, {reserved_name, binary()}}.
 register_function(Name, Module, Function) when is_atom(Module), is_atom(Function) ->
 	insert(name(Name), {Module, Function}).

@@ -116,6 +116,7 @@
 -define(STREAM_END, 73).
 -define(LOG, 74).
 -define(REQUEUE, 75).
+-define(SCHEDULE, 94).
 
 %% The port exits with 5 when a cancelled request holds the GIL and cannot even be interrupted
 %% (its --cancel-stuck-ms watchdog): like our grace timer expiring, so reported the same way.
@@ -502,7 +503,7 @@ frame(?OUTPUT, Ctx, Id, Body, _, State = #state{inits = Inits}) when is_map_key(
 frame(?CALLBACK, Ctx, Id, Body, Port, State = #state{inits = Inits}) when is_map_key(Id, Inits) ->
 	guarded(fun() -> frame(?CALLBACK, Ctx, 0, Body, Port, State) end, ?CALLBACK, Ctx, State);
 frame(Kind, Ctx, Id, Body, _, State) when Id =/= 0, (Kind =:= ?RESULT orelse Kind =:= ?ERROR
-		orelse Kind =:= ?PROTOCOL_ERROR orelse Kind =:= ?STREAM_END orelse Kind =:= ?REQUEUE) ->
+		orelse Kind =:= ?PROTOCOL_ERROR orelse Kind =:= ?STREAM_END orelse Kind =:= ?REQUEUE orelse Kind =:= ?SCHEDULE) ->
 	case ets:take(py_inflight, Id) of
 		[{_, Pid, _}] ->
 			Pid ! {py_frame, Id, Kind, Ctx, Body},

@@ -60,6 +60,7 @@
 -define(OUTPUT, 69).
 -define(PROTOCOL_ERROR, 70).
 -define(REQUEUE, 75).
+-define(SCHEDULE, 94).
 -define(STREAM_CHUNK, 72).
 -define(STREAM_END, 73).
 
@@ -299,6 +300,7 @@ send(Kind, Place, Body, Deadline, Retry, SeenGen) ->
 				{ok, Req = #req{generation = Gen}} ->
 					case wait(Req) of
 						requeue -> requeued(Kind, Place, Body, Deadline, Retry, Gen);
+						{schedule, Next} -> scheduled(Next, Place, Body, Deadline, Req);
 						Result -> ref_result(Body, Slot, Req, Result)
 					end;
 				{closed, Req} ->
@@ -367,6 +369,27 @@ ref_result({Env, _, _, _, _, #{return := ref}}, Slot, #req{ctx = Ctx, generation
 	{ok, py_ref:new(Slot, Ctx, Gen, Env, ObjId, Type)};
 ref_result(_, _, _, Result) ->
 	Result.
+
+%% A request ended with a schedule marker (PROTOCOL.md §3.17): its Python frame is over and the context
+%% free; the caller continues it within the same deadline. erlang.schedule(Name, *Args): the Erlang
+%% function registered as Name gives the result (its failure is reported as an erlang.call failure
+%% Python did not catch would be). erlang.schedule_py(M, F, A, K): a new call on the same place, in the
+%% same environment; it may schedule again (the chain is bounded by the deadline, or, with none, by
+%% the Python code: like a loop).
+scheduled({callback, Name, Args}, _Place, _Body, Deadline, Req) when is_list(Args) ->
+	case run_callback(fun() -> py_callback:reply(Name, Args) end, Deadline, Req) of
+		{ok, {ok, Value}} -> {ok, Value};
+		{ok, {error, _Class, Text}} -> {error, {'ErlangError', text(Text)}};
+		timeout -> {error, timeout}
+	end;
+scheduled({call, Module, Function, Args, Kwargs}, Place, Body, Deadline, _Req) when is_list(Args),
+		is_map(Kwargs) ->
+	case remaining(Deadline) of
+		0 when Deadline =/= infinity -> {error, timeout};
+		_ -> send(call, Place, {element(1, Body), Module, Function, Args, Kwargs}, Deadline, false, 0)
+	end;
+scheduled(Other, _, _, _, _) ->
+	{error, {protocol_error, bad_reply, {schedule, Other}}}.
 
 %% One request to context Ctx (an id, not an index) of the OS process Gen of Slot and nowhere else:
 %% an object reference lives there. When that process is gone the object is too: {error, stale_ref},
@@ -535,6 +558,8 @@ frame(port_exited, _, Reason, _) ->
 	{error, {port_exited, Reason}};
 frame(?REQUEUE, _, _, _) ->
 	requeue;
+frame(?SCHEDULE, _, Next, _) ->
+	{schedule, Next};
 frame(Kind, _, Term, Req) ->
 	abandon(Req, Kind, {unexpected, Term}).
 

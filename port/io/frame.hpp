@@ -38,6 +38,10 @@ enum class Kind : uint8_t {
   StreamEnd = 73,
   Log = 74,
   Requeue = 75,
+  Schedule = 94,  // §3.17
+  // Internal, never on the wire (dispatch refuses it as unknown): a schedule_inline continuation
+  // queued on its context (runtime/schedule.cpp).
+  Continue = 255,
 };
 
 // Header flag bits (PROTOCOL.md §1.1). Any other bit set is a protocol error.

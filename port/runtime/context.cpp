@@ -92,7 +92,7 @@ bool Context::take_servable(Item& item) {
 bool Context::cancel_queued(uint64_t id) {
   std::lock_guard<std::mutex> lock(mutex_);
   for (auto it = queue_.begin(); it != queue_.end(); ++it) {
-    if (it->h.id == id && is_request_kind(it->h.kind)) {
+    if (it->h.id == id && is_cancellable_kind(it->h.kind)) {
       queue_.erase(it);
       queued_.fetch_sub(1, std::memory_order_relaxed);
       return true;
@@ -110,7 +110,7 @@ bool Context::cancel_queued(uint64_t id) {
 }
 
 void Context::popped(const Item& item) {
-  if (is_request_kind(item.h.kind)) starting_id_.store(item.h.id);
+  if (is_cancellable_kind(item.h.kind)) starting_id_.store(item.h.id);
 }
 
 bool Context::take_cancelled_id(uint64_t id) {
@@ -143,6 +143,32 @@ void Context::cancel_running(uint64_t id) {
       PyThreadState_SetAsyncExc(thread_ident_, rt_.cancelled_error());
     }
     return;
+  }
+  // Not running: between two steps of a schedule_inline chain (PROTOCOL.md §3.17) the request's
+  // continuation is queued, or popped and about to start. Without this the cancel would be lost
+  // whenever it is delivered between two steps.
+  bool removed = false;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+      if (it->h.id == id && static_cast<Kind>(it->h.kind) == Kind::Continue) {
+        queue_.erase(it);
+        queued_.fetch_sub(1, std::memory_order_relaxed);
+        removed = true;
+        break;
+      }
+    }
+    if (!removed && starting_id_.load() == id) {
+      cancelled_ids_.push_back(id);  // serve() refuses it (and drops its continuation)
+      if (cancelled_ids_.size() > 64) cancelled_ids_.pop_front();
+      cancelled_count_.store(cancelled_ids_.size());
+    }
+  }
+  if (removed) {
+    rt_.drop_continuation(serial_, id);
+    std::string out;
+    rt_.error_frame(out, id_, id, "CancelledError", "request cancelled between two scheduled steps", "");
+    rt_.output().write(out);
   }
 }
 
@@ -229,9 +255,31 @@ void Context::run() {
   PyThreadState* ts = PyEval_SaveThread();
   std::string out;
   bool abandoned = false;
+  // Whether this thread still holds the GIL from the last item. It keeps it only when that item left
+  // nothing to write (a cast, a step of a schedule_inline chain) and more is queued: releasing it to
+  // retake it at once would starve a thread waiting for it (CPython only forces a switch when nobody
+  // took the GIL for a whole switch interval, and each retake counts as a switch), and the control
+  // thread's cancels would never get in between the steps of a chain.
+  bool holding = false;
   for (;;) {
     Item item;
-    {
+    bool got = false;
+    if (holding) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!queue_.empty() && !abandoned_) {
+        item = std::move(queue_.front());
+        queue_.pop_front();
+        queued_.fetch_sub(1, std::memory_order_relaxed);
+        popped(item);
+        abandoned = false;
+        got = true;
+      }
+    }
+    if (!got && holding) {
+      ts = PyEval_SaveThread();
+      holding = false;
+    }
+    if (!got) {
       // Spin briefly before sleeping: waking an idle core costs tens of microseconds here.
       if (queued_.load(std::memory_order_acquire) == 0 && spin_us_ > 0) {
         auto until = Clock::now() + std::chrono::microseconds(spin_us_);
@@ -260,15 +308,20 @@ void Context::run() {
       rt_.protocol_error(id_, item.h.id, "unknown_context", "no context " + std::to_string(id_));
       continue;
     }
-    PyEval_RestoreThread(ts);
+    if (!holding) PyEval_RestoreThread(ts);
     serve(item, out);
+    if (out.empty() && queued_.load(std::memory_order_acquire) > 0) {
+      holding = true;
+      continue;
+    }
     ts = PyEval_SaveThread();
+    holding = false;
     if (!out.empty()) {
       rt_.output().write(out);
       out.clear();
     }
   }
-  PyEval_RestoreThread(ts);
+  if (!holding) PyEval_RestoreThread(ts);
   finish(out);
   tl_context = nullptr;
   PyGILState_Release(gil);  // deletes this thread's Python thread state
@@ -291,6 +344,7 @@ void Context::finish(std::string& out) {
 
 void Context::serve(Item& item, std::string& out) {
   if (take_cancelled_id(item.h.id)) {
+    if (static_cast<Kind>(item.h.kind) == Kind::Continue) rt_.drop_continuation(serial_, item.h.id);
     rt_.error_frame(out, id_, item.h.id, "CancelledError", "request cancelled before it started", "");
     return;
   }

@@ -49,11 +49,19 @@ inline bool is_request_kind(uint8_t kind) {
   return k == Kind::Call || k == Kind::Eval || k == Kind::Exec || k == Kind::Cast;
 }
 
+// What a cancel can remove from a queue or refuse at its start: requests and the continuations of
+// requests (schedule_inline, PROTOCOL.md §3.17). Continuations are not requeued by a drain: their
+// request has started.
+inline bool is_cancellable_kind(uint8_t kind) {
+  return is_request_kind(kind) || static_cast<Kind>(kind) == Kind::Continue;
+}
+
 // What a context serves while its request waits (§3.4): callback replies and nested requests.
 inline bool servable_while_waiting(const Header& h) {
   auto k = static_cast<Kind>(h.kind);
   if (k == Kind::CallbackReply) return true;
-  return (h.flags & kFlagNested) && (k == Kind::Call || k == Kind::Eval || k == Kind::Exec || k == Kind::RefOp);
+  return (h.flags & kFlagNested) &&
+         (k == Kind::Call || k == Kind::Eval || k == Kind::Exec || k == Kind::RefOp || k == Kind::Continue);
 }
 
 // A request being served on a context thread.

@@ -220,6 +220,10 @@ bool Runtime::init_python() {
   PyRef tb_mod(PyImport_ImportModule("traceback"));
   if (!tb_mod || !compile_block_) return false;
   format_exception_ = PyRef(PyObject_GetAttrString(tb_mod.get(), "format_exception"));
+  PyRef sched_mod(PyImport_ImportModule("erlang._schedule"));
+  if (!sched_mod) return false;
+  schedule_marker_type_ = PyRef(PyObject_GetAttrString(sched_mod.get(), "ScheduleMarker"));
+  if (!schedule_marker_type_) return false;
   eval_cache_ = PyRef(PyDict_New());
   exec_cache_ = PyRef(PyDict_New());
   main_str_ = PyRef(PyUnicode_InternFromString("__main__"));
@@ -468,6 +472,14 @@ void Runtime::on_cancel(const Header& h) {
 
 void Runtime::cancel_in(const std::shared_ptr<Context>& c, uint64_t id) {
   if (c->cancel_queued(id)) {
+    if (continuation_pending(c->serial(), id)) {
+      // A queued schedule_inline continuation: its kept call is freed with the GIL (schedule.cpp).
+      uint64_t serial = c->serial();
+      control_->post([this, serial, id] {
+        GilGuard gil;
+        drop_continuation(serial, id);
+      });
+    }
     std::string out;
     error_frame(out, c->id(), id, "CancelledError", "request cancelled before it started", "");
     out_.write(out);
@@ -847,6 +859,11 @@ PyObject* Runtime::compiled(PyObject* code, bool eval_mode) {
 
 void Runtime::handle(Context& ctx, Item& item, std::string& out) {
   const Header& h = item.h;
+  if (static_cast<Kind>(h.kind) == Kind::Continue) {  // internal, no body (schedule.cpp)
+    serve_continue(out, h, ctx.serial());
+    if (PyErr_Occurred()) PyErr_Clear();
+    return;
+  }
   std::string err;
   PyRef body = decode(item.body(), err);
   if (!body) {
@@ -932,6 +949,10 @@ void Runtime::serve_call(std::string& out, const Header& h, PyObject* body, bool
     error_frame_from_exception(out, h.ctx, h.id);
     return;
   }
+  if (!want_stream && !want_ref && is_schedule_marker(result.get())) {
+    schedule_result(out, h, result.get(), env.get(), serial);
+    return;
+  }
   if (want_stream) {
     stream_open(out, h, result.get(), serial, key, credit);
     return;
@@ -973,6 +994,10 @@ void Runtime::serve_eval(std::string& out, const Header& h, PyObject* body, uint
   }
   if (!result) {
     error_frame_from_exception(out, h.ctx, h.id);
+    return;
+  }
+  if (!want_stream && is_schedule_marker(result.get())) {
+    schedule_result(out, h, result.get(), globals, serial);
     return;
   }
   if (want_stream) {

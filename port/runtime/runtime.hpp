@@ -208,6 +208,25 @@ class Runtime {
   void serve_stream_next(std::string& out, const Header& h, PyObject* body, uint64_t serial);
   void stream_pull(std::string& out, const Header& h, uint64_t serial, PyObject* it, uint64_t credit);
   void stream_end_frame(std::string& out, const Header& h);
+  // Cooperative scheduling (schedule.cpp, PROTOCOL.md §3.17).
+  bool is_schedule_marker(PyObject* value) const;
+  void schedule_result(std::string& out, const Header& h, PyObject* marker, PyObject* env, uint64_t serial);
+  void serve_continue(std::string& out, const Header& h, uint64_t serial);
+  bool continuation_pending(uint64_t serial, uint64_t id);  // any thread
+ public:
+  // GIL held: frees the kept call of a continuation that will not run (cancelled while queued).
+  void drop_continuation(uint64_t serial, uint64_t id);
+
+ private:
+  // A schedule_inline continuation waiting in its context's queue: the call, as Python objects, and
+  // the caller's globals it resolves '__main__' in. Keyed by (context serial, request id), guarded by
+  // continuations_mutex_ (taken after the GIL). Bounded: one per request whose continuation is queued.
+  struct Continuation {
+    PyRef env, module, func, args, kwargs;
+  };
+  std::mutex continuations_mutex_;
+  std::map<std::pair<uint64_t, uint64_t>, Continuation> continuations_;
+  PyRef schedule_marker_type_;  // erlang._schedule.ScheduleMarker
 
   Options opts_;
   Output& out_;

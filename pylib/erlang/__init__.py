@@ -29,6 +29,7 @@ from . import _eval as _eval
 from ._callbacks import ErlangFunction, whereis
 from ._io import _install_std_streams as _install_std_streams
 from ._mode import ExecutionMode, detect_mode
+from ._schedule import ScheduleMarker, consume_time_slice, schedule, schedule_inline, schedule_py
 from ._shared_dict import SharedDict
 from ._state import (
     state_decr,
@@ -47,10 +48,15 @@ __all__ = [
     "Pid",
     "ProcessError",
     "Ref",
+    "ScheduleMarker",
     "SharedDict",
     "Term",
     "call",
+    "consume_time_slice",
     "detect_mode",
+    "schedule",
+    "schedule_inline",
+    "schedule_py",
     "send",
     "sleep",
     "state_decr",
