@@ -11,13 +11,14 @@
 -export([docs_remote_execution/1, docs_async_calls/1, docs_parallel_map/1, remote_errors/1,
 	rpc_timeout_frees_remote_call/1, docs_node_status/1, python_sends_to_origin/1, pids_round_trip/1,
 	remote_callback/1, remote_stream/1, remote_pool/1, docs_remote_ensure_venv/1,
-	docs_supervised_remote_call/1, nodedown_after_stop/1]).
+	docs_supervised_remote_call/1, environment_per_rpc/1, refs_need_a_remote_owner/1,
+	nodedown_after_stop/1]).
 
 all() ->
 	[docs_remote_execution, docs_async_calls, docs_parallel_map, remote_errors,
 	 rpc_timeout_frees_remote_call, docs_node_status, python_sends_to_origin, pids_round_trip,
 	 remote_callback, remote_stream, remote_pool, docs_remote_ensure_venv, docs_supervised_remote_call,
-	 nodedown_after_stop].
+	 environment_per_rpc, refs_need_a_remote_owner, nodedown_after_stop].
 
 init_per_suite(Config) ->
 	Started = case node() of
@@ -173,6 +174,29 @@ docs_supervised_remote_call(Config) ->
 	end,
 	{ok, 3.0} = Call(math, sqrt, [9]),
 	{error, {'ValueError', "math domain error"}} = Call(math, sqrt, [-1]).
+
+%% Each rpc:call runs in a fresh process on the remote node, so it has a fresh process-bound
+%% environment: names an rpc'd py:exec defines are not seen by the next rpc. Work that needs them runs
+%% in one remote process (erpc:call with a fun, or a process spawned there).
+environment_per_rpc(Config) ->
+	Node = ?config(node, Config),
+	ok = rpc:call(Node, py, exec, [<<"import json as dist_json">>]),
+	{error, {'NameError', "name 'dist_json' is not defined"}} = rpc:call(Node, py, eval, [<<"dist_json.dumps(1)">>]),
+	{ok, <<"1">>} = erpc:call(Node, fun() ->
+		ok = py:exec(<<"import json as dist_json">>),
+		py:eval(<<"dist_json.dumps(1)">>)
+	end, 30000).
+
+%% An object reference belongs to the process that made it: one returned by an rpc'd call is freed
+%% when that rpc's process ends. Used within one remote process, it works.
+refs_need_a_remote_owner(Config) ->
+	Node = ?config(node, Config),
+	{ok, Ref} = rpc:call(Node, py, call, [builtins, list, [[1, 2]], #{return => ref}]),
+	{error, {'KeyError', _}} = rpc:call(Node, py, to_term, [Ref]),
+	{ok, [1, 2]} = erpc:call(Node, fun() ->
+		{ok, R} = py:call(builtins, list, [[1, 2]], #{return => ref}),
+		py:to_term(R)
+	end, 30000).
 
 %% When the node stops, rpc gives {badrpc, nodedown} and its Python processes are gone with it.
 nodedown_after_stop(Config) ->
