@@ -249,7 +249,7 @@ create_if_missing(Path, O, Deadline) ->
 				_ ->
 					case {installer(O), python(O)} of
 						{{ok, Installer}, {ok, Python}} ->
-							log(notice, "creating ~ts with ~ts (~ts)", [Path, Python, Installer], Path),
+							log(notice, "creating ~ts with ~ts (~ts)", [Path, Python, installer_name(Installer)], Path),
 							{Exe, Args} = case Installer of
 								pip -> {Python, ["-m", "venv", Path]};
 								{uv, Uv} -> {Uv, ["venv", "--python", Python, Path]}
@@ -288,7 +288,7 @@ install_if_changed(Path, DepsFile, O = #{extras := Extras}, Deadline) ->
 						pip -> {VenvPython, ["-m", "pip", "install", "--disable-pip-version-check" | Target]};
 						{uv, Uv} -> {Uv, ["pip", "install", "--python", VenvPython | Target]}
 					end,
-					log(notice, "installing ~ts into ~ts", [DepsFile, Path], Path),
+					log(notice, "installing ~ts into ~ts (~ts)", [DepsFile, Path, installer_name(Installer)], Path),
 					case py_venv_cmd:run(Exe, Args, install_failed, cmd_opts(Path, Deadline)) of
 						{ok, _} ->
 							_ = file:write_file(Marker, Stamp),
@@ -325,6 +325,9 @@ installer(#{installer := auto}) ->
 		false -> {ok, pip};
 		Uv -> {ok, {uv, Uv}}
 	end.
+
+installer_name(pip) -> "pip";
+installer_name({uv, Uv}) -> Uv.
 
 %% The interpreter that creates the venv: the option, else the one the ports embed (same version, so
 %% the venv's site-packages is the one the ports look for).

@@ -14,7 +14,7 @@
 	deactivate_restores_sys_path/1, activate_errors/1, ensure_option_errors/1, ensure_install_failure/1,
 	ensure_timeout_kills_installer/1, caller_death_kills_installer/1, force_recreates/1,
 	install_outside_call_timeout/1, pyproject_editable_with_extras/1, pool_option_errors/1,
-	stop_pool_stops_its_ports/1, app_env_venv_at_start/1]).
+	stop_pool_stops_its_ports/1, app_env_venv_at_start/1, uv_installer/1]).
 
 all() ->
 	[ensure_installs_from_pypi, second_ensure_is_up_to_date, pool_with_venv_sees_it,
@@ -22,7 +22,7 @@ all() ->
 	 deactivate_restores_sys_path, activate_errors, ensure_option_errors, ensure_install_failure,
 	 ensure_timeout_kills_installer, caller_death_kills_installer, force_recreates,
 	 install_outside_call_timeout, pyproject_editable_with_extras, pool_option_errors,
-	 stop_pool_stops_its_ports, app_env_venv_at_start].
+	 stop_pool_stops_its_ports, app_env_venv_at_start, uv_installer].
 
 %% A tiny pure-Python package; pinned, so every run installs the same thing.
 -define(PACKAGE, "idna==3.7").
@@ -331,6 +331,39 @@ app_env_venv_at_start(Config) ->
 		{ok, none} = py:venv_info()
 	after
 		ok = py_ct_helper:start_app([{num_ports, 2}, {contexts_per_port, 2}])
+	end.
+
+%% {installer, uv}: uv (installed from PyPI into a tool venv of its own, put on the PATH) creates the
+%% venv (its pyvenv.cfg says version_info, not version) and installs into it; without the option uv is
+%% picked when it is on the PATH.
+uv_installer(Config) ->
+	Root = ?config(root, Config),
+	Tool = filename:join(Root, "uvtool"),
+	ok = py:ensure_venv(Tool, ?config(req, Config), [{installer, pip}, {activate, false}]),
+	{ok, _} = py_venv_cmd:run(filename:join([Tool, "bin", "python"]),
+		["-m", "pip", "install", "--disable-pip-version-check", "uv"], install_failed,
+		#{deadline => erlang:monotonic_time(millisecond) + ?INSTALL_TIMEOUT, env => []}),
+	OldPath = os:getenv("PATH"),
+	true = os:putenv("PATH", filename:join(Tool, "bin") ++ ":" ++ OldPath),
+	try
+		Uv = os:find_executable("uv"),
+		true = lists:prefix(Tool, Uv),
+		V = filename:join(Root, "uvvenv"),
+		ok = py_ct_helper:capture_log(),
+		ok = py:ensure_venv(V, ?config(req, Config), [{installer, uv}, {activate, false}, {timeout, ?INSTALL_TIMEOUT}]),
+		Logs = logs(),
+		true = has_log(list_to_binary(Uv), Logs),
+		{ok, Cfg} = file:read_file(filename:join(V, "pyvenv.cfg")),
+		true = binary:match(Cfg, <<"version_info">>) =/= nomatch,
+		{ok, _} = py_context_router:start_pool(ml, 1, #{venv => V}),
+		{ok, <<"xn--eckwd4c7c.xn--zckzah">>} = py:call(ml, idna, encode, [<<"ドメイン.テスト"/utf8>>]),
+		%% Auto-detection: uv is on the PATH.
+		ok = py_context_router:stop_pool(ml),
+		_ = logs(),
+		ok = py:ensure_venv(filename:join(Root, "uvauto"), ?config(req, Config), [{activate, false}]),
+		true = has_log(list_to_binary(Uv), logs())
+	after
+		true = os:putenv("PATH", OldPath)
 	end.
 
 %% Internal.
