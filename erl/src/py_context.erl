@@ -86,6 +86,10 @@
 new(Opts) when is_map(Opts) ->
 	Mode = maps:get(mode, Opts, worker),
 	case check_mode(Mode) of
+		ok when is_map_key(venv, Opts); is_map_key(sandbox, Opts) ->
+			%% sys.path and the audit hook belong to a port: a pool has ports of its own (py_pool_ports).
+			{error, {bad_option, maps:with([venv, sandbox], Opts),
+				"a venv or sandbox is per pool: py_context_router:start_pool(Name, 1, #{venv => ..., sandbox => ...})"}};
 		ok -> py_context_sup:start_context(make_ref(), Mode);
 		Error -> Error
 	end.

@@ -11,12 +11,13 @@
 -export([default_is_off/1, default_pool_runs_subprocess_and_fork/1, sandboxed_pool_blocks/1,
 	blocked_messages_exact/1, docs_is_sandboxed_check/1, docs_alternative_erlang_port/1,
 	sandbox_survives_restart/1, app_env_sandboxes_default_pool/1, unsandboxed_pool_beside_sandboxed_default/1,
-	hook_cannot_be_undone/1]).
+	hook_cannot_be_undone/1, context_options_refused/1]).
 
 all() ->
 	[default_is_off, default_pool_runs_subprocess_and_fork, sandboxed_pool_blocks, blocked_messages_exact,
 	 docs_is_sandboxed_check, docs_alternative_erlang_port, sandbox_survives_restart,
-	 app_env_sandboxes_default_pool, unsandboxed_pool_beside_sandboxed_default, hook_cannot_be_undone].
+	 app_env_sandboxes_default_pool, unsandboxed_pool_beside_sandboxed_default, hook_cannot_be_undone,
+	 context_options_refused].
 
 -define(TAIL, "fork()/exec() would corrupt the Erlang runtime.\nUse Erlang ports (open_port/2) for subprocess management.").
 
@@ -151,6 +152,14 @@ unsandboxed_pool_beside_sandboxed_default(_) ->
 	after
 		ok = py_ct_helper:start_app([{num_ports, 2}, {contexts_per_port, 2}])
 	end.
+
+%% A single explicit context cannot have a sandbox or venv of its own (they belong to a port): the
+%% error says to use a pool.
+context_options_refused(_) ->
+	{error, {bad_option, #{sandbox := true}, _}} = py_context:new(#{sandbox => true}),
+	{error, {bad_option, #{venv := "/v"}, _}} = py_context:new(#{venv => "/v"}),
+	{ok, C} = py_context:new(#{}),
+	ok = py_context:stop(C).
 
 %% Python code cannot take the hook out: rebinding the module's set or is_sandboxed changes nothing.
 hook_cannot_be_undone(_) ->
