@@ -74,8 +74,8 @@ ensure(Path0, DepsFile0, Opts) when is_list(Opts) ->
 			%% One ensure per venv at a time on this node (a second one waits for the first, within its
 			%% own timeout, then finds the venv up to date).
 			Lock = {{?MODULE, Path}, self()},
-			Retries = max(1, Timeout div 1000),
-			case global:trans(Lock, fun() -> ensure_locked(Path, DepsFile, O, Deadline) end, [node()], Retries) of
+			case global:trans(Lock, fun() -> ensure_locked(Path, DepsFile, O, Deadline) end, [node()],
+					lock_retries(Timeout, 0, 0)) of
 				aborted -> {error, {busy, Path}};
 				Result -> Result
 			end;
@@ -202,6 +202,15 @@ ensure_locked(Path, DepsFile, O = #{force := Force}, Deadline) ->
 	]),
 	_ = Result =:= ok andalso log(notice, "~ts ready in ~b ms", [Path, erlang:monotonic_time(millisecond) - T0], Path),
 	Result.
+
+%% How many times global:trans may retry the lock so that its sleeps (at most 250 ms, doubling up to
+%% 8 s each: global's random_sleep/1) stay within Timeout; at least once.
+lock_retries(Timeout, Times, Slept) ->
+	Next = Slept + min(8000, (1 bsl (Times + 1)) * 1000 div 8),
+	case Next > Timeout of
+		true -> max(1, Times);
+		false -> lock_retries(Timeout, Times + 1, Next)
+	end.
 
 %% Runs the steps in order, each given the previous one's value ({ok, V} or ok); stops at an error.
 maybe_chain([First | Rest]) ->

@@ -14,7 +14,7 @@
 	deactivate_restores_sys_path/1, activate_errors/1, ensure_option_errors/1, ensure_install_failure/1,
 	ensure_timeout_kills_installer/1, caller_death_kills_installer/1, force_recreates/1,
 	install_outside_call_timeout/1, pyproject_editable_with_extras/1, pool_option_errors/1,
-	stop_pool_stops_its_ports/1, app_env_venv_at_start/1, uv_installer/1]).
+	stop_pool_stops_its_ports/1, app_env_venv_at_start/1, uv_installer/1, concurrent_ensures_serialise/1]).
 
 all() ->
 	[ensure_installs_from_pypi, second_ensure_is_up_to_date, pool_with_venv_sees_it,
@@ -22,7 +22,7 @@ all() ->
 	 deactivate_restores_sys_path, activate_errors, ensure_option_errors, ensure_install_failure,
 	 ensure_timeout_kills_installer, caller_death_kills_installer, force_recreates,
 	 install_outside_call_timeout, pyproject_editable_with_extras, pool_option_errors,
-	 stop_pool_stops_its_ports, app_env_venv_at_start, uv_installer].
+	 stop_pool_stops_its_ports, app_env_venv_at_start, uv_installer, concurrent_ensures_serialise].
 
 %% A tiny pure-Python package; pinned, so every run installs the same thing.
 -define(PACKAGE, "idna==3.7").
@@ -365,6 +365,21 @@ uv_installer(Config) ->
 	after
 		true = os:putenv("PATH", OldPath)
 	end.
+
+%% Two ensures of one venv at once: one creates and installs, the other waits for it and finds the venv
+%% up to date.
+concurrent_ensures_serialise(Config) ->
+	V = filename:join(?config(root, Config), "twice"),
+	Req = ?config(req, Config),
+	ok = py_ct_helper:capture_log(),
+	Self = self(),
+	Pids = [spawn(fun() -> Self ! {done, self(), py:ensure_venv(V, Req, [{installer, pip}, {activate, false},
+		{timeout, ?INSTALL_TIMEOUT}])} end) || _ <- [1, 2]],
+	[receive {done, P, R} -> ok = R after ?INSTALL_TIMEOUT -> ct:fail(ensure_stuck) end || P <- Pids],
+	Logs = logs(),
+	1 = length([L || L <- Logs, binary:match(L, <<"venv: creating">>) =/= nomatch]),
+	1 = length([L || L <- Logs, binary:match(L, <<"venv: installing">>) =/= nomatch]),
+	true = has_log(<<"is up to date with">>, Logs).
 
 %% Internal.
 
