@@ -191,9 +191,11 @@ def interpreter() -> str:
 def apply_startup_env() -> None:
     """Start-up: the sandbox and the venv the owner asked for in the port's environment (§3.15).
 
-    The variables are removed from os.environ, so child processes do not inherit them."""
-    sandbox = os.environ.pop(ENV_SANDBOX, "")
-    venv = os.environ.pop(ENV_VENV, "")
+    The variables stay in the environment: an interpreter created later in this process (a
+    sub-interpreter imports `erlang` too) must find them. Child processes inherit them, which is harmless:
+    only this package reads them, and it runs only inside the port."""
+    sandbox = os.environ.get(ENV_SANDBOX, "")
+    venv = os.environ.get(ENV_VENV, "")
     if sandbox == "1":
         from . import _sandbox
 

@@ -114,8 +114,8 @@ def test_startup_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(_venv.ENV_VENV, str(venv))
     _venv.apply_startup_env()
     assert _venv.info()["venv_path"] == str(venv)
-    # Read once and removed: child processes do not inherit it.
-    assert _venv.ENV_VENV not in os.environ
+    # Kept, for interpreters created later in the process.
+    assert os.environ[_venv.ENV_VENV] == str(venv)
 
 
 def test_interpreter_is_executable() -> None:
