@@ -24,6 +24,8 @@
 %%   imports, paths     the py_import registry at start: [{Module, Func}], [Path]
 %%   start_timeout      how long a port may take to say hello, every start, ms; default 60000
 %%   max_state_entries  the most keys the shared state (py_state) holds; default infinity
+%%   venv               a venv the default pool's ports start with (py_venv); default none
+%%   sandbox            true: the default pool's ports run the audit-hook sandbox; default false
 -module(erlang_python_sup).
 -behaviour(supervisor).
 

@@ -112,6 +112,14 @@
 -export([tracemalloc_start/1]).
 -export([tracemalloc_stop/0]).
 
+%% Venvs and the sandbox (opsc: py_venv, py_pool_ports).
+-export([ensure_venv/2]).
+-export([ensure_venv/3]).
+-export([activate_venv/1]).
+-export([deactivate_venv/0]).
+-export([venv_info/0]).
+-export([is_sandboxed/0]).
+
 -export_type([py_module/0]).
 -export_type([py_func/0]).
 -export_type([py_args/0]).
@@ -609,7 +617,7 @@ num_contexts() ->
 %% One map per port: slot, status, os_pid, contexts, codec, python, build, generation.
 -spec stats() -> [map()].
 stats() ->
-	[stats(py_port:info(Slot)) || Slot <- lists:seq(1, py_router:num_slots())].
+	[stats(py_port:info(Slot)) || Slot <- py_pool_ports:all_slots()].
 
 stats(undefined) ->
 	#{status => down};
@@ -709,3 +717,40 @@ default_timeout() ->
 		#{default_timeout := Timeout} -> Timeout;
 		undefined -> infinity
 	end.
+
+%% Venvs and the sandbox (opsc). README "Virtual environments", "Sandbox".
+
+%% Creates the venv at Path if missing, installs DepsFile (requirements.txt or pyproject.toml) with
+%% pip or uv as OS processes (outside the ports and any call timeout), and activates it in the default
+%% pool's ports.
+-spec ensure_venv(file:filename_all(), file:filename_all()) -> ok | {error, term()}.
+ensure_venv(Path, DepsFile) ->
+	py_venv:ensure(Path, DepsFile).
+
+%% Options: {installer, pip | uv}, force, {extras, [Name]}, {python, Exe}, {timeout, Ms},
+%% {activate, false}.
+-spec ensure_venv(file:filename_all(), file:filename_all(), [py_venv:ensure_opt()]) -> ok | {error, term()}.
+ensure_venv(Path, DepsFile, Opts) ->
+	py_venv:ensure(Path, DepsFile, Opts).
+
+%% Puts the venv's site-packages first in sys.path of every port of the default pool (now and after
+%% restarts).
+-spec activate_venv(file:filename_all()) -> ok | {error, term()}.
+activate_venv(Path) ->
+	py_venv:activate(Path).
+
+-spec deactivate_venv() -> ok | {error, term()}.
+deactivate_venv() ->
+	py_venv:deactivate().
+
+%% {ok, none} or {ok, #{<<"active">> := true, <<"venv_path">> := Path, <<"site_packages">> := Dir, ...}}
+%% of the port that serves the caller.
+-spec venv_info() -> {ok, map() | none} | {error, term()}.
+venv_info() ->
+	py_venv:info().
+
+%% Whether the port that serves the caller runs with the audit-hook sandbox (the application env
+%% `sandbox', or a pool's `sandbox' option).
+-spec is_sandboxed() -> {ok, boolean()} | {error, term()}.
+is_sandboxed() ->
+	py_request:run(eval, self(), {undefined, <<"__import__('erlang').is_sandboxed()">>, #{}}, default_timeout(), true).

@@ -86,6 +86,10 @@
 new(Opts) when is_map(Opts) ->
 	Mode = maps:get(mode, Opts, worker),
 	case check_mode(Mode) of
+		ok when is_map_key(venv, Opts); is_map_key(sandbox, Opts) ->
+			%% sys.path and the audit hook belong to a port: a pool has ports of its own (py_pool_ports).
+			{error, {bad_option, maps:with([venv, sandbox], Opts),
+				"a venv or sandbox is per pool: py_context_router:start_pool(Name, 1, #{venv => ..., sandbox => ...})"}};
 		ok -> py_context_sup:start_context(make_ref(), Mode);
 		Error -> Error
 	end.
@@ -232,7 +236,7 @@ init({default, N}) ->
 	end;
 init({explicit, Id, Mode, Pool}) ->
 	process_flag(trap_exit, true),
-	case create(Mode) of
+	case create(Mode, Pool) of
 		{ok, Slot, CtxId, Gen} ->
 			true = ets:insert(?TAB, {self(), Slot, CtxId, Gen, Pool, Mode}),
 			_ = case Id of
@@ -294,12 +298,13 @@ check_mode(worker) -> ok;
 check_mode(owngil) -> {error, {mode_not_supported, owngil, "only worker contexts are offered so far"}};
 check_mode(Mode) -> {error, {bad_mode, Mode}}.
 
-%% Creates an explicit context on the slot with the fewest: context_create, then context_init, both
-%% within context_create_timeout (application env, ms; default ?CONTROL_TIMEOUT).
-create(Mode) ->
+%% Creates an explicit context on the slot with the fewest (of Pool's own slots, if it has some):
+%% context_create, then context_init, both within context_create_timeout (application env, ms; default
+%% ?CONTROL_TIMEOUT).
+create(Mode, Pool) ->
 	Deadline = erlang:monotonic_time(millisecond)
 		+ application:get_env(erlang_python, context_create_timeout, ?CONTROL_TIMEOUT),
-	case up_info(pick_slot(), Deadline) of
+	case up_info(pick_slot(Pool), Deadline) of
 		{ok, #{slot := Slot, generation := Gen, contexts := Startup} = Info} ->
 			First = lists:max(tuple_to_list(Startup)),
 			CtxId = ets:update_counter(?TAB, {next_ctx, Slot}, 1, {{next_ctx, Slot}, First}),
@@ -333,9 +338,13 @@ init_context(#{slot := Slot, generation := Gen, nested := true}, CtxId, Timeout)
 init_context(_, _, _) ->
 	ok.
 
-%% The slot with the fewest explicit contexts, among the slots that are up (any, when none is).
-pick_slot() ->
-	Slots = lists:seq(1, max(1, py_router:num_slots())),
+%% The slot with the fewest explicit contexts, among the slots that are up (any, when none is): the
+%% default pool's slots, or the pool's own (py_pool_ports: a pool with a venv or sandbox of its own).
+pick_slot(Pool) ->
+	Slots = case py_pool_ports:slots(Pool) of
+		[] -> lists:seq(1, max(1, py_router:num_slots()));
+		Own -> Own
+	end,
 	Up = [S || S <- Slots, is_up(py_port:info(S))],
 	Count = fun(S) -> ets:select_count(?TAB, [{{'_', S, '_', '$1', '_', '_'}, [{'>', '$1', 0}], [true]}]) end,
 	{_, Slot} = lists:min([{Count(S), S} || S <- case Up of [] -> Slots; _ -> Up end]),

@@ -43,6 +43,8 @@ stop_pool(Pool) ->
 	%% The default pool's spec stays, for restart_pool/1.
 	_ = Pool =/= default andalso (catch supervisor:delete_child(?MODULE, Pool)),
 	_ = (catch ets:delete(?TAB, {pool, Pool})),
+	%% A pool with ports of its own (py_pool_ports): its slots go with it.
+	_ = (catch ets:delete(?TAB, {pool_ports, Pool})),
 	ok.
 
 %% Starts the default pool again after stop_pool(default) took it down (its child spec is kept).
@@ -68,8 +70,11 @@ init({pool, Pool, Size, Mode}) ->
 	end,
 	Members = [#{id => {Pool, I}, start => Start(I), restart => permanent, shutdown => 5000,
 		type => worker, modules => [py_context]} || I <- lists:seq(1, Size)],
+	%% A pool with ports of its own (py_pool_ports, venv/sandbox): their owners start first, so the
+	%% members find them; they stop after the members. [] for a pool on the default ports.
+	Ports = py_pool_ports:child_specs(Pool),
 	%% A port death ends every member that lived in it at once: allow a restart of each, twice.
-	{ok, {#{strategy => one_for_one, intensity => 2 * Size + 5, period => 10}, Members}}.
+	{ok, {#{strategy => one_for_one, intensity => 2 * Size + 5 + length(Ports), period => 10}, Ports ++ Members}}.
 
 %% Internal.
 

@@ -214,8 +214,12 @@ num_contexts(Pool) ->
 start_pool(Pool, Size) ->
 	start_pool(Pool, Size, worker).
 
-%% Size explicit contexts, spread over the ports (each on the slot with the fewest at its start).
--spec start_pool(pool_name(), pos_integer(), py_context:context_mode()) -> {ok, [pid()]} | {error, term()}.
+%% Size explicit contexts, spread over the ports (each on the slot with the fewest at its start). With
+%% an options map (mode, venv, sandbox, ports) the pool may get ports of its own: py_pool_ports.
+-spec start_pool(pool_name(), pos_integer(), py_context:context_mode() | py_pool_ports:pool_opts())
+	-> {ok, [pid()]} | {error, term()}.
+start_pool(Pool, Size, Opts) when is_map(Opts) ->
+	py_pool_ports:start_pool(Pool, Size, Opts);
 start_pool(default, Size, Mode) ->
 	start(#{contexts => Size, mode => Mode});
 start_pool(Pool, Size, Mode) when is_atom(Pool), is_integer(Size), Size > 0 ->

@@ -185,7 +185,7 @@ ordered(Kind) ->
 %% Runs Code (with Locals) once in every port that is up, all at once; the first error, if any.
 %% Context index 0 of each: every context of a port shares its interpreter.
 apply_running(Code, Locals) ->
-	Slots = [Slot || Slot <- lists:seq(1, py_router:num_slots()), is_up(py_port:info(Slot))],
+	Slots = [Slot || Slot <- py_pool_ports:all_slots(), is_up(py_port:info(Slot))],
 	Body = {undefined, Code, Locals},
 	Parent = self(),
 	Tag = make_ref(),

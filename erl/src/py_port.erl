@@ -69,7 +69,8 @@
 	signal := atom() | {signal, pos_integer()} | undefined, traceback := binary(),
 	reason := crashed | cancel_grace_expired | no_hello | shutdown | owner_down, error => term()}.
 -type opts() :: #{codec := py_codec:codec(), contexts := pos_integer(), cancel_grace_ms := non_neg_integer(),
-	spin_us := non_neg_integer(), max_frame => non_neg_integer(), start_timeout => timeout()}.
+	spin_us := non_neg_integer(), max_frame => non_neg_integer(), start_timeout => timeout(),
+	venv => binary() | none, sandbox => boolean()}.
 
 -record(state, {
 	slot :: pos_integer(),
@@ -186,7 +187,7 @@ pending_cancels(Slot) ->
 -spec forget_caller(pid()) -> ok.
 forget_caller(Pid) ->
 	_ = [cancel_requests(Pid, Slot, Port, Codec, Owner, Gen)
-		|| Slot <- lists:seq(1, py_router:num_slots()),
+		|| Slot <- py_pool_ports:all_slots(),
 			#{status := St, port := Port, codec := Codec, owner := Owner, generation := Gen} <- [info(Slot)],
 			St =/= down],
 	ok.
@@ -390,7 +391,8 @@ terminate(Reason, State = #state{slot = Slot, port = Port, os_pid = OsPid}) ->
 start_os_process(State = #state{exe = Exe, args = Args, crash_file = CrashFile, generation = Gen}) ->
 	_ = file:delete(CrashFile),
 	Port = open_port({spawn_executable, Exe},
-		[{packet, 4}, binary, exit_status, use_stdio, {args, Args}]),
+		%% env: the venv and sandbox of this start (py_venv, PROTOCOL.md §3.15).
+		[{packet, 4}, binary, exit_status, use_stdio, {args, Args}, {env, py_venv:port_env(State#state.opts)}]),
 	{os_pid, OsPid} = erlang:port_info(Port, os_pid),
 	State1 = State#state{port = Port, os_pid = OsPid, status = starting, generation = Gen + 1,
 		started_at = now_ms(), kill_reason = undefined, killed = false, os_start = os_start_time(OsPid)},

@@ -93,3 +93,11 @@ def __getattr__(name: str) -> Any:
     if not call("_has_function", name):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r} (no Erlang function registered as {name!r})")
     return ErlangFunction(name)
+
+# Venvs and the sandbox (opsc): `erlang.is_sandboxed()`, and at start-up the sandbox and the venv the
+# owner started this port with (PROTOCOL.md §3.15), before any request runs.
+from ._sandbox import is_sandboxed  # noqa: E402
+from ._venv import apply_startup_env as _apply_startup_env  # noqa: E402
+
+__all__ += ["is_sandboxed"]  # noqa: PLE0605
+_apply_startup_env()

@@ -1,0 +1,90 @@
+%% One OS command of the venv machinery (python -m venv, pip, uv), run outside the Python ports.
+%%
+%% Scope: spawning the command (no shell), logging its output line by line, keeping the last lines for
+%% the error term, and making sure it ends: at its deadline, or when the calling process dies, its whole
+%% process group is killed (the VM starts every port program as a session leader, so the group holds
+%% pip's own children too).
+%%
+%% Bounds: the wait ends at the deadline; the output kept is the last ?TAIL_LINES lines of at most
+%% ?LINE_BYTES bytes each; the watchdog process lives until the command ends or its caller dies.
+-module(py_venv_cmd).
+
+-export([run/4]).
+
+-define(TAIL_LINES, 40).
+-define(LINE_BYTES, 1024).
+
+%% Runs Exe with Args. Opts: env ([{Name, Value | false}]), deadline (monotonic ms), step (an atom naming
+%% the command in logs and errors), venv (the venv path, for the logs). {ok, Output} when it exits 0;
+%% {error, {Step, ExitStatus, Output}} otherwise; {error, {timeout, Step}} at the deadline.
+-spec run(file:filename_all(), [string() | binary()], atom(), map()) ->
+	{ok, binary()} | {error, {atom(), integer(), binary()}} | {error, {timeout, atom()}}.
+run(Exe, Args, Step, Opts) ->
+	Deadline = maps:get(deadline, Opts),
+	Meta = #{domain => [erlang_python, venv], venv => maps:get(venv, Opts, undefined), step => Step},
+	logger:info("erlang_python: venv: running ~ts ~ts", [Exe, lists:join(" ", [to_list(A) || A <- Args])], Meta),
+	Port = open_port({spawn_executable, Exe}, [{args, Args}, {env, maps:get(env, Opts, [])}, exit_status,
+		stderr_to_stdout, binary, {line, ?LINE_BYTES}, hide, in]),
+	{os_pid, OsPid} = erlang:port_info(Port, os_pid),
+	Caller = self(),
+	Watchdog = spawn(fun() -> watchdog(Caller, OsPid) end),
+	try
+		collect(Port, OsPid, Step, Deadline, Meta, {0, []}, <<>>)
+	after
+		Watchdog ! {done, Caller}
+	end.
+
+collect(Port, OsPid, Step, Deadline, Meta, Tail, Partial) ->
+	receive
+		{Port, {data, {noeol, Part}}} ->
+			collect(Port, OsPid, Step, Deadline, Meta, Tail, <<Partial/binary, Part/binary>>);
+		{Port, {data, {eol, Part}}} ->
+			Line = <<Partial/binary, Part/binary>>,
+			logger:info("erlang_python: venv ~ts: ~ts", [Step, Line], Meta),
+			collect(Port, OsPid, Step, Deadline, Meta, keep(Line, Tail), <<>>);
+		{Port, {exit_status, 0}} ->
+			{ok, output(Tail)};
+		{Port, {exit_status, Status}} ->
+			logger:error("erlang_python: venv ~ts failed with exit status ~b:~n~ts",
+				[Step, Status, output(Tail)], Meta),
+			{error, {Step, Status, output(Tail)}}
+	after remaining(Deadline) ->
+		kill_group(OsPid),
+		_ = catch port_close(Port),
+		logger:error("erlang_python: venv ~ts did not finish in time; killed", [Step], Meta),
+		{error, {timeout, Step}}
+	end.
+
+%% The last ?TAIL_LINES lines, newest first, each cut to ?LINE_BYTES.
+keep(Line, {N, Lines}) when N < ?TAIL_LINES ->
+	{N + 1, [cut(Line) | Lines]};
+keep(Line, {N, Lines}) ->
+	{N, [cut(Line) | lists:droplast(Lines)]}.
+
+cut(Line) when byte_size(Line) > ?LINE_BYTES -> binary:part(Line, 0, ?LINE_BYTES);
+cut(Line) -> Line.
+
+output({_, Lines}) ->
+	iolist_to_binary(lists:join(<<"\n">>, lists:reverse(Lines))).
+
+%% Kills the command's process group if its caller dies before it ends (the port closing would not stop
+%% pip, which never reads its stdin).
+watchdog(Caller, OsPid) ->
+	MRef = erlang:monitor(process, Caller),
+	receive
+		{done, Caller} -> ok;
+		{'DOWN', MRef, process, Caller, _} -> kill_group(OsPid)
+	end.
+
+%% SIGKILL to the process group OsPid leads, then to OsPid itself (in case it left the group). os:cmd
+%% waits for kill(1) and leaves no message behind; its only arguments are integers.
+kill_group(OsPid) ->
+	Pid = integer_to_list(OsPid),
+	_ = os:cmd("kill -KILL -- -" ++ Pid ++ " " ++ Pid ++ " 2>/dev/null"),
+	ok.
+
+to_list(B) when is_binary(B) -> unicode:characters_to_list(B);
+to_list(L) -> L.
+
+remaining(Deadline) ->
+	max(0, Deadline - erlang:monotonic_time(millisecond)).
