@@ -112,6 +112,9 @@
 -export([tracemalloc_start/1]).
 -export([tracemalloc_stop/0]).
 
+%% Errors (issue 12, the Elixir wrapper's Py.Error): the traceback of the caller's last Python exception.
+-export([last_traceback/0]).
+
 -export_type([py_module/0]).
 -export_type([py_func/0]).
 -export_type([py_args/0]).
@@ -709,3 +712,11 @@ default_timeout() ->
 		#{default_timeout := Timeout} -> Timeout;
 		undefined -> infinity
 	end.
+
+%% Errors (issue 12).
+
+%% The formatted traceback of the calling process's last request that ended with a Python exception
+%% (undefined if none did); py_traceback keeps one per process.
+-spec last_traceback() -> binary() | undefined.
+last_traceback() ->
+	py_traceback:last().
