@@ -53,7 +53,7 @@ defmodule Py do
       {:ok, "{\\"foo\\": \\"bar\\"}"}
       iex> Py.call(:math, :sqrt, [-1])
       {:error, {:ValueError, 'math domain error'}}
-      iex> Py.call(:time, :sleep, [1], [], timeout: 50)
+      iex> Py.call(:erlang, :sleep, [10], [], timeout: 50)
       {:error, :timeout}
   """
   @spec call(name(), name(), list(), kwargs(), opts()) :: result()
