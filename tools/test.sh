@@ -74,6 +74,12 @@ for ex in examples/*.escript; do
     echo "example $name: FAILED"; tail -n 20 "$log/example-$name.txt"; add 0 1
   fi
 done
+# the reference docs' command for the Elixir example
+if timeout 300 elixir --erl "-pa _build/default/lib/erlang_python/ebin" examples/elixir_example.exs >"$log/example-elixir.txt" 2>&1; then
+  echo "example elixir_example: ok"; add 1 0
+else
+  echo "example elixir_example: FAILED"; tail -n 20 "$log/example-elixir.txt"; add 0 1
+fi
 if wait "$ml_pid"; then
   echo "example ml: ok ($(grep -E 'requests/s|accuracy' "$log/example-ml.txt" | tr '\n' ' '))"; add 1 0
 else

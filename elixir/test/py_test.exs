@@ -188,6 +188,18 @@ defmodule PyTest do
       refute_received {:py_stream, _, _}
     end
 
+    test "an exception in the consumer cancels the generator too" do
+      stream =
+        Py.stream(:__main__, :probed, [self(), 1_000_000])
+        |> Stream.map(fn
+          2 -> raise "consumer failed"
+          v -> v
+        end)
+
+      assert_raise RuntimeError, "consumer failed", fn -> Enum.to_list(stream) end
+      assert_receive "closed", 5000
+    end
+
     test "kwargs" do
       assert ["A", "B"] =
                Py.stream(:__main__, :words, ["a b"], kwargs: [upper: true]) |> Enum.to_list()
@@ -199,6 +211,8 @@ defmodule PyTest do
 
       assert error.class == :ValueError
       assert error.message == "bad item"
+      assert error.traceback == nil
+      refute_received {:py_stream, _, _}
     end
 
     test "a missing function raises when enumerated" do
@@ -215,6 +229,8 @@ defmodule PyTest do
 
       assert error.reason == :timeout
       assert {:ok, 1} = Py.eval("1")
+      Process.sleep(50)
+      refute_received {:py_stream, _, _}
     end
 
     test "composes with Stream functions" do
