@@ -40,6 +40,8 @@ main(_) ->
 	{ok, 4.0} = rpc:call(Node, py, call, [math, sqrt, [16]]),
 	ok = peer:stop(Peer),
 	ok = application:stop(erlang_python),
+	ok = net_kernel:stop(),
+	%% epmd refuses -kill while any node is registered, so this cannot disturb other nodes.
 	StartedEpmd andalso os:cmd("epmd -kill"),
 	ok.
 

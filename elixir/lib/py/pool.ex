@@ -9,8 +9,11 @@ defmodule Py.Pool do
         {Py.Pool, name: :ml, size: 4, register: [:sklearn]}
       ]
 
-  The owner creates the pool when it starts and destroys it when it stops; if the `erlang_python`
-  application goes down, the owner exits and its supervisor starts it (and the pool) again.
+  The owner creates the pool when it starts and destroys it when it stops (it traps exits, so a
+  supervisor's shutdown runs that); if the `erlang_python` application goes down, the owner exits and
+  its supervisor starts it (and the pool) again. An owner killed with `:kill` cannot clean up: its
+  pool stays until `:py_context_router.stop_pool/1`, and a new owner of the same name then fails to
+  start with the pool's `already_started` error.
 
       iex> {:ok, owner} = Py.Pool.start_link(name: :doc_pool, size: 2)
       iex> length(Py.Pool.contexts(:doc_pool))
