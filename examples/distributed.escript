@@ -5,12 +5,12 @@
 %% also sends a message back to a process here. Run from the repository root:
 %%   escript examples/distributed.escript
 main(_) ->
-	ok = logger:set_primary_config(level, notice),
+	ok = logger:set_primary_config(level, warning),
 	StartedEpmd = ensure_epmd(),
 	{ok, _} = net_kernel:start([list_to_atom("ep_main_" ++ os:getpid()), shortnames]),
 	Ebin = filename:absname("_build/default/lib/erlang_python/ebin"),
 	{ok, Peer, Node} = peer:start_link(#{name => list_to_atom("ep_worker_" ++ os:getpid()),
-		args => ["-pa", Ebin], wait_boot => 30000}),
+		args => ["-pa", Ebin, "-kernel", "logger_level", "notice"], wait_boot => 30000}),
 	io:format("this node ~p, the other node ~p~n", [node(), Node]),
 	{ok, _} = application:ensure_all_started(erlang_python),
 	{ok, _} = rpc:call(Node, application, ensure_all_started, [erlang_python], 60000),
@@ -39,10 +39,9 @@ main(_) ->
 	show("rpc:call(Node, py, eval, [<<\"1/0\">>])", rpc:call(Node, py, eval, [<<"1/0">>])),
 	{ok, 4.0} = rpc:call(Node, py, call, [math, sqrt, [16]]),
 	ok = peer:stop(Peer),
-	ok = application:stop(erlang_python),
 	ok = net_kernel:stop(),
-	%% epmd refuses -kill while any node is registered, so this cannot disturb other nodes.
-	StartedEpmd andalso os:cmd("epmd -kill"),
+	ok = application:stop(erlang_python),
+	StartedEpmd andalso stop_epmd(3),
 	ok.
 
 show(Call, Result) -> io:format("~s~n    -> ~tp~n", [Call, Result]).
@@ -56,6 +55,17 @@ ensure_epmd() ->
 			_ = os:cmd(Epmd ++ " -daemon"),
 			wait_epmd(50),
 			true
+	end.
+
+%% epmd refuses -kill while any node is registered, so this cannot disturb other nodes. The peer's erl
+%% may have started a second epmd beside ours; a few rounds end both.
+stop_epmd(0) -> ok;
+stop_epmd(N) ->
+	_ = os:cmd(os:find_executable("epmd") ++ " -kill"),
+	timer:sleep(200),
+	case erl_epmd:names() of
+		{ok, []} -> stop_epmd(N - 1);
+		_ -> ok
 	end.
 
 wait_epmd(0) -> io:format("epmd did not start~n"), halt(1);
