@@ -43,8 +43,12 @@ defmodule ErlangPythonEx.MixProject do
 
   # `rebar3 compile` at the repository root (set EP_SKIP_REBAR=1 to skip it when the caller built
   # already, as tools/test.sh does).
+  # `mix test` runs the compile alias too: the build runs once per mix invocation.
   defp build_erlang_python(_args) do
-    unless System.get_env("EP_SKIP_REBAR") == "1" and File.dir?(Path.join(@erlang_app, "ebin")) do
+    skip? = System.get_env("EP_SKIP_REBAR") == "1" and File.dir?(Path.join(@erlang_app, "ebin"))
+
+    unless skip? or Process.get(:erlang_python_built) do
+      Process.put(:erlang_python_built, true)
       rebar = System.get_env("MIX_REBAR3") || System.find_executable("rebar3") || "rebar3"
       {out, status} = System.cmd(rebar, ["compile"], cd: @root, stderr_to_stdout: true)
       if status != 0, do: Mix.raise("rebar3 compile failed at #{@root}:\n" <> out)
