@@ -55,7 +55,8 @@ done
 echo "== Elixir (ExUnit) and the ML example beside it"
 timeout 900 escript examples/ml.escript >"$log/example-ml.txt" 2>&1 &
 ml_pid=$!
-(cd elixir && EP_SKIP_REBAR=1 mix test) 2>&1 | tee "$log/exunit.txt" | tail -n 4
+# MIX_HOME under _build: mix needs no hex and no home directory (CI may run without HOME).
+(cd elixir && EP_SKIP_REBAR=1 MIX_HOME="${MIX_HOME:-$PWD/../_build/mix_home}" mix test) 2>&1 | tee "$log/exunit.txt" | tail -n 4
 line=$(grep -E '^[0-9]+ (doctests?, )?([0-9]+ tests?, )?[0-9]+ failures?' "$log/exunit.txt" | tail -n 1)
 if [ -n "$line" ]; then
   ex_total=$(echo "$line" | grep -oE '[0-9]+ (doctests?|tests?)' | awk '{s+=$1} END {print s+0}')
