@@ -6,7 +6,8 @@
 %% concurrent Erlang processes, printing accuracy and requests/s. Run from the repository root:
 %%   escript examples/ml.escript
 %% EP_ML_VENV chooses the venv directory (default _build/examples/ml-venv); EP_PYTHON the interpreter
-%% that makes it (default python3: it must be the CPython the port embeds, same minor version).
+%% that makes it (default: the one beside the python3-config the port was built with; it must be the
+%% CPython the port embeds, same minor version).
 -define(CLIENTS, 40).
 
 main(_) ->
@@ -81,13 +82,27 @@ ensure_venv(Venv) ->
 	case filelib:is_file(Python) andalso run(Python, ["-c", "import sklearn"]) of
 		{0, _} -> ok;
 		_ ->
-			Base = os:getenv("EP_PYTHON", "python3"),
-			io:format("creating ~s and installing scikit-learn (once)...~n", [Venv]),
-			{0, _} = run(os:find_executable(Base), ["-m", "venv", Venv]),
+			Base = base_python(),
+			io:format("creating ~s with ~s and installing scikit-learn (once)...~n", [Venv, Base]),
+			{0, _} = run(Base, ["-m", "venv", Venv]),
 			{0, _} = run(filename:join([Venv, "bin", "pip"]), ["install", "--quiet", "--disable-pip-version-check", "scikit-learn"])
 	end,
 	{0, Out} = run(Python, ["-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]),
 	string:trim(Out).
+
+%% EP_PYTHON, or the interpreter beside the python3-config the port was built with
+%% (erl/priv/python_config: /usr/bin/python3-config -> /usr/bin/python3), or python3.
+base_python() ->
+	Root = filename:dirname(filename:dirname(filename:absname(escript:script_name()))),
+	Beside = case file:read_file(filename:join([Root, "erl", "priv", "python_config"])) of
+		{ok, Conf} -> string:replace(string:trim(binary_to_list(Conf)), "-config", "", trailing);
+		_ -> ""
+	end,
+	case {os:getenv("EP_PYTHON"), filelib:is_regular(lists:flatten(Beside))} of
+		{false, true} -> lists:flatten(Beside);
+		{false, false} -> os:find_executable("python3");
+		{Python, _} -> os:find_executable(Python)
+	end.
 
 %% Runs a program without a shell; returns {ExitStatus, Output}. Bounded by the program itself
 %% (pip has its own network timeouts).
