@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 
 # clang-14 + libfuzzer-14-dev: tools/fuzz.sh; erlang-proper(-dev: proper.hrl): the property suite (tests/ct).
 pkgs="erlang-nox erlang-dev rebar3 libuv1-dev libmsgpack-cxx-dev doctest-dev meson ninja-build pkg-config g++ python3-dev python3-pytest clang-14 libfuzzer-14-dev erlang-proper erlang-proper-dev"
+# --- issue 12 (elx): elixir/ (mix builds it offline, no hex) and python3-venv (examples/ml.escript's venv).
+pkgs="$pkgs elixir python3-venv"
+# --- end issue 12
 missing=""
 for p in $pkgs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

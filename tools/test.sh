@@ -47,6 +47,47 @@ for codec in etf msgpack; do
   fi
 done
 
+# --- issue 12 (elx): ExUnit (elixir/, doctests included), the docs' code samples (their Erlang
+# blocks run in tests/ct/py_docs_SUITE above, their Elixir blocks in elixir/test/docs_test.exs) and the
+# examples (each escript counts as one test). The ML example runs beside ExUnit (its first run is mostly
+# pip downloading into the venv it caches under _build/examples/); the timing-sensitive examples run
+# one after another afterwards.
+echo "== Elixir (ExUnit) and the ML example beside it"
+timeout 900 escript examples/ml.escript >"$log/example-ml.txt" 2>&1 &
+ml_pid=$!
+# MIX_HOME under _build: mix needs no hex and no home directory (CI may run without HOME).
+(cd elixir && EP_SKIP_REBAR=1 MIX_HOME="${MIX_HOME:-$PWD/../_build/mix_home}" mix test) 2>&1 | tee "$log/exunit.txt" | tail -n 4
+line=$(grep -E '^[0-9]+ (doctests?, )?([0-9]+ tests?, )?[0-9]+ failures?' "$log/exunit.txt" | tail -n 1)
+if [ -n "$line" ]; then
+  ex_total=$(echo "$line" | grep -oE '[0-9]+ (doctests?|tests?)' | awk '{s+=$1} END {print s+0}')
+  ex_failed=$(echo "$line" | grep -oE '[0-9]+ failures?' | grep -oE '[0-9]+')
+  add $((ex_total - ex_failed)) "$ex_failed"
+else
+  add 0 1
+fi
+echo "== Examples"
+for ex in examples/*.escript; do
+  name=$(basename "$ex" .escript)
+  [ "$name" = ml ] && continue
+  if timeout 300 escript "$ex" >"$log/example-$name.txt" 2>&1; then
+    echo "example $name: ok"; add 1 0
+  else
+    echo "example $name: FAILED"; tail -n 20 "$log/example-$name.txt"; add 0 1
+  fi
+done
+# the reference docs' command for the Elixir example
+if timeout 300 elixir --erl "-pa _build/default/lib/erlang_python/ebin" examples/elixir_example.exs >"$log/example-elixir.txt" 2>&1; then
+  echo "example elixir_example: ok"; add 1 0
+else
+  echo "example elixir_example: FAILED"; tail -n 20 "$log/example-elixir.txt"; add 0 1
+fi
+if wait "$ml_pid"; then
+  echo "example ml: ok ($(grep -E 'requests/s|accuracy' "$log/example-ml.txt" | tr '\n' ' '))"; add 1 0
+else
+  echo "example ml: FAILED"; tail -n 20 "$log/example-ml.txt"; add 0 1
+fi
+# --- end issue 12
+
 fuzz_secs=${EP_FUZZ_SECONDS:-90}
 if [ "$fuzz_secs" != 0 ]; then
   echo "== Fuzz (libFuzzer, ${fuzz_secs} s over 3 harnesses)"

@@ -119,6 +119,8 @@
 -export([deactivate_venv/0]).
 -export([venv_info/0]).
 -export([is_sandboxed/0]).
+%% Errors (issue 12, the Elixir wrapper's Py.Error): the traceback of the caller's last Python exception.
+-export([last_traceback/0]).
 
 -export_type([py_module/0]).
 -export_type([py_func/0]).
@@ -754,3 +756,10 @@ venv_info() ->
 -spec is_sandboxed() -> {ok, boolean()} | {error, term()}.
 is_sandboxed() ->
 	py_request:run(eval, self(), {undefined, <<"__import__('erlang').is_sandboxed()">>, #{}}, default_timeout(), true).
+%% Errors (issue 12).
+
+%% The formatted traceback of the calling process's last request that ended with a Python exception
+%% (undefined if none did); py_traceback keeps one per process.
+-spec last_traceback() -> binary() | undefined.
+last_traceback() ->
+	py_traceback:last().

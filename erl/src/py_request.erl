@@ -538,7 +538,9 @@ frame(?RESULT, _, _, #req{kind = exec}) ->
 	ok;
 frame(?RESULT, _, Value, _) ->
 	{ok, Value};
-frame(?ERROR, _, {Class, Message, _Traceback}, _) ->
+frame(?ERROR, _, {Class, Message, Traceback}, _) ->
+	%% issue 12 (elx): the traceback is kept for py:last_traceback/0.
+	ok = py_traceback:record(Traceback),
 	{error, {py_errors:class(Class), text(Message)}};
 frame(?PROTOCOL_ERROR, _, {improper_list, _}, _) ->
 	%% An improper list in the request (ETF; py_msgpack refuses it before sending): the caller's
