@@ -756,6 +756,7 @@ venv_info() ->
 -spec is_sandboxed() -> {ok, boolean()} | {error, term()}.
 is_sandboxed() ->
 	py_request:run(eval, self(), {undefined, <<"__import__('erlang').is_sandboxed()">>, #{}}, default_timeout(), true).
+
 %% Errors (issue 12).
 
 %% The formatted traceback of the calling process's last request that ended with a Python exception
