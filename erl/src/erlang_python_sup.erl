@@ -79,10 +79,16 @@ init([]) ->
 	ok = py_context_router:init_pool_registry(),
 	ok = py_semaphore:init(),
 	ok = py_import:init(),
+	%% opsa: logging/tracing configuration and span table, stats counters, telemetry lookup.
+	ok = py_ops:init(),
+	ok = py_stats:init(),
+	_ = py_telemetry:refresh(),
 	Layout = #{num_ports := NumPorts, port_opts := PortOpts} = layout(),
 	ok = py_router:set_config(Layout),
 	Children = [
 		#{id => py_shared_dict, start => {py_shared_dict, start_link, []}, type => worker},
+		%% opsa: Python log records and spans (before the ports, which forward them to it).
+		#{id => py_ops_sink, start => {py_ops_sink, start_link, []}, type => worker},
 		#{id => py_port_sup, start => {py_port_sup, start_link, [NumPorts, PortOpts]},
 			type => supervisor, shutdown => infinity},
 		#{id => py_context_sup, start => {py_context_sup, start_link, []},
