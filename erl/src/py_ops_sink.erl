@@ -74,6 +74,7 @@ init([]) ->
 	_ = [catch port_command(Port, ack_frame(Codec, 0))
 		|| Slot <- lists:seq(1, py_router:num_slots()),
 			#{status := St, port := Port, codec := Codec} <- [py_port:info(Slot)], St =/= down],
+	ok = schedule_depth(),
 	{ok, #state{max_traces = py_ops:max_traces()}}.
 
 -spec handle_call(sync, gen_server:from(), #state{}) -> {reply, ok, #state{}, 0}.
@@ -93,6 +94,10 @@ handle_info({ops_frame, Slot, Port, Codec, Kind, Body}, State) ->
 			[Slot, Kind, {Class, Reason}], #{domain => [erlang_python]})
 	end,
 	acked(Port, Codec, Slot, State);
+handle_info(depth_tick, State) ->
+	ok = queue_depth(),
+	ok = schedule_depth(),
+	{noreply, State, 0};
 handle_info(timeout, State) ->
 	%% The mailbox is empty: acknowledge what was taken.
 	{noreply, flush_acks(State)};
@@ -100,6 +105,32 @@ handle_info(_, State) ->
 	{noreply, State, 0}.
 
 %% Internal.
+
+%% The [erlang_python, queue, depth] event of every port that is up, each telemetry_interval_ms
+%% (default 1000; 0: never): requests in flight on it (py_inflight entries) and the owner's mailbox.
+%% Measured only when the event goes somewhere.
+schedule_depth() ->
+	case application:get_env(erlang_python, telemetry_interval_ms, 1000) of
+		Ms when is_integer(Ms), Ms > 0 -> _ = erlang:send_after(Ms, self(), depth_tick), ok;
+		_ -> ok
+	end.
+
+queue_depth() ->
+	case py_telemetry:enabled() of
+		true ->
+			_ = [py_telemetry:execute([erlang_python, queue, depth],
+				#{inflight => ets:select_count(py_inflight, [{{'_', '_', Slot}, [], [true]}]),
+				  owner_queue => case process_info(Owner, message_queue_len) of
+					{message_queue_len, N} -> N;
+					undefined -> 0
+				  end},
+				#{slot => Slot})
+				|| Slot <- lists:seq(1, py_router:num_slots()),
+					#{status := up, owner := Owner} <- [py_port:info(Slot)]],
+			ok;
+		false ->
+			ok
+	end.
 
 handle_frame(Slot, _Codec, ?LOG, {LevelNo, Logger, Message, Meta, Dropped}, _State) when is_integer(LevelNo) ->
 	ok = report_dropped(Slot, log_dropped, "log records", Dropped),

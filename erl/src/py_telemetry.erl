@@ -19,6 +19,7 @@
 -export([refresh/0]).
 -export([mode/0]).
 -export([execute/3]).
+-export([enabled/0]).
 
 -define(MODE, {?MODULE, mode}).
 
@@ -48,6 +49,11 @@ mode() ->
 		undefined -> refresh();
 		Mode -> Mode
 	end.
+
+%% Whether an event would go anywhere (to skip measuring what nobody receives).
+-spec enabled() -> boolean().
+enabled() ->
+	mode() =:= telemetry orelse logger:allow(debug, ?MODULE).
 
 %% One event. With telemetry: telemetry:execute/3 (its handlers run here, in the caller, as the library
 %% does everywhere). Without: a debug logger event, built only if debug is enabled for this module.
