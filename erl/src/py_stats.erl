@@ -2,7 +2,7 @@
 %% ports.
 %%
 %% No process: each group (a port slot, or a pool) is one `counters' array (write_concurrency) found
-%% in persistent_term, bumped by the calling process as its request ends. Layout: requests, errors
+%% in persistent_term, bumped by the calling process as its request ends. Layout: (unused), errors
 %% (a request that returned {error, _} other than a timeout), timeouts, restarts (ports only),
 %% log_dropped, spans_dropped (what the port reported dropping, py_ops_sink), then ?BUCKETS latency
 %% buckets: bucket I holds latencies L (µs) with floor(4 * log2(L + 1)) = I, so each bucket is about
@@ -24,7 +24,7 @@
 -export([percentile/2]).
 -export([bucket/1]).
 
--define(REQUESTS, 1).
+-define(UNUSED, 1).  %% was requests: now the sum of the buckets
 -define(ERRORS, 2).
 -define(TIMEOUTS, 3).
 -define(RESTARTS, 4).
@@ -44,35 +44,37 @@ init() ->
 	py_stats = ets:new(py_stats, [set, public, named_table, {read_concurrency, true}]),
 	ok.
 
-%% Before a request is sent: its start time (native units), and the start event.
--spec request_start(atom(), pos_integer()) -> integer().
+%% Before a request is sent: its start time (native units) and whether its events go anywhere (asked
+%% once per request), and the start event.
+-spec request_start(atom(), pos_integer()) -> {integer(), boolean()}.
 request_start(Kind, Slot) ->
 	T = erlang:monotonic_time(),
-	ok = py_telemetry:execute([erlang_python, request, start],
+	%% Nothing is built for an event that goes nowhere.
+	On = py_telemetry:enabled(),
+	_ = On andalso py_telemetry:execute([erlang_python, request, start],
 		#{monotonic_time => T, system_time => erlang:system_time()}, #{kind => Kind, slot => Slot}),
-	T.
+	{T, On}.
 
 %% After it: counts it in its slot's and its pool's groups, sends the stop (or exception) event, and
 %% returns Result. Chooser: the context pid the request went to, or anything else (the default pool).
--spec request_stop(integer(), atom(), pos_integer(), term(), Result) -> Result.
-request_stop(T0, Kind, Slot, Chooser, Result) ->
+-spec request_stop({integer(), boolean()}, atom(), pos_integer(), term(), Result) -> Result.
+request_stop({T0, On}, Kind, Slot, Chooser, Result) ->
 	T1 = erlang:monotonic_time(),
 	Duration = T1 - T0,
 	Us = erlang:convert_time_unit(Duration, native, microsecond),
 	Pool = pool(Chooser),
 	Outcome = outcome(Result),
-	ok = bump(group({slot, Slot}), Outcome, Us),
-	ok = bump(group({pool, Pool}), Outcome, Us),
-	Meta = #{kind => Kind, slot => Slot, pool => Pool},
-	ok = case Result of
-		{error, Reason} ->
-			py_telemetry:execute([erlang_python, request, exception],
-				#{duration => Duration, monotonic_time => T1}, Meta#{reason => Reason});
-		_ ->
-			py_telemetry:execute([erlang_python, request, stop],
-				#{duration => Duration, monotonic_time => T1}, Meta)
-	end,
+	Bucket = ?FIRST_BUCKET + bucket(Us),
+	ok = bump(group({slot, Slot}), Outcome, Bucket),
+	ok = bump(group({pool, Pool}), Outcome, Bucket),
+	_ = On andalso stop_event(Result, Duration, T1, #{kind => Kind, slot => Slot, pool => Pool}),
 	Result.
+
+stop_event({error, Reason}, Duration, T1, Meta) ->
+	py_telemetry:execute([erlang_python, request, exception], #{duration => Duration, monotonic_time => T1},
+		Meta#{reason => Reason});
+stop_event(_, Duration, T1, Meta) ->
+	py_telemetry:execute([erlang_python, request, stop], #{duration => Duration, monotonic_time => T1}, Meta).
 
 %% Adds N to counter log_dropped or spans_dropped of Slot.
 -spec count_slot(pos_integer(), log_dropped | spans_dropped, non_neg_integer()) -> ok.
@@ -135,14 +137,14 @@ outcome({error, timeout}) -> timeout;
 outcome({error, _}) -> error;
 outcome(_) -> ok.
 
-bump(Ref, Outcome, Us) ->
-	counters:add(Ref, ?REQUESTS, 1),
+%% requests is the sum of the buckets (one counter add per request, not two).
+bump(Ref, Outcome, Bucket) ->
 	_ = case Outcome of
 		ok -> ok;
 		error -> counters:add(Ref, ?ERRORS, 1);
 		timeout -> counters:add(Ref, ?TIMEOUTS, 1)
 	end,
-	counters:add(Ref, ?FIRST_BUCKET + bucket(Us), 1).
+	counters:add(Ref, Bucket, 1).
 
 pool(Chooser) when is_pid(Chooser) ->
 	try ets:lookup_element(py_contexts, Chooser, 5) of
@@ -167,7 +169,7 @@ new_group(Key) ->
 
 summary(Ref) ->
 	Buckets = list_to_tuple([counters:get(Ref, I) || I <- lists:seq(?FIRST_BUCKET, ?SIZE)]),
-	#{requests => counters:get(Ref, ?REQUESTS), errors => counters:get(Ref, ?ERRORS),
+	#{requests => lists:sum(tuple_to_list(Buckets)), errors => counters:get(Ref, ?ERRORS),
 	  timeouts => counters:get(Ref, ?TIMEOUTS),
 	  latency_us => #{p50 => percentile(0.5, Buckets), p99 => percentile(0.99, Buckets)}}.
 

@@ -10,13 +10,14 @@
 -export([doc_quick_start/1, metadata_of_a_module_function/1, level_mapping/1, level_filtered_in_port/1,
 	format_option/1, string_format/1, setup_logging_from_python/1, erlang_handler_on_own_logger/1,
 	invalid_options/1, bad_python_format_keeps_old/1, config_reaches_restarted_port/1,
-	window_drops_and_counts/1, python_does_not_wait/1, ops_ack_bad_body/1, ops_config_bad_body/1]).
+	window_drops_and_counts/1, python_does_not_wait/1, sink_restart_reopens_window/1,
+	thread_outside_requests/1, ops_ack_bad_body/1, ops_config_bad_body/1]).
 
 all() ->
 	[doc_quick_start, metadata_of_a_module_function, level_mapping, level_filtered_in_port, format_option,
 	 string_format, setup_logging_from_python, erlang_handler_on_own_logger, invalid_options,
 	 bad_python_format_keeps_old, config_reaches_restarted_port, window_drops_and_counts,
-	 python_does_not_wait, ops_ack_bad_body, ops_config_bad_body].
+	 python_does_not_wait, sink_restart_reopens_window, thread_outside_requests, ops_ack_bad_body, ops_config_bad_body].
 
 init_per_suite(Config) ->
 	ok = py_ct_helper:start_app([{num_ports, 2}, {contexts_per_port, 2}]),
@@ -250,6 +251,36 @@ python_does_not_wait(_) ->
 	ct:log("20000 records with the sink suspended: ~b ms", [Elapsed]),
 	true = Elapsed < 10000,
 	flush_logs().
+
+%% A sink that dies with frames in its mailbox cannot acknowledge them; its successor tells every port
+%% to forget them (ops_ack 0), so the window opens again instead of staying full for good.
+sink_restart_reopens_window(_) ->
+	ok = py:configure_logging(#{level => info}),
+	ok = sys:suspend(py_ops_sink),
+	Old = whereis(py_ops_sink),
+	{ok, 1024} = py_ct_helper:on(1, 0, fun() ->
+		py:eval(<<"([__import__('logging').info('lost') for i in range(2000)], __import__('_erlang_ops').counters()['unacked'])[1]">>)
+	end),
+	exit(Old, kill),
+	ok = py_ct_helper:eventually(fun() -> is_pid(whereis(py_ops_sink)) andalso whereis(py_ops_sink) =/= Old end, 5000),
+	ok = py_ct_helper:eventually(fun() ->
+		{ok, U} = py_ct_helper:on(1, 0, fun() -> py:eval(<<"__import__('_erlang_ops').counters()['unacked']">>) end),
+		U =:= 0
+	end, 5000),
+	ok = py_ct_helper:on(1, 0, fun() -> py:exec(<<"import logging; logging.info('after restart')">>) end),
+	{info, <<"after restart">>, _} = next_log(),
+	no_more_logs().
+
+%% A Python thread that serves no request logs too.
+thread_outside_requests(_) ->
+	ok = py:configure_logging(#{level => info}),
+	ok = py:exec(<<"
+import logging, threading
+t = threading.Thread(target=lambda: logging.getLogger('bg').info('from a thread'))
+t.start(); t.join()
+">>),
+	{info, <<"from a thread">>, #{py_logger := <<"bg">>}} = next_log(),
+	no_more_logs().
 
 %% ops_ack whose body is not a non-negative integer: protocol_error bad_body, and the port goes on.
 ops_ack_bad_body(_) ->
