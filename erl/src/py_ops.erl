@@ -70,21 +70,22 @@ configure_logging() ->
 -spec configure_logging(map()) -> ok | {error, term()}.
 configure_logging(Opts) when is_map(Opts) ->
 	case logging_config(maps:to_list(Opts), #{log_level => 10, log_format => <<"%(message)s">>}) of
-		{ok, Logging} -> reconfigure(Logging);
+		{ok, Logging} -> reconfigure(Logging, revert);
 		{error, _} = Error -> Error
 	end;
 configure_logging(Opts) ->
 	{error, {invalid_option, options, Opts}}.
 
-%% From now on erlang.Span and @erlang.trace in every port record spans.
+%% From now on erlang.Span and @erlang.trace in every port record spans. A port that does not answer
+%% in time (its control thread waits for the GIL) is logged and gets the setting when it can.
 -spec enable_tracing() -> ok.
 enable_tracing() ->
-	ok_anyway(reconfigure(#{tracing => true})).
+	ok_anyway(reconfigure(#{tracing => true}, keep)).
 
 %% Spans are no longer recorded (a Span then costs one flag check); those collected stay.
 -spec disable_tracing() -> ok.
 disable_tracing() ->
-	ok_anyway(reconfigure(#{tracing => false})).
+	ok_anyway(reconfigure(#{tracing => false}, keep)).
 
 %% The spans collected so far, oldest (first finished) first; at most max_traces.
 -spec get_traces() -> {ok, [span()]}.
@@ -153,14 +154,17 @@ config() ->
 	persistent_term:get(?CONFIG, ?DEFAULT_CONFIG).
 
 %% Stores the new configuration (so ports that start meanwhile get it) and applies it to every port that
-%% is up. If Python refuses it (a bad format string), the previous one is put back everywhere.
-reconfigure(Change) ->
+%% is up. On an error (Python refused a format string, or a port did not answer within 5 s), with
+%% revert the previous configuration is put back everywhere; with keep it stays.
+reconfigure(Change, OnError) ->
 	Old = config(),
 	New = maps:merge(Old, Change),
 	ok = persistent_term:put(?CONFIG, New),
 	case apply_everywhere(New) of
 		ok ->
 			ok;
+		{error, _} = Error when OnError =:= keep ->
+			Error;
 		{error, _} = Error ->
 			ok = persistent_term:put(?CONFIG, Old),
 			_ = apply_everywhere(Old),
