@@ -24,6 +24,8 @@
 %%   imports, paths     the py_import registry at start: [{Module, Func}], [Path]
 %%   start_timeout      how long a port may take to say hello, every start, ms; default 60000
 %%   max_state_entries  the most keys the shared state (py_state) holds; default infinity
+%%   max_traces         spans py:get_traces/0 keeps (the oldest go first); default 10000 (opsa)
+%%   telemetry_interval_ms  how often each port's queue depth event is sent; default 1000, 0 never (opsa)
 -module(erlang_python_sup).
 -behaviour(supervisor).
 
