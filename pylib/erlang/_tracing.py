@@ -10,6 +10,7 @@
 import functools
 import inspect
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -98,17 +99,23 @@ class Span:
         if exc_type is not None:
             status = "error"
             self.end_attrs["exception"] = str(exc)
-        _ops().span(self.name, self.span_id, self.parent_id, self.start_us, end_us, status,
-                    _attrs(self.attributes), _attrs(self.end_attrs), self.events)
+        try:
+            _ops().span(self.name, self.span_id, self.parent_id, self.start_us, end_us, status,
+                        _attrs(self.attributes), _attrs(self.end_attrs), self.events)
+        except Exception as e:  # a span that cannot be sent (too big) must not break the traced code
+            print(f"erlang.Span {self.name!r} not recorded: {e}", file=sys.stderr)
         return False
 
 
-def trace(name: str | None = None) -> Callable[[F], F]:
+def trace(name: str | Callable[..., Any] | None = None) -> Any:
     """Decorator: each call of the function runs in a `Span` named `name` (default: its qualified
-    name). Coroutine functions get a span around the whole await."""
+    name). Coroutine functions get a span around the whole await. `@erlang.trace` without the
+    parentheses works too."""
+    if callable(name):  # used bare: @erlang.trace
+        return trace()(name)
 
     def decorate(fn: F) -> F:
-        span_name = name if name is not None else fn.__qualname__
+        span_name = name if isinstance(name, str) else fn.__qualname__
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)

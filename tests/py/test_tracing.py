@@ -127,3 +127,26 @@ def test_out_of_order_exit_unlinks(ops: FakeOps) -> None:
 def test_name_must_be_str() -> None:
     with pytest.raises(TypeError, match="span name must be a str"):
         erlang.Span(1)  # type: ignore[arg-type]
+
+
+def test_trace_without_parentheses(ops: FakeOps) -> None:
+    ops.tracing_on = True
+
+    @erlang.trace
+    def bare() -> int:
+        return 7
+
+    assert bare() == 7 and spans(ops)[-1]["name"].endswith("bare")
+
+
+def test_unsendable_span_does_not_break_the_code(ops: FakeOps, capsys: pytest.CaptureFixture[str]) -> None:
+    ops.tracing_on = True
+
+    def refuse(*fields: Any) -> bool:
+        raise OverflowError("record of 5000000000 bytes exceeds the largest frame the port may send")
+
+    ops.span = refuse  # type: ignore[method-assign]
+    with erlang.Span("huge"):
+        result = 1
+    assert result == 1
+    assert "erlang.Span 'huge' not recorded: record of" in capsys.readouterr().err
