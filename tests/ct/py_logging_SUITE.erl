@@ -10,14 +10,14 @@
 -export([doc_quick_start/1, metadata_of_a_module_function/1, level_mapping/1, level_filtered_in_port/1,
 	format_option/1, string_format/1, setup_logging_from_python/1, erlang_handler_on_own_logger/1,
 	invalid_options/1, bad_python_format_keeps_old/1, config_reaches_restarted_port/1,
-	window_drops_and_counts/1, python_does_not_wait/1, sink_restart_reopens_window/1,
+	window_drops_and_counts/1, python_does_not_wait/1, sink_restart_reopens_window/1, ops_ack_counts/1,
 	thread_outside_requests/1, ops_ack_bad_body/1, ops_config_bad_body/1]).
 
 all() ->
 	[doc_quick_start, metadata_of_a_module_function, level_mapping, level_filtered_in_port, format_option,
 	 string_format, setup_logging_from_python, erlang_handler_on_own_logger, invalid_options,
 	 bad_python_format_keeps_old, config_reaches_restarted_port, window_drops_and_counts,
-	 python_does_not_wait, sink_restart_reopens_window, thread_outside_requests, ops_ack_bad_body, ops_config_bad_body].
+	 python_does_not_wait, sink_restart_reopens_window, ops_ack_counts, thread_outside_requests, ops_ack_bad_body, ops_config_bad_body].
 
 init_per_suite(Config) ->
 	ok = py_ct_helper:start_app([{num_ports, 2}, {contexts_per_port, 2}]),
@@ -270,6 +270,34 @@ sink_restart_reopens_window(_) ->
 	ok = py_ct_helper:on(1, 0, fun() -> py:exec(<<"import logging; logging.info('after restart')">>) end),
 	{info, <<"after restart">>, _} = next_log(),
 	no_more_logs().
+
+%% ops_ack Count gives back Count frames of the window (the larger integer encodings too); more than
+%% are outstanding empties it.
+ops_ack_counts(_) ->
+	ok = py:configure_logging(#{level => info}),
+	ok = sys:suspend(py_ops_sink),
+	Unacked = fun() ->
+		{ok, U} = py_ct_helper:on(1, 0, fun() -> py:eval(<<"__import__('_erlang_ops').counters()['unacked']">>) end),
+		U
+	end,
+	try
+		{ok, _} = py_ct_helper:on(1, 0, fun() -> py:eval(<<"[__import__('logging').info('x') for i in range(1100)] and None">>) end),
+		1024 = Unacked(),
+		Codec = application:get_env(erlang_python, codec, etf),
+		#{port := Port} = py_port:info(1),
+		Ack = fun(N) -> true = port_command(Port, [<<29, 0, 0:16, 0:32, 0:64>> | py_codec:encode(Codec, N)]) end,
+		Ack(1000),
+		ok = py_ct_helper:eventually(fun() -> Unacked() =:= 24 end, 5000),
+		Ack(20),
+		ok = py_ct_helper:eventually(fun() -> Unacked() =:= 4 end, 5000),
+		Ack(70000),
+		ok = py_ct_helper:eventually(fun() -> Unacked() =:= 0 end, 5000)
+	after
+		%% The sink acknowledges what it holds when it resumes: the count stays at 0 (never below).
+		ok = sys:resume(py_ops_sink)
+	end,
+	flush_logs(),
+	0 = Unacked().
 
 %% A Python thread that serves no request logs too.
 thread_outside_requests(_) ->
