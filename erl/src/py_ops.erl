@@ -21,6 +21,7 @@
 -export([max_traces/0]).
 -export([counters/0]).
 -export([count/2]).
+-export([slots/0]).
 
 -export_type([span/0]).
 
@@ -131,6 +132,15 @@ count(Name, N) ->
 		Ref -> counters:add(Ref, index(Name, ?COUNTER_NAMES, 1), N)
 	end.
 
+%% Every port slot: the default pool's, and those of named pools that run ports of their own
+%% (py_pool_ports:all_slots/0, where that module exists).
+-spec slots() -> [pos_integer()].
+slots() ->
+	case code:ensure_loaded(py_pool_ports) of
+		{module, py_pool_ports} -> py_pool_ports:all_slots();
+		_ -> lists:seq(1, py_router:num_slots())
+	end.
+
 %% Internal.
 
 logging_config([], Acc) ->
@@ -174,7 +184,7 @@ reconfigure(Change, OnError) ->
 %% Sends ops_config to every port that is up, then collects the answers (each within ?APPLY_TIMEOUT).
 %% A port that dies meanwhile gets the configuration when it starts again.
 apply_everywhere(Config) ->
-	Sent = [send_config(Info, Config) || Slot <- lists:seq(1, py_router:num_slots()),
+	Sent = [send_config(Info, Config) || Slot <- slots(),
 		#{status := St} = Info <- [py_port:info(Slot)], St =:= up orelse St =:= condemned],
 	Results = [await_config(S) || S <- Sent],
 	case [E || {error, _} = E <- Results] of

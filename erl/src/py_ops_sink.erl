@@ -72,7 +72,7 @@ init([]) ->
 	%% A sink that restarted lost the frames in its predecessor's mailbox: every up port forgets its
 	%% unacknowledged count (ops_ack 0), or that much of its window would be gone for good.
 	_ = [catch port_command(Port, ack_frame(Codec, 0))
-		|| Slot <- lists:seq(1, py_router:num_slots()),
+		|| Slot <- py_ops:slots(),
 			#{status := St, port := Port, codec := Codec} <- [py_port:info(Slot)], St =/= down],
 	ok = schedule_depth(),
 	{ok, #state{max_traces = py_ops:max_traces()}}.
@@ -125,7 +125,7 @@ queue_depth() ->
 					undefined -> 0
 				  end},
 				#{slot => Slot})
-				|| Slot <- lists:seq(1, py_router:num_slots()),
+				|| Slot <- py_ops:slots(),
 					#{status := up, owner := Owner} <- [py_port:info(Slot)]],
 			ok;
 		false ->
