@@ -99,6 +99,9 @@ rows() ->
      {"latency explicit context", fun row_latency_context/1},
      {"callback round trip", fun row_callback/1},
      {"state_incr", fun row_state_incr/1},
+     %% opsa: logging and tracing from Python
+     {"Python log record", fun row_log_record/1},
+     {"Span while tracing is off", fun row_span_off/1},
      {"RSS after latency runs", fun row_rss_after/1},
      {"throughput", fun row_throughput/1},
      {"stream throughput", fun row_stream/1},
@@ -199,6 +202,17 @@ row_state_incr(C = #{p := #{cb_n := N, lat_warm := W}}) ->
                    true = is_integer(I)
            end,
     beside_plain_eval(C, "erlang.state_incr('bench_ctr')", ours_v(C, Call), W, N).
+
+%% opsa: a Python log record sent to the Erlang logger (py:configure_logging/1; the record crosses the
+%% pipe and py_ops_sink takes it), and a Span while tracing is off, each beside plain py:eval.
+row_log_record(C = #{p := #{cb_n := N, lat_warm := W}}) ->
+    Setup = fun() -> ok = py:configure_logging(#{level => info}) end,
+    Call = fun() -> {ok, none} = py:eval(<<"__import__('logging').info('bench')">>) end,
+    beside_plain_eval(C, "logging.info('bench') to the Erlang logger", ours_v(C, Call, Setup), W, N).
+
+row_span_off(C = #{p := #{cb_n := N, lat_warm := W}}) ->
+    Call = fun() -> {ok, false} = py:eval(<<"erlang.Span('bench').__enter__().__exit__(None, None, None)">>) end,
+    beside_plain_eval(C, "erlang.Span('bench') while tracing is off", ours_v(C, Call), W, N).
 
 beside_plain_eval(C, Name, Variant, W, N) ->
     R = measure(fun() ->

@@ -26,6 +26,8 @@
 %%   max_state_entries  the most keys the shared state (py_state) holds; default infinity
 %%   venv               a venv the default pool's ports start with (py_venv); default none
 %%   sandbox            true: the default pool's ports run the audit-hook sandbox; default false
+%%   max_traces         spans py:get_traces/0 keeps (the oldest go first); default 10000 (opsa)
+%%   telemetry_interval_ms  how often each port's queue depth event is sent; default 1000, 0 never (opsa)
 -module(erlang_python_sup).
 -behaviour(supervisor).
 
@@ -81,10 +83,16 @@ init([]) ->
 	ok = py_context_router:init_pool_registry(),
 	ok = py_semaphore:init(),
 	ok = py_import:init(),
+	%% opsa: logging/tracing configuration and span table, stats counters, telemetry lookup.
+	ok = py_ops:init(),
+	ok = py_stats:init(),
+	_ = py_telemetry:refresh(),
 	Layout = #{num_ports := NumPorts, port_opts := PortOpts} = layout(),
 	ok = py_router:set_config(Layout),
 	Children = [
 		#{id => py_shared_dict, start => {py_shared_dict, start_link, []}, type => worker},
+		%% opsa: Python log records and spans (before the ports, which forward them to it).
+		#{id => py_ops_sink, start => {py_ops_sink, start_link, []}, type => worker},
 		#{id => py_port_sup, start => {py_port_sup, start_link, [NumPorts, PortOpts]},
 			type => supervisor, shutdown => infinity},
 		#{id => py_context_sup, start => {py_context_sup, start_link, []},

@@ -121,6 +121,14 @@
 -export([is_sandboxed/0]).
 %% Errors (issue 12, the Elixir wrapper's Py.Error): the traceback of the caller's last Python exception.
 -export([last_traceback/0]).
+%% Logging, tracing, telemetry and per-pool stats (opsa: py_ops, py_stats, py_telemetry).
+-export([configure_logging/0]).
+-export([configure_logging/1]).
+-export([enable_tracing/0]).
+-export([disable_tracing/0]).
+-export([get_traces/0]).
+-export([clear_traces/0]).
+-export([pool_stats/0]).
 
 -export_type([py_module/0]).
 -export_type([py_func/0]).
@@ -616,10 +624,12 @@ subinterp_supported() ->
 num_contexts() ->
 	py_router:num_contexts().
 
-%% One map per port: slot, status, os_pid, contexts, codec, python, build, generation.
+%% One map per port: slot, status, os_pid, contexts, codec, python, build, generation, and its counters
+%% (py_stats: requests, errors, timeouts, restarts, latency_us => #{p50, p99}, log_dropped,
+%% spans_dropped).
 -spec stats() -> [map()].
 stats() ->
-	[stats(py_port:info(Slot)) || Slot <- py_pool_ports:all_slots()].
+	[maps:merge(py_stats:slot_stats(Slot), stats(py_port:info(Slot))) || Slot <- py_pool_ports:all_slots()].
 
 stats(undefined) ->
 	#{status => down};
@@ -667,6 +677,32 @@ tracemalloc_start(Frames) when is_integer(Frames), Frames > 0 ->
 -spec tracemalloc_stop() -> ok | {error, term()}.
 tracemalloc_stop() ->
 	ok_or_error(system_eval(<<"__import__('tracemalloc').stop()">>)).
+
+%% Logging, tracing, telemetry and per-pool stats (opsa).
+
+%% Python logging to the Erlang logger (domain [python]); see py_ops.
+-spec configure_logging() -> ok | {error, term()}.
+configure_logging() -> py_ops:configure_logging().
+
+-spec configure_logging(#{level => debug | info | warning | error | critical, format => binary() | string()}) ->
+	ok | {error, term()}.
+configure_logging(Opts) -> py_ops:configure_logging(Opts).
+
+-spec enable_tracing() -> ok.
+enable_tracing() -> py_ops:enable_tracing().
+
+-spec disable_tracing() -> ok.
+disable_tracing() -> py_ops:disable_tracing().
+
+-spec get_traces() -> {ok, [py_ops:span()]}.
+get_traces() -> py_ops:get_traces().
+
+-spec clear_traces() -> ok.
+clear_traces() -> py_ops:clear_traces().
+
+%% Request counters per pool: default, each named pool, explicit (contexts of no pool).
+-spec pool_stats() -> #{atom() => map()}.
+pool_stats() -> py_stats:pool_stats().
 
 %% Internal.
 

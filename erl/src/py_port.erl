@@ -118,6 +118,7 @@
 -define(LOG, 74).
 -define(REQUEUE, 75).
 -define(SCHEDULE, 94).
+-define(SPAN, 88).  %% opsa (§3.14)
 
 %% The port exits with 5 when a cancelled request holds the GIL and cannot even be interrupted
 %% (its --cancel-stuck-ms watchdog): like our grace timer expiring, so reported the same way.
@@ -432,9 +433,14 @@ hello(Body, State = #state{slot = Slot, port = Port, generation = Gen, opts = Op
 %% Sends context_init to every context of the new OS process; the slot goes up when all answered.
 init_contexts(Contexts, State = #state{port = Port, generation = Gen, opts = Opts}) ->
 	Body = py_import:context_init_body(),
-	Inits = maps:from_list([{?INIT_BASE + erlang:unique_integer([positive]), Ctx} || Ctx <- Contexts]),
+	Inits0 = maps:from_list([{?INIT_BASE + erlang:unique_integer([positive]), Ctx} || Ctx <- Contexts]),
 	_ = [catch port_command(Port, py_codec:frame(context_init, Ctx, Id, codec(State), Body))
-		|| {Id, Ctx} <- maps:to_list(Inits)],
+		|| {Id, Ctx} <- maps:to_list(Inits0)],
+	%% opsa: the logging/tracing configuration (py_ops), answered like a context_init (ctx 0).
+	Inits = case py_ops:config_frame(codec(State), OpsId = ?INIT_BASE + erlang:unique_integer([positive])) of
+		none -> Inits0;
+		OpsFrame -> _ = catch port_command(Port, OpsFrame), Inits0#{OpsId => 0}
+	end,
 	_ = erlang:send_after(maps:get(start_timeout, Opts, 60000), self(), {init_timeout, Gen}),
 	State#state{inits = Inits, nested = true}.
 
@@ -459,6 +465,7 @@ init_reply(Kind, Ctx, Id, Body, State = #state{inits = Inits, slot = Slot}) ->
 publish_up(State = #state{slot = Slot, generation = Gen, waiters = Waiters, nested = Nested, info = Info0}) ->
 	Info = Info0#{nested => Nested},
 	ok = persistent_term:put({py_port, Slot}, Info),
+	ok = py_stats:port_up(Slot, State#state.os_pid, Gen, State#state.started_at),  %% opsa: telemetry
 	Ready = [From || {From, Seen} <- Waiters, Seen < Gen],
 	_ = [gen_server:reply(From, {ok, Info}) || From <- Ready],
 	State#state{status = up, info = Info, start_failure = undefined,
@@ -563,10 +570,9 @@ frame(?ENV_CREATED, _, 0, Body, _, State = #state{envs = Envs, callees = Callees
 		%% An explicit environment (a reference): its context process frees it (py_context).
 		_ -> State
 	end;
-frame(?LOG, _, 0, Body, _, State) ->
-	{Level, Logger, Message} = py_codec:decode(codec(State), Body),
-	logger:log(log_level(Level), "~ts: ~ts", [Logger, Message],
-		(log_meta(State))#{domain => [erlang_python, python]}),
+%% opsa: Python log records and spans (PROTOCOL.md §3.14) go undecoded to py_ops_sink (one send).
+frame(Kind, _, 0, Body, Port, State) when Kind =:= ?LOG; Kind =:= ?SPAN ->
+	ok = py_ops_sink:forward(State#state.slot, Port, codec(State), Kind, Body),
 	State;
 frame(Kind, Ctx, Id, Body, _, State) ->
 	log(warning, "port ~b wrote an unexpected frame: kind ~b ctx ~b id ~b, ~b body bytes",
@@ -700,17 +706,6 @@ stream_name(1) -> "stdout";
 stream_name(2) -> "stderr";
 stream_name(N) -> io_lib:format("stream ~p", [N]).
 
-log_level(L) when is_integer(L), L >= 50 -> critical;
-log_level(L) when is_integer(L), L >= 40 -> error;
-log_level(L) when is_integer(L), L >= 30 -> warning;
-log_level(L) when is_integer(L), L >= 20 -> info;
-log_level(L) when is_integer(L) -> debug;
-log_level(<<"CRITICAL">>) -> critical;
-log_level(<<"ERROR">>) -> error;
-log_level(<<"WARNING">>) -> warning;
-log_level(<<"INFO">>) -> info;
-log_level(_) -> debug.
-
 %% Watches cancelled request Id: its final frame must come within the grace period, or the port is
 %% killed (cancel_expired).
 watch_cancel(Id, State = #state{generation = Gen, done_early = Done, cancels = Cancels,
@@ -782,6 +777,7 @@ port_died(Status, State0 = #state{slot = Slot, envs = Envs, callees = Callees, c
 	end,
 	publish_down(State),
 	fail_inflight(Slot, Reason),
+	ok = py_stats:port_exit(Slot, State#state.os_pid, now_ms() - State#state.started_at, Reason),  %% opsa
 	ok = py_context:port_exited(Slot, State#state.generation, Reason),
 	_ = [erlang:demonitor(MRef, [flush]) || MRef <- maps:values(Envs) ++ maps:values(Callees)],
 	_ = [erlang:cancel_timer(TRef) || TRef <- maps:values(Cancels)],
@@ -849,6 +845,7 @@ schedule_restart(State = #state{started_at = Started, backoff = FastDeaths}, Cou
 		true -> {0, FastDeaths}
 	end,
 	_ = erlang:send_after(Delay, self(), restart),
+	ok = py_stats:port_restart(State#state.slot, Delay),  %% opsa: restarts counter, telemetry
 	State#state{backoff = FastDeaths1}.
 
 restart_delay(0) -> 0;

@@ -116,8 +116,10 @@ run(Kind, Route, Body, Timeout, Retry) ->
 	case place(Route) of
 		{error, _} = Error ->
 			Error;
-		Place ->
-			send(Kind, Place, Body, Deadline, Retry, 0)
+		Place = #place{slot = Slot, chooser = Chooser} ->
+			%% opsa: per-port/per-pool counters and telemetry events of the request (py_stats).
+			Started = py_stats:request_start(Kind, Slot),
+			py_stats:request_stop(Started, Kind, Slot, Chooser, send(Kind, Place, Body, Deadline, Retry, 0))
 	end.
 
 %% Fire and forget: writes a cast frame, waits for nothing. Returns ok even when no port is up (the

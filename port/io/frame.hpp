@@ -25,6 +25,9 @@ enum class Kind : uint8_t {
   ContextInit = 13,
   Drain = 14,
   RefOp = 15,
+  // opsa: logging and tracing (PROTOCOL.md §3.14)
+  OpsConfig = 28,
+  OpsAck = 29,
   // port -> Erlang
   Hello = 64,
   Result = 65,
@@ -38,6 +41,7 @@ enum class Kind : uint8_t {
   StreamEnd = 73,
   Log = 74,
   Requeue = 75,
+  Span = 88,  // opsa (§3.14)
   Schedule = 94,  // §3.17
   // Internal, never on the wire (dispatch refuses it as unknown): a schedule_inline continuation
   // queued on its context (runtime/schedule.cpp).

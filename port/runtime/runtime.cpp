@@ -8,6 +8,7 @@
 #include "erlang_module.hpp"
 #include "erlang_types.hpp"
 #include "log.hpp"
+#include "ops_module.hpp"
 
 namespace ep {
 
@@ -161,6 +162,8 @@ Runtime::~Runtime() = default;
 bool Runtime::init_python() {
   erlang_module_bind(this);
   if (PyImport_AppendInittab("_erlang", &erlang_module_init) != 0) return false;
+  ops_module_bind(this, 1024);  // opsa: logging and tracing (§3.14)
+  if (PyImport_AppendInittab("_erlang_ops", &ops_module_init) != 0) return false;
   PyConfig config;
   PyConfig_InitPythonConfig(&config);
   config.install_signal_handlers = 0;  // SIGINT & co. belong to the VM's process group, not to us
@@ -434,6 +437,12 @@ void Runtime::dispatch(std::string payload) {
       return;
     case Kind::OutputAck:
       on_output_ack(h, std::string_view(payload).substr(kHeaderSize));
+      return;
+    case Kind::OpsConfig:  // opsa: logging and tracing (§3.14)
+      ops_on_config(*this, h, std::move(payload));
+      return;
+    case Kind::OpsAck:
+      ops_on_ack(*this, h, std::string_view(payload).substr(kHeaderSize));
       return;
     case Kind::StreamNext: {
       // Queued on its context like a request (§3.9): one pull at a time, between other requests.

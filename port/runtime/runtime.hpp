@@ -150,6 +150,9 @@ class Runtime {
   Envs& envs() { return envs_; }
   StreamTable& streams() { return streams_; }
   PyObject* cancelled_error() const { return cancelled_error_; }
+  // opsa (logging and tracing, ops_module.cpp): GIL jobs off the loop thread, and the codec.
+  void post_control(std::function<void()> job) { control_->post(std::move(job)); }
+  CodecKind codec() const { return opts_.codec; }
   void set_exception_types(PyObject* cancelled) { cancelled_error_ = cancelled; }
 
  private:

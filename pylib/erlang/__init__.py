@@ -28,9 +28,11 @@ from _erlang import (
 from . import _eval as _eval
 from ._callbacks import ErlangFunction, whereis
 from ._io import _install_std_streams as _install_std_streams
+from ._logging import ErlangHandler, setup_logging  # opsa: logging (§3.14)
 from ._mode import ExecutionMode, detect_mode
 from ._schedule import ScheduleMarker, consume_time_slice, schedule, schedule_inline, schedule_py
 from ._shared_dict import SharedDict
+from ._tracing import Span, trace  # opsa: tracing (§3.14)
 from ._state import (
     state_decr,
     state_delete,
@@ -66,6 +68,11 @@ __all__ = [
     "state_keys",
     "state_set",
     "whereis",
+    # opsa: logging and tracing
+    "ErlangHandler",
+    "Span",
+    "setup_logging",
+    "trace",
 ]
 
 # Public submodules (none yet; e.g. a future `erlang.channel`). `__getattr__` imports these instead of
