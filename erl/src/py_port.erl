@@ -389,7 +389,8 @@ terminate(Reason, State = #state{slot = Slot, port = Port, os_pid = OsPid}) ->
 start_os_process(State = #state{exe = Exe, args = Args, crash_file = CrashFile, generation = Gen}) ->
 	_ = file:delete(CrashFile),
 	Port = open_port({spawn_executable, Exe},
-		[{packet, 4}, binary, exit_status, use_stdio, {args, Args}]),
+		[{packet, 4}, binary, exit_status, use_stdio,
+			{args, Args ++ py_record:port_args(State#state.slot, Gen + 1)}]),  %% opsb: recording
 	{os_pid, OsPid} = erlang:port_info(Port, os_pid),
 	State1 = State#state{port = Port, os_pid = OsPid, status = starting, generation = Gen + 1,
 		started_at = now_ms(), kill_reason = undefined, killed = false, os_start = os_start_time(OsPid)},

@@ -515,6 +515,9 @@ frame(?RESULT, _, _, #req{kind = exec}) ->
 	ok;
 frame(?RESULT, _, Value, _) ->
 	{ok, Value};
+frame(?ERROR, _, {<<"erlang.Interrupted">>, _, _}, _) ->
+	%% py:interrupt ended it (opsb, PROTOCOL.md §3.13).
+	{error, interrupted};
 frame(?ERROR, _, {Class, Message, _Traceback}, _) ->
 	{error, {py_errors:class(Class), text(Message)}};
 frame(?PROTOCOL_ERROR, _, {improper_list, _}, _) ->

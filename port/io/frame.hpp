@@ -25,6 +25,8 @@ enum class Kind : uint8_t {
   ContextInit = 13,
   Drain = 14,
   RefOp = 15,
+  Record = 25,     // opsb, PROTOCOL.md §3.13
+  Interrupt = 26,  // opsb, PROTOCOL.md §3.13
   // port -> Erlang
   Hello = 64,
   Result = 65,

@@ -410,6 +410,12 @@ void Runtime::dispatch(std::string payload) {
     case Kind::Drain:
       on_drain();
       return;
+    case Kind::Record:  // opsb
+      on_record(h, std::move(payload));
+      return;
+    case Kind::Interrupt:  // opsb
+      on_interrupt(h);
+      return;
     case Kind::Cancel:
       on_cancel(h);
       return;
@@ -660,6 +666,12 @@ void Runtime::error_frame(std::string& out, uint32_t ctx, uint64_t id, std::stri
 
 void Runtime::error_frame_from_exception(std::string& out, uint32_t ctx, uint64_t id) {
   ErrorText e = take_error(format_exception_.get());
+  // opsb: a request py:interrupt cancelled ends with its own class (a dotted name no exception has).
+  Context* c = Context::current_thread_context();
+  if (e.cls == "CancelledError" && c && c->is_interrupted(id)) {
+    e.cls = "erlang.Interrupted";
+    e.msg = "request interrupted by py:interrupt";
+  }
   error_frame(out, ctx, id, e.cls, e.msg, e.tb);
 }
 

@@ -184,6 +184,9 @@ class Runtime {
   void on_context_create(const Header& h, std::string payload);
   void on_context_destroy(const Header& h);
   void on_drain();
+  // opsb (PROTOCOL.md §3.13): record (record_frame.cpp), interrupt (interrupt.cpp); loop thread.
+  void on_record(const Header& h, std::string payload);
+  void on_interrupt(const Header& h);
   void serve_context_create(Context& ctx, std::string& out, const Header& h, PyObject* body);
   void serve_context_init(std::string& out, const Header& h, PyObject* body, uint64_t serial);
   bool add_sys_paths(PyObject* paths);
