@@ -44,6 +44,6 @@ wait(Id, Codec, Timeout) ->
 	end.
 
 reply(?RESULT, Value) -> {ok, Value};
-reply(?ERROR, {Class, Message, _}) -> {error, {py_errors:class(Class), Message}};
+reply(?ERROR, {Class, Message, _}) -> {error, {py_errors:class(Class), unicode:characters_to_list(Message)}};
 reply(?PROTOCOL_ERROR, {Reason, Detail}) -> {error, {protocol_error, Reason, Detail}};
 reply(Kind, Term) -> {error, {protocol_error, bad_reply, {Kind, Term}}}.
