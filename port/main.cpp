@@ -74,6 +74,9 @@ bool parse_args(int argc, char** argv, ep::Options& o) {
     } else if (a == "--max-out-frame" && value(v)) {
       o.max_out_frame = std::strtoull(v.c_str(), nullptr, 10);
       if (o.max_out_frame < 1024 || o.max_out_frame > ep::kMaxOutFrame) return false;
+    } else if (a == "--memory-limit" && value(v)) {  // opsb
+      o.memory_limit = std::strtoll(v.c_str(), nullptr, 10);
+      if (o.memory_limit < 0) return false;
     } else if (a == "--record" && value(v)) {
       g_record_path = v;
     } else if (a == "--record-max" && value(v)) {

@@ -86,7 +86,7 @@
 new(Opts) when is_map(Opts) ->
 	Mode = maps:get(mode, Opts, worker),
 	case check_mode(Mode) of
-		ok -> py_context_sup:start_context(make_ref(), Mode);
+		ok -> py_mem_limit:apply_option(Opts, fun() -> py_context_sup:start_context(make_ref(), Mode) end);  %% opsb
 		Error -> Error
 	end.
 

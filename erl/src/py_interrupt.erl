@@ -17,7 +17,7 @@ interrupt(Ctx) ->
 
 -spec interrupt(pid(), timeout()) -> ok | not_running | {error, term()}.
 interrupt(Ctx, Timeout) when is_pid(Ctx) ->
-	case ctx_id(Ctx) of
+	case py_port_admin:context_id(Ctx) of
 		{ok, Slot, CtxId} ->
 			case py_port_admin:request(Slot, CtxId, ?INTERRUPT, [], Timeout) of
 				{ok, ok} -> ok;
@@ -29,20 +29,3 @@ interrupt(Ctx, Timeout) when is_pid(Ctx) ->
 			E
 	end.
 
-%% The slot and port context id of a context process (a default-pool one names an index into the
-%% contexts of its slot's current hello).
-ctx_id(Ctx) ->
-	case py_context:place(Ctx) of
-		{ok, #{slot := Slot, ctx := {index, I}}} ->
-			case py_port:info(Slot) of
-				#{contexts := Contexts} -> {ok, Slot, element(I rem tuple_size(Contexts) + 1, Contexts)};
-				_ -> {error, {not_running, down}}
-			end;
-		{ok, #{slot := Slot, ctx := CtxId, generation := Gen}} ->
-			case py_port:info(Slot) of
-				#{generation := Gen} -> {ok, Slot, CtxId};
-				_ -> {error, {context_down, Ctx}}
-			end;
-		{error, _} = E ->
-			E
-	end.

@@ -416,7 +416,7 @@ start_os_process(State = #state{exe = Exe, args = Args, crash_file = CrashFile, 
 	_ = file:delete(CrashFile),
 	Port = open_port({spawn_executable, Exe},
 		[{packet, 4}, binary, exit_status, use_stdio,
-			{args, Args ++ py_record:port_args(State#state.slot, Gen + 1)}]),  %% opsb: recording
+			{args, Args ++ py_record:port_args(State#state.slot, Gen + 1) ++ py_mem_limit:port_args()}]),  %% opsb
 	{os_pid, OsPid} = erlang:port_info(Port, os_pid),
 	State1 = State#state{port = Port, os_pid = OsPid, status = starting, generation = Gen + 1,
 		served = 0, recycle = py_recycle:config(), recycling = false,

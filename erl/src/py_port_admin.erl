@@ -4,6 +4,7 @@
 -module(py_port_admin).
 
 -export([request/5]).
+-export([context_id/1]).
 
 %% The ids of the context machinery (py_request, py_port): below the callers' request ids.
 -define(CTRL_BASE, (1 bsl 44)).
@@ -47,3 +48,22 @@ reply(?RESULT, Value) -> {ok, Value};
 reply(?ERROR, {Class, Message, _}) -> {error, {py_errors:class(Class), unicode:characters_to_list(Message)}};
 reply(?PROTOCOL_ERROR, {Reason, Detail}) -> {error, {protocol_error, Reason, Detail}};
 reply(Kind, Term) -> {error, {protocol_error, bad_reply, {Kind, Term}}}.
+
+%% The slot and port context id of a context process (a default-pool one names an index into the
+%% contexts of its slot's current hello).
+-spec context_id(pid()) -> {ok, pos_integer(), pos_integer()} | {error, term()}.
+context_id(Ctx) ->
+	case py_context:place(Ctx) of
+		{ok, #{slot := Slot, ctx := {index, I}}} ->
+			case py_port:info(Slot) of
+				#{contexts := Contexts} -> {ok, Slot, element(I rem tuple_size(Contexts) + 1, Contexts)};
+				_ -> {error, {not_running, down}}
+			end;
+		{ok, #{slot := Slot, ctx := CtxId, generation := Gen}} ->
+			case py_port:info(Slot) of
+				#{generation := Gen} -> {ok, Slot, CtxId};
+				_ -> {error, {context_down, Ctx}}
+			end;
+		{error, _} = E ->
+			E
+	end.

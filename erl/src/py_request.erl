@@ -515,6 +515,9 @@ frame(?RESULT, _, _, #req{kind = exec}) ->
 	ok;
 frame(?RESULT, _, Value, _) ->
 	{ok, Value};
+frame(?ERROR, _, {<<"erlang.MemoryLimit">>, Message, _}, _) ->
+	%% The context's memory_limit refused an allocation (opsb, PROTOCOL.md §3.13).
+	{error, {memory_limit, py_mem_limit:details(Message)}};
 frame(?ERROR, _, {<<"erlang.Interrupted">>, _, _}, _) ->
 	%% py:interrupt ended it (opsb, PROTOCOL.md §3.13).
 	{error, interrupted};

@@ -27,6 +27,7 @@ enum class Kind : uint8_t {
   RefOp = 15,
   Record = 25,     // opsb, PROTOCOL.md §3.13
   Interrupt = 26,  // opsb, PROTOCOL.md §3.13
+  MemoryLimit = 27,  // opsb, PROTOCOL.md §3.13
   // port -> Erlang
   Hello = 64,
   Result = 65,

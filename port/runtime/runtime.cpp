@@ -8,6 +8,7 @@
 #include "erlang_module.hpp"
 #include "erlang_types.hpp"
 #include "log.hpp"
+#include "mem_limit.hpp"
 
 namespace ep {
 
@@ -185,6 +186,7 @@ bool Runtime::init_python() {
     return false;
   }
   if (!erlang_types_ready()) return false;
+  mem::install(opts_.memory_limit);  // opsb: wraps the allocators Python now has (mem_limit.hpp)
 
   PyObject* sys_path = PySys_GetObject("path");  // borrowed
   if (!opts_.pylib.empty()) {
@@ -390,6 +392,7 @@ void Runtime::dispatch(std::string payload) {
     case Kind::Exec:
     case Kind::Cast:
     case Kind::ContextInit:
+    case Kind::MemoryLimit:  // opsb: set on the context's own thread
     case Kind::RefOp: {
       Context* c = find_context(h.ctx);
       if (!c) {
@@ -672,6 +675,13 @@ void Runtime::error_frame_from_exception(std::string& out, uint32_t ctx, uint64_
     e.cls = "erlang.Interrupted";
     e.msg = "request interrupted by py:interrupt";
   }
+  // opsb: a MemoryError because this context's memory_limit refused an allocation.
+  int64_t limit = 0, used = 0, requested = 0;
+  if (e.cls == "MemoryError" && c && mem::take_refusal(limit, used, requested)) {
+    e.cls = "erlang.MemoryLimit";
+    e.msg = "memory limit of " + std::to_string(limit) + " bytes reached (" + std::to_string(used) +
+            " bytes in use, " + std::to_string(requested) + " more requested)";
+  }
   error_frame(out, ctx, id, e.cls, e.msg, e.tb);
 }
 
@@ -890,6 +900,9 @@ void Runtime::handle(Context& ctx, Item& item, std::string& out) {
       break;
     case Kind::ContextCreate:
       serve_context_create(ctx, out, h, body.get());
+      break;
+    case Kind::MemoryLimit:  // opsb
+      serve_memory_limit(out, h, body.get());
       break;
     default:
       break;
