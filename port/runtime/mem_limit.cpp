@@ -22,7 +22,9 @@ struct Budget {
 };
 thread_local Budget tl_budget;
 
-PyMemAllocatorEx g_raw;        // the allocator we wrap (set once, before any thread but main runs)
+// The allocators we wrap, per domain (set once, before any thread but main runs); each wrapper gets
+// its original as its ctx.
+PyMemAllocatorEx g_orig[3];
 PyObjectArenaAllocator g_arena;
 int64_t g_default_limit = 0;
 bool g_installed = false;
@@ -55,37 +57,39 @@ inline void add(Budget* b, int64_t delta) {
   if (b->used < 0) b->used = 0;
 }
 
+inline PyMemAllocatorEx& orig(void* ctx) { return *static_cast<PyMemAllocatorEx*>(ctx); }
+
 inline size_t usable(void* p) { return p ? malloc_usable_size(p) : 0; }
 
-void* raw_malloc(void*, size_t n) {
+void* raw_malloc(void* ctx, size_t n) {
   Budget* b = budget();
   if (refuse(b, n, 0)) return nullptr;
-  void* p = g_raw.malloc(g_raw.ctx, n);
+  void* p = orig(ctx).malloc(orig(ctx).ctx, n);
   if (p) add(b, static_cast<int64_t>(usable(p)));
   return p;
 }
 
-void* raw_calloc(void*, size_t nelem, size_t elsize) {
+void* raw_calloc(void* ctx, size_t nelem, size_t elsize) {
   Budget* b = budget();
   if (elsize && nelem > SIZE_MAX / elsize) return nullptr;
   if (refuse(b, nelem * elsize, 0)) return nullptr;
-  void* p = g_raw.calloc(g_raw.ctx, nelem, elsize);
+  void* p = orig(ctx).calloc(orig(ctx).ctx, nelem, elsize);
   if (p) add(b, static_cast<int64_t>(usable(p)));
   return p;
 }
 
-void* raw_realloc(void*, void* ptr, size_t n) {
+void* raw_realloc(void* ctx, void* ptr, size_t n) {
   Budget* b = budget();
   size_t old = b ? usable(ptr) : 0;
   if (refuse(b, n, old)) return nullptr;
-  void* p = g_raw.realloc(g_raw.ctx, ptr, n);
+  void* p = orig(ctx).realloc(orig(ctx).ctx, ptr, n);
   if (p && b) add(b, static_cast<int64_t>(usable(p)) - static_cast<int64_t>(old));
   return p;
 }
 
-void raw_free(void*, void* ptr) {
+void raw_free(void* ctx, void* ptr) {
   if (Budget* b = budget()) add(b, -static_cast<int64_t>(usable(ptr)));
-  g_raw.free(g_raw.ctx, ptr);
+  orig(ctx).free(orig(ctx).ctx, ptr);
 }
 
 void* arena_alloc(void*, size_t n) {
@@ -108,9 +112,15 @@ void install(int64_t default_limit) {
   // The debug allocators put headers before each block: malloc_usable_size would not apply.
   const char* m = std::getenv("PYTHONMALLOC");
   if (m && std::strstr(m, "debug")) return;
-  PyMem_GetAllocator(PYMEM_DOMAIN_RAW, &g_raw);
-  PyMemAllocatorEx wrapped{nullptr, raw_malloc, raw_calloc, raw_realloc, raw_free};
-  PyMem_SetAllocator(PYMEM_DOMAIN_RAW, &wrapped);
+  // The raw domain is malloc. With PYTHONMALLOC=malloc (the sanitizer runs) the object and mem domains
+  // are malloc too and bypass pymalloc's arenas: they are wrapped the same way.
+  bool all_malloc = m && std::strcmp(m, "malloc") == 0;
+  const PyMemAllocatorDomain domains[3] = {PYMEM_DOMAIN_RAW, PYMEM_DOMAIN_MEM, PYMEM_DOMAIN_OBJ};
+  for (int i = 0; i < (all_malloc ? 3 : 1); ++i) {
+    PyMem_GetAllocator(domains[i], &g_orig[i]);
+    PyMemAllocatorEx wrapped{&g_orig[i], raw_malloc, raw_calloc, raw_realloc, raw_free};
+    PyMem_SetAllocator(domains[i], &wrapped);
+  }
   PyObject_GetArenaAllocator(&g_arena);
   PyObjectArenaAllocator arena{nullptr, arena_alloc, arena_free};
   PyObject_SetArenaAllocator(&arena);
