@@ -97,6 +97,7 @@ rows() ->
      {"latency py:call", fun row_latency_call/1},
      {"latency py:eval", fun row_latency_eval/1},
      {"latency explicit context", fun row_latency_context/1},
+     {"latency with memory_limit", fun row_latency_memory_limit/1},  %% opsb
      {"callback round trip", fun row_callback/1},
      {"state_incr", fun row_state_incr/1},
      %% opsa: logging and tracing from Python
@@ -189,6 +190,20 @@ row_latency_context(C = #{p := #{lat_n := N, lat_warm := W}}) ->
           "plain py:call(math, sqrt, [16])", {ratio_le, 1.1}),
       row("py:call(Ctx, math, sqrt, [16]) p99 (us)", us, val(p99, Ours), val(p99, Plain),
           "plain py:call(math, sqrt, [16])", none)], C}.
+
+%% opsb: what a context's memory_limit costs (its allocator count) on a plain call, beside a context
+%% without one.
+row_latency_memory_limit(C = #{p := #{lat_n := N, lat_warm := W}}) ->
+    Setup = fun(Opts) -> fun() -> {ok, Ctx} = py_context:new(Opts), put(bench_ctx, Ctx) end end,
+    Call = fun() -> {ok, 4.0} = py:call(get(bench_ctx), math, sqrt, [16]) end,
+    R = measure(fun() ->
+                        compare_latency(
+                          [{ours, ours_v(C, Call, Setup(#{memory_limit => 1 bsl 30}))},
+                           {plain, ours_v(C, Call, Setup(#{}))}], W, N)
+                end),
+    {Ours, Plain} = {pick(ours, R), pick(plain, R)},
+    {[row("py:call(Ctx, math, sqrt, [16]) with memory_limit p50 (us)", us, val(p50, Ours), val(p50, Plain),
+          "same context without a limit", none)], C}.
 
 %% Python -> Erlang -> Python: erlang.call of a registered Erlang function, beside plain py:eval.
 row_callback(C = #{p := #{cb_n := N, lat_warm := W}}) ->

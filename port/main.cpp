@@ -3,6 +3,9 @@
 //   erlang_python_port [--codec etf|msgpack] [--contexts N] [--pylib DIR] [--crash-file PATH]
 //                      [--max-frame BYTES] [--spin-us N] [--cancel-stuck-ms N] [--max-contexts N]
 //                      [--output-window BYTES] [--max-out-frame BYTES]
+//                      [--record PATH] [--record-max BYTES]
+//   erlang_python_port dump FILE [--full]          (protocol/RECORDING.md)
+//   erlang_python_port replay FILE [OPTIONS...]
 //
 // Start-up order: keep the protocol descriptors private (so nothing Python prints can reach them),
 // die with the VM, start Python and the contexts, say hello, then run the libuv loop on the input
@@ -18,16 +21,23 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "frame.hpp"
 #include "log.hpp"
 #include "output.hpp"
+#include "record_tools.hpp"
+#include "recorder.hpp"
 #include "runtime.hpp"
 
 namespace {
 
 constexpr int kExitUsage = 2;
 constexpr int kExitPython = 3;
+
+// Recording from start-up (opsb: RECORDING.md): --record PATH, --record-max BYTES.
+std::string g_record_path;
+uint64_t g_record_max = 0;
 
 bool parse_args(int argc, char** argv, ep::Options& o) {
   for (int i = 1; i < argc; ++i) {
@@ -64,6 +74,13 @@ bool parse_args(int argc, char** argv, ep::Options& o) {
     } else if (a == "--max-out-frame" && value(v)) {
       o.max_out_frame = std::strtoull(v.c_str(), nullptr, 10);
       if (o.max_out_frame < 1024 || o.max_out_frame > ep::kMaxOutFrame) return false;
+    } else if (a == "--memory-limit" && value(v)) {  // opsb
+      o.memory_limit = std::strtoll(v.c_str(), nullptr, 10);
+      if (o.memory_limit < 0) return false;
+    } else if (a == "--record" && value(v)) {
+      g_record_path = v;
+    } else if (a == "--record-max" && value(v)) {
+      g_record_max = std::strtoull(v.c_str(), nullptr, 10);
     } else if (a == "--spin-us" && value(v)) {
       o.spin_us = std::atoi(v.c_str());
       if (o.spin_us < 0) return false;
@@ -112,11 +129,18 @@ void on_alloc(uv_handle_t*, size_t, uv_buf_t* buf) { *buf = uv_buf_init(g_read_b
 
 void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
   auto* loop = static_cast<Loop*>(stream->data);
-  if (nread < 0) _exit(0);  // EOF or error: the VM closed the port or is gone
+  if (nread < 0) {  // EOF or error: the VM closed the port or is gone
+    ep::recorder().stop(0);
+    _exit(0);
+  }
   if (nread == 0) return;
   loop->last_frame_ns = uv_hrtime();
   loop->reader.feed(
-      buf->base, static_cast<size_t>(nread), [&](std::string&& payload) { loop->rt->dispatch(std::move(payload)); },
+      buf->base, static_cast<size_t>(nread),
+      [&](std::string&& payload) {
+        ep::recorder().frame_in(payload);
+        loop->rt->dispatch(std::move(payload));
+      },
       [&](std::string_view head, size_t length) {
         // Refuse that one request (its header tells whom to answer) and go on.
         ep::Header h;
@@ -130,12 +154,16 @@ void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc >= 2 && std::strcmp(argv[1], "dump") == 0) return ep::rec::dump_main(argc, argv);
+  if (argc >= 2 && std::strcmp(argv[1], "replay") == 0) return ep::rec::replay_main(argc, argv);
   ep::Options opts;
   if (!parse_args(argc, argv, opts)) {
     std::fprintf(stderr,
                  "usage: erlang_python_port [--codec etf|msgpack] [--contexts N] [--pylib DIR] "
                  "[--crash-file PATH] [--max-frame BYTES] [--spin-us N] [--cancel-stuck-ms N] "
-                 "[--max-contexts N] [--output-window BYTES] [--max-out-frame BYTES]\n");
+                 "[--max-contexts N] [--output-window BYTES] [--max-out-frame BYTES] [--record PATH] "
+                 "[--record-max BYTES]\n       erlang_python_port dump FILE [--full]\n"
+                 "       erlang_python_port replay FILE [--timeout-ms N] [--port EXE] [PORT OPTIONS...]\n");
     return kExitUsage;
   }
   // Large frames (MBs) are read, decoded and encoded in fresh buffers every time. By default glibc
@@ -162,6 +190,12 @@ int main(int argc, char** argv) {
   g_out_fd = out_fd;
   pthread_atfork(nullptr, nullptr, close_protocol_fds_in_child);
 
+  ep::recorder().set_args(std::vector<std::string>(argv, argv + argc));
+  if (!g_record_path.empty()) {
+    std::string err;
+    if (!ep::recorder().start(g_record_path, g_record_max, opts.codec == ep::CodecKind::Etf ? 0 : 1, err))
+      EP_LOG("recording not started: %s", err.c_str());
+  }
   ep::Output output(out_fd);
   g_output = &output;
   ep::Runtime runtime(opts, output);
@@ -183,7 +217,10 @@ int main(int argc, char** argv) {
     for (;;) {
       ssize_t n = read(in_fd, g_read_buf, sizeof g_read_buf);
       if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) _exit(0);
+      if (n <= 0) {
+        ep::recorder().stop(0);
+        _exit(0);
+      }
       uv_buf_t b = uv_buf_init(g_read_buf, static_cast<unsigned>(n));
       input.data = &loop;
       on_read(reinterpret_cast<uv_stream_t*>(&input), n, &b);

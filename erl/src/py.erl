@@ -129,6 +129,9 @@
 -export([get_traces/0]).
 -export([clear_traces/0]).
 -export([pool_stats/0]).
+%% Operations (opsb): interrupts, recording (wrappers at the end of this file).
+-export([interrupt/1]).
+-export([record/2]).
 
 -export_type([py_module/0]).
 -export_type([py_func/0]).
@@ -800,3 +803,17 @@ is_sandboxed() ->
 -spec last_traceback() -> binary() | undefined.
 last_traceback() ->
 	py_traceback:last().
+%% ---------------------------------------------------------------------------------------------
+%% Operations (opsb): interrupts and recording. py_interrupt, py_record.
+
+-spec interrupt(pid()) -> ok | not_running | {error, term()}.
+interrupt(Ctx) ->
+	py_interrupt:interrupt(Ctx).
+
+%% record(start, #{path := File, slot => 1, max_bytes => 64 MiB}) records port `slot` from now on;
+%% record(stop, #{slot => 1}) ends it. protocol/RECORDING.md.
+-spec record(start | stop, map()) -> ok | {error, term()}.
+record(start, Opts) when is_map(Opts) ->
+	py_record:start(maps:get(slot, Opts, 1), Opts);
+record(stop, Opts) when is_map(Opts) ->
+	py_record:stop(maps:get(slot, Opts, 1)).

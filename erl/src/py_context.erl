@@ -90,7 +90,7 @@ new(Opts) when is_map(Opts) ->
 			%% sys.path and the audit hook belong to a port: a pool has ports of its own (py_pool_ports).
 			{error, {bad_option, maps:with([venv, sandbox], Opts),
 				"a venv or sandbox is per pool: py_context_router:start_pool(Name, 1, #{venv => ..., sandbox => ...})"}};
-		ok -> py_context_sup:start_context(make_ref(), Mode);
+		ok -> py_mem_limit:apply_option(Opts, fun() -> py_context_sup:start_context(make_ref(), Mode) end);  %% opsb
 		Error -> Error
 	end.
 

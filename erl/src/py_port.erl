@@ -67,7 +67,7 @@
 	generation => non_neg_integer(), python => binary(), build => atom(), hello => map()}.
 -type exit_reason() :: #{exit_status := non_neg_integer() | undefined,
 	signal := atom() | {signal, pos_integer()} | undefined, traceback := binary(),
-	reason := crashed | cancel_grace_expired | no_hello | shutdown | owner_down, error => term()}.
+	reason := crashed | cancel_grace_expired | no_hello | shutdown | owner_down | recycled, error => term()}.
 -type opts() :: #{codec := py_codec:codec(), contexts := pos_integer(), cancel_grace_ms := non_neg_integer(),
 	spin_us := non_neg_integer(), max_frame => non_neg_integer(), start_timeout => timeout(),
 	venv => binary() | none, sandbox => boolean()}.
@@ -85,7 +85,7 @@
 	info = #{} :: map(),
 	started_at = 0 :: integer(),
 	backoff = 0 :: non_neg_integer(),  %% fast deaths in a row
-	kill_reason = undefined :: undefined | cancel_grace_expired | no_hello | init_timeout,
+	kill_reason = undefined :: undefined | cancel_grace_expired | no_hello | init_timeout | recycled,
 	killed = false :: boolean(),  %% a kill went out to this OS process: never a second one
 	os_start = undefined :: binary() | undefined,  %% its start time in /proc: the pid is still ours
 	start_failure = undefined :: exit_reason() | undefined,  %% why the last start failed (published)
@@ -102,7 +102,12 @@
 	%% context_init requests of the current generation not answered yet (id => ctx), and whether the
 	%% port knows context_init (and so the nested flag and drain).
 	inits = #{} :: #{non_neg_integer() => non_neg_integer()},
-	nested = false :: boolean()
+	nested = false :: boolean(),
+	%% opsb: recycling (py_recycle): requests answered by this OS process, the limits read at its
+	%% start, and whether it is being recycled (condemned, waiting for its requests in flight).
+	served = 0 :: non_neg_integer(),
+	recycle = #{} :: map(),
+	recycling = false :: boolean()
 }).
 
 -define(HELLO, 64).
@@ -358,6 +363,27 @@ handle_info(restart, State = #state{status = down}) ->
 		publish_down(State1),
 		{noreply, schedule_restart(State1, true)}
 	end;
+handle_info({rss_check, Gen}, State = #state{generation = Gen, status = up, recycling = false,
+		recycle = #{max_rss := Max}, os_pid = OsPid}) ->
+	case py_recycle:rss(OsPid) of
+		Rss when is_integer(Rss), Rss > Max -> {noreply, recycle(max_rss, State)};
+		_ -> {noreply, arm_rss_check(State)}
+	end;
+handle_info({rss_check, _}, State) ->
+	{noreply, State};
+handle_info({recycle_drain, Gen, Deadline}, State = #state{generation = Gen, status = up, recycling = true,
+		slot = Slot}) ->
+	%% Bounded: re-armed every 20 ms until nothing of this slot is in flight or the deadline passed.
+	InFlight = ets:select_count(py_inflight, [{{'_', '_', Slot}, [], [true]}]),
+	case InFlight =:= 0 orelse now_ms() >= Deadline of
+		true ->
+			{noreply, kill_port(State, recycled)};
+		false ->
+			_ = erlang:send_after(20, self(), {recycle_drain, Gen, Deadline}),
+			{noreply, State}
+	end;
+handle_info({recycle_drain, _, _}, State) ->
+	{noreply, State};
 handle_info(Msg, State) ->
 	log(warning, "py_port ~b got an unexpected message ~tp", [State#state.slot, Msg], State),
 	{noreply, State}.
@@ -393,9 +419,12 @@ start_os_process(State = #state{exe = Exe, args = Args, crash_file = CrashFile, 
 	_ = file:delete(CrashFile),
 	Port = open_port({spawn_executable, Exe},
 		%% env: the venv and sandbox of this start (py_venv, PROTOCOL.md §3.15).
-		[{packet, 4}, binary, exit_status, use_stdio, {args, Args}, {env, py_venv:port_env(State#state.opts)}]),
+		[{packet, 4}, binary, exit_status, use_stdio,
+			{args, Args ++ py_record:port_args(State#state.slot, Gen + 1) ++ py_mem_limit:port_args()},  %% opsb
+			{env, py_venv:port_env(State#state.opts)}]),
 	{os_pid, OsPid} = erlang:port_info(Port, os_pid),
 	State1 = State#state{port = Port, os_pid = OsPid, status = starting, generation = Gen + 1,
+		served = 0, recycle = py_recycle:config(), recycling = false,
 		started_at = now_ms(), kill_reason = undefined, killed = false, os_start = os_start_time(OsPid)},
 	_ = erlang:send_after(start_timeout(State1), self(), {hello_timeout, Gen + 1}),
 	State1.
@@ -468,8 +497,8 @@ publish_up(State = #state{slot = Slot, generation = Gen, waiters = Waiters, nest
 	ok = py_stats:port_up(Slot, State#state.os_pid, Gen, State#state.started_at),  %% opsa: telemetry
 	Ready = [From || {From, Seen} <- Waiters, Seen < Gen],
 	_ = [gen_server:reply(From, {ok, Info}) || From <- Ready],
-	State#state{status = up, info = Info, start_failure = undefined,
-		waiters = [W || W = {_, Seen} <- Waiters, Seen >= Gen]}.
+	arm_rss_check(State#state{status = up, info = Info, start_failure = undefined,
+		waiters = [W || W = {_, Seen} <- Waiters, Seen >= Gen]}).
 
 %% The owner is about to kill the port: no new work goes there (callers wait for the next generation
 %% or move), and the port hands back what it has not started (PROTOCOL.md §3.7).
@@ -516,7 +545,7 @@ frame(Kind, Ctx, Id, Body, _, State) when Id =/= 0, (Kind =:= ?RESULT orelse Kin
 	case ets:take(py_inflight, Id) of
 		[{_, Pid, _}] ->
 			Pid ! {py_frame, Id, Kind, Ctx, Body},
-			State;
+			served(Kind, State);
 		[] ->
 			orphan_final(Kind, Ctx, Id, Body, State)
 	end;
@@ -772,6 +801,8 @@ port_died(Status, State0 = #state{slot = Slot, envs = Envs, callees = Callees, c
 				[Slot, State#state.os_pid, maps:remove(traceback, Reason), maps:get(traceback, Reason)], State);
 		Status =:= 0 ->
 			log(warning, "port ~b exited", [Slot], State);
+		State#state.kill_reason =:= recycled ->
+			log(info, "port ~b (os pid ~p) recycled", [Slot, State#state.os_pid], State);
 		true ->
 			log(error, "port ~b (os pid ~p) died: ~tp", [Slot, State#state.os_pid, Reason], State)
 	end,
@@ -972,3 +1003,35 @@ codec(#state{opts = #{codec := Codec}}) ->
 
 now_ms() ->
 	erlang:monotonic_time(millisecond).
+
+%% opsb: recycling (py_recycle). A final frame routed to its caller counts as a request served.
+served(?REQUEUE, State) ->
+	State;
+served(_, State = #state{served = N, recycle = Config, status = up, recycling = false}) ->
+	State1 = State#state{served = N + 1},
+	case py_recycle:due(N + 1, Config) of
+		true -> recycle(max_requests, State1);
+		false -> State1
+	end;
+served(_, State) ->
+	State.
+
+%% Condemned (new work goes elsewhere, queued requests come back as requeue), then killed once its
+%% requests in flight are done (recycle_drain) and restarted at once (a recycle never counts as a
+%% fast death).
+recycle(Why, State = #state{generation = Gen, recycle = #{drain_ms := DrainMs}, nested = true}) ->
+	log(info, "recycling port ~b (os pid ~p): ~p after ~b requests",
+		[State#state.slot, State#state.os_pid, Why, State#state.served], State),
+	State1 = condemn(State),
+	self() ! {recycle_drain, Gen, now_ms() + DrainMs},
+	State1#state{recycling = true};
+recycle(_, State) ->
+	%% A port without drain (it predates context_init) is not recycled.
+	State.
+
+arm_rss_check(State = #state{recycle = #{max_rss := Max, rss_check_ms := Ms}, generation = Gen})
+		when is_integer(Max) ->
+	_ = erlang:send_after(Ms, self(), {rss_check, Gen}),
+	State;
+arm_rss_check(State) ->
+	State.

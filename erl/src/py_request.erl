@@ -540,6 +540,12 @@ frame(?RESULT, _, _, #req{kind = exec}) ->
 	ok;
 frame(?RESULT, _, Value, _) ->
 	{ok, Value};
+frame(?ERROR, _, {<<"erlang.MemoryLimit">>, Message, _}, _) ->
+	%% The context's memory_limit refused an allocation (opsb, PROTOCOL.md §3.13).
+	{error, {memory_limit, py_mem_limit:details(Message)}};
+frame(?ERROR, _, {<<"erlang.Interrupted">>, _, _}, _) ->
+	%% py:interrupt ended it (opsb, PROTOCOL.md §3.13).
+	{error, interrupted};
 frame(?ERROR, _, {Class, Message, Traceback}, _) ->
 	%% issue 12 (elx): the traceback is kept for py:last_traceback/0.
 	ok = py_traceback:record(Traceback),

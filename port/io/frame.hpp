@@ -28,6 +28,9 @@ enum class Kind : uint8_t {
   // opsa: logging and tracing (PROTOCOL.md §3.14)
   OpsConfig = 28,
   OpsAck = 29,
+  Record = 25,     // opsb, PROTOCOL.md §3.13
+  Interrupt = 26,  // opsb, PROTOCOL.md §3.13
+  MemoryLimit = 27,  // opsb, PROTOCOL.md §3.13
   // port -> Erlang
   Hello = 64,
   Result = 65,

@@ -69,6 +69,7 @@ struct ActiveRequest {
   uint64_t id = 0;
   bool waiting = false;  // in Context::wait, GIL released (GIL-protected)
   std::atomic<bool> cancelled{false};
+  std::atomic<bool> interrupted{false};  // cancelled by py:interrupt (interrupt.cpp): its own error term
 };
 
 using Clock = std::chrono::steady_clock;
@@ -96,6 +97,10 @@ class Context {
   bool cancel_queued(uint64_t id);
   // GIL held (control thread): interrupts request `id` if it is running or waiting.
   void cancel_running(uint64_t id);
+  // opsb (interrupt.cpp), GIL held. interrupt_running: cancels the outermost request being served and
+  // marks it interrupted; false if none is. is_interrupted: request `id` on this thread's stack was.
+  bool interrupt_running();
+  bool is_interrupted(uint64_t id) const;
   // Any thread: finish what is queued, then free the context and end the thread. `destroy_id`, if not
   // 0, is the context_destroy request answered `ok` once the environments are freed. `abandon`: the
   // context never came up (refused mode): queued requests are answered unknown_context instead.

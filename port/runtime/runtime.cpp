@@ -9,6 +9,7 @@
 #include "erlang_types.hpp"
 #include "log.hpp"
 #include "ops_module.hpp"
+#include "mem_limit.hpp"
 
 namespace ep {
 
@@ -188,6 +189,7 @@ bool Runtime::init_python() {
     return false;
   }
   if (!erlang_types_ready()) return false;
+  mem::install(opts_.memory_limit);  // opsb: wraps the allocators Python now has (mem_limit.hpp)
 
   PyObject* sys_path = PySys_GetObject("path");  // borrowed
   if (!opts_.pylib.empty()) {
@@ -397,6 +399,7 @@ void Runtime::dispatch(std::string payload) {
     case Kind::Exec:
     case Kind::Cast:
     case Kind::ContextInit:
+    case Kind::MemoryLimit:  // opsb: set on the context's own thread
     case Kind::RefOp: {
       Context* c = find_context(h.ctx);
       if (!c) {
@@ -416,6 +419,12 @@ void Runtime::dispatch(std::string payload) {
     }
     case Kind::Drain:
       on_drain();
+      return;
+    case Kind::Record:  // opsb
+      on_record(h, std::move(payload));
+      return;
+    case Kind::Interrupt:  // opsb
+      on_interrupt(h);
       return;
     case Kind::Cancel:
       on_cancel(h);
@@ -681,6 +690,19 @@ void Runtime::error_frame(std::string& out, uint32_t ctx, uint64_t id, std::stri
 
 void Runtime::error_frame_from_exception(std::string& out, uint32_t ctx, uint64_t id) {
   ErrorText e = take_error(format_exception_.get());
+  // opsb: a request py:interrupt cancelled ends with its own class (a dotted name no exception has).
+  Context* c = Context::current_thread_context();
+  if (e.cls == "CancelledError" && c && c->is_interrupted(id)) {
+    e.cls = "erlang.Interrupted";
+    e.msg = "request interrupted by py:interrupt";
+  }
+  // opsb: a MemoryError because this context's memory_limit refused an allocation.
+  int64_t limit = 0, used = 0, requested = 0;
+  if (e.cls == "MemoryError" && c && mem::take_refusal(limit, used, requested)) {
+    e.cls = "erlang.MemoryLimit";
+    e.msg = "memory limit of " + std::to_string(limit) + " bytes reached (" + std::to_string(used) +
+            " bytes in use, " + std::to_string(requested) + " more requested)";
+  }
   error_frame(out, ctx, id, e.cls, e.msg, e.tb);
 }
 
@@ -904,6 +926,9 @@ void Runtime::handle(Context& ctx, Item& item, std::string& out) {
       break;
     case Kind::ContextCreate:
       serve_context_create(ctx, out, h, body.get());
+      break;
+    case Kind::MemoryLimit:  // opsb
+      serve_memory_limit(out, h, body.get());
       break;
     default:
       break;

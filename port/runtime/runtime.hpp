@@ -47,6 +47,8 @@ struct Options {
   // The largest frame the port sends: the length field is 32 bits. A reply that would be bigger is
   // refused with an error reply (tests lower it with --max-out-frame).
   size_t max_out_frame = kMaxOutFrame;
+  // opsb: the memory limit of every context thread that sets none (--memory-limit; 0 none).
+  int64_t memory_limit = 0;
 };
 
 constexpr int kExitCancelStuck = 5;
@@ -187,6 +189,10 @@ class Runtime {
   void on_context_create(const Header& h, std::string payload);
   void on_context_destroy(const Header& h);
   void on_drain();
+  // opsb (PROTOCOL.md §3.13): record (record_frame.cpp), interrupt (interrupt.cpp); loop thread.
+  void on_record(const Header& h, std::string payload);
+  void on_interrupt(const Header& h);
+  void serve_memory_limit(std::string& out, const Header& h, PyObject* body);  // context thread
   void serve_context_create(Context& ctx, std::string& out, const Header& h, PyObject* body);
   void serve_context_init(std::string& out, const Header& h, PyObject* body, uint64_t serial);
   bool add_sys_paths(PyObject* paths);

@@ -1,0 +1,50 @@
+// py:interrupt (PROTOCOL.md §3.13): the `interrupt` frame cancels whatever request its context is
+// serving, through the cancel machinery (erlang.CancelledError raised in the context thread, waits
+// woken), and marks it so that its final error frame carries the class `erlang.Interrupted`.
+#include "runtime.hpp"
+
+namespace ep {
+
+bool Context::interrupt_running() {
+  if (active_.empty()) return false;
+  // The outermost request: the call made on this context (a nested one belongs to its callback).
+  ActiveRequest* ar = active_.front();
+  ar->interrupted.store(true);
+  cancel_running(ar->id);
+  return true;
+}
+
+bool Context::is_interrupted(uint64_t id) const {
+  for (ActiveRequest* ar : active_)
+    if (ar->id == id) return ar->interrupted.load();
+  return false;
+}
+
+void Runtime::on_interrupt(const Header& h) {
+  auto it = contexts_.find(h.ctx);
+  if (it == contexts_.end()) {
+    protocol_error(h.ctx, h.id, "unknown_context", "no context " + std::to_string(h.ctx));
+    return;
+  }
+  std::shared_ptr<Context> c = it->second;  // held: the context may be destroyed meanwhile
+  // On the control thread, with the GIL: the context thread cannot start or end a request meanwhile,
+  // so "running" is decided and acted on in one step (an interrupt never reaches the next request:
+  // Context::serve clears a pending asynchronous exception of a cancelled request as it ends).
+  control_->post([this, c, h] {
+    bool running;
+    {
+      GilGuard gil;
+      running = c->interrupt_running();
+    }
+    std::string out;
+    size_t start = begin_frame(out, Header{static_cast<uint8_t>(Kind::Result), 0, 0, h.ctx, h.id});
+    write_body(out, [&](auto& w) {
+      w.atom(running ? "ok" : "not_running");
+      return true;
+    });
+    finish_frame(out, start);
+    out_.write(out);
+  });
+}
+
+}  // namespace ep
