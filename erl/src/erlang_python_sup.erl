@@ -24,6 +24,7 @@
 %%   imports, paths     the py_import registry at start: [{Module, Func}], [Path]
 %%   start_timeout      how long a port may take to say hello, every start, ms; default 60000
 %%   max_state_entries  the most keys the shared state (py_state) holds; default infinity
+%%   shm, shm_dir, shm_threshold, shm_regions, shm_keep   big bodies through shared memory (py_shm)
 -module(erlang_python_sup).
 -behaviour(supervisor).
 
@@ -78,6 +79,7 @@ init([]) ->
 	py_pool_registry = ets:new(py_pool_registry, [set, public, named_table, {read_concurrency, true}]),
 	ok = py_context_router:init_pool_registry(),
 	ok = py_semaphore:init(),
+	ok = py_shm:setup(),  %% bulk (PROTOCOL.md §3.12): its tables, this VM's directory, stale ones gone
 	ok = py_import:init(),
 	Layout = #{num_ports := NumPorts, port_opts := PortOpts} = layout(),
 	ok = py_router:set_config(Layout),

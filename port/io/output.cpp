@@ -3,14 +3,13 @@
 #include <cerrno>
 #include <unistd.h>
 
+#include <vector>
+
+#include "shm.hpp"
+
 namespace ep {
 
-void Output::write(const std::string& frames) {
-  if (fd_ < 0) _exit(0);  // a forked child: nobody to write to (checked before the lock, which the
-                          // forking thread's parent may have held at fork time)
-  std::lock_guard<std::mutex> lock(mutex_);
-  const char* p = frames.data();
-  size_t left = frames.size();
+void Output::write_raw(const char* p, size_t left) {
   while (left > 0) {
     ssize_t n = ::write(fd_, p, left);
     if (n < 0) {
@@ -20,6 +19,24 @@ void Output::write(const std::string& frames) {
     p += n;
     left -= static_cast<size_t>(n);
   }
+}
+
+void Output::write(const std::string& frames) {
+  if (fd_ < 0) _exit(0);  // a forked child: nobody to write to (checked before the lock, which the
+                          // forking thread's parent may have held at fork time)
+  if (shm_) {
+    // bulk: a big body is copied into a shared-memory region (outside the lock) and only its
+    // descriptor goes down the pipe.
+    std::string scratch;
+    std::vector<ShmDir::Piece> pieces;
+    if (shm_->divert(frames, scratch, pieces)) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (const auto& piece : pieces) write_raw(piece.p, piece.n);
+      return;
+    }
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  write_raw(frames.data(), frames.size());
 }
 
 }  // namespace ep

@@ -1,4 +1,5 @@
 #include "context.hpp"
+#include "bulk.hpp"
 
 #include <pythread.h>
 
@@ -265,7 +266,7 @@ void Context::run() {
     ts = PyEval_SaveThread();
     if (!out.empty()) {
       rt_.output().write(out);
-      out.clear();
+      shrink_reply(out);  // bulk: not the largest reply's size forever
     }
   }
   PyEval_RestoreThread(ts);
@@ -377,7 +378,7 @@ Context::WaitEnd Context::wait(uint64_t callback_id, const Clock::time_point* de
     ts = PyEval_SaveThread();
     if (!out.empty()) {
       rt_.output().write(out);
-      out.clear();
+      shrink_reply(out);  // bulk: not the largest reply's size forever
     }
   }
   if (callback_id != 0) {

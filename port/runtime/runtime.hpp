@@ -25,6 +25,7 @@
 #include "frame.hpp"
 #include "output.hpp"
 #include "py_ref.hpp"
+#include "shm.hpp"
 #include "streams.hpp"
 
 namespace ep {
@@ -47,6 +48,10 @@ struct Options {
   // The largest frame the port sends: the length field is 32 bits. A reply that would be bigger is
   // refused with an error reply (tests lower it with --max-out-frame).
   size_t max_out_frame = kMaxOutFrame;
+  // bulk (PROTOCOL.md §3.12): shared-memory regions for big bodies (--shm-*); dir empty: off.
+  ShmOptions shm;
+  // F_SETPIPE_SZ for the protocol pipes (--pipe-size); 0: the kernel's default.
+  int pipe_size = 1 << 20;
 };
 
 constexpr int kExitCancelStuck = 5;
@@ -116,7 +121,7 @@ class Runtime {
     MsgpackWriter w(out);
     return f(w);
   }
-  PyRef decode(std::string_view body, std::string& err) { return decode_body(opts_.codec, body, err); }
+  PyRef decode(std::string_view body, std::string& err);  // the cyclic GC paused for big bodies (bulk.hpp)
 
   // Python -> Erlang round trips (erlang.call, erlang.send), GIL held. Sends `frame` and waits for
   // the callback_reply `callback_id`. Returns false with a Python exception set if cancelled.
@@ -151,6 +156,8 @@ class Runtime {
   StreamTable& streams() { return streams_; }
   PyObject* cancelled_error() const { return cancelled_error_; }
   void set_exception_types(PyObject* cancelled) { cancelled_error_ = cancelled; }
+  // bulk (§3.12): the shared-memory regions (main owns them), before the loop starts.
+  void set_shm(ShmDir* shm) { shm_ = shm; }
 
  private:
   struct ThreadWaiter {
@@ -264,6 +271,7 @@ class Runtime {
   PyRef main_str_;
   PyObject* cancelled_error_ = nullptr;  // borrowed from the _erlang module, which lives forever
   PyRef crash_file_;  // the Python file faulthandler writes to (opened first thing at start-up)
+  ShmDir* shm_ = nullptr;  // bulk (§3.12); its own lock guards it (shm.hpp)
 };
 
 }  // namespace ep
