@@ -303,7 +303,7 @@ send(Kind, Place, Body, Deadline, Retry, SeenGen) ->
 						Result -> ref_result(Body, Slot, Req, Result)
 					end;
 				{closed, Req} ->
-					ok = py_shm:release(Req#req.shm),
+					ok = py_shm:done(Req#req.id, Req#req.shm),
 					port_closed(Req, Place, Body, Retry);
 				{error, _} = Error ->
 					Error
@@ -392,7 +392,7 @@ run_pinned(Kind, Slot, Ctx, Gen, Body, Timeout) ->
 						Result -> Result
 					end;
 				{closed, Req = #req{id = Id}} ->
-					ok = py_shm:release(Req#req.shm),
+					ok = py_shm:done(Id, Req#req.shm),
 					case ets:take(py_inflight, Id) of
 						[_] -> {error, stale_ref};
 						[] -> late(Req)
@@ -443,14 +443,13 @@ shm_kind(Kind) ->
 	Kind =:= call orelse Kind =:= eval orelse Kind =:= exec orelse Kind =:= ref_op.
 
 %% bulk: the request ended. Its region is free again, unless the caller stopped waiting: the port may
-%% still read it, so it waits for that request's late final frame (py_shm:done/2).
+%% still read it, and the owner frees it at that request's late final frame (py_shm:orphan_final/4).
 shm_done(#req{shm = none}, Result) ->
 	Result;
-shm_done(#req{id = Id, shm = Held}, {error, timeout} = Result) ->
-	ok = py_shm:done(Id, Held),
+shm_done(_, {error, timeout} = Result) ->
 	Result;
-shm_done(#req{shm = Held}, Result) ->
-	ok = py_shm:release(Held),
+shm_done(#req{id = Id, shm = Held}, Result) ->
+	ok = py_shm:done(Id, Held),
 	Result.
 
 cast(Place = #place{slot = Slot}, Body, Deadline, Retry, SeenGen) ->

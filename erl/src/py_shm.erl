@@ -14,9 +14,11 @@
 %%
 %% A request region is the caller's from take to the request's final frame (result, error,
 %% protocol_error, requeue or port_exited): the port reads it only while decoding, before that frame.
-%% A caller that stops waiting (timeout) cannot know when the port is done with it, so the region is
-%% held for the request id (py_shm_held) until the owner sees that request's late final frame
-%% (orphan_final/4), or the port goes. A reply region is the port's until shm_release (kind 24), sent by
+%% It is registered under the request id (py_shm_held) before the frame goes out; whoever sees the
+%% final frame takes it back: the caller, or, when the caller stopped waiting (timeout) and so cannot
+%% know when the port is done with it, the owner at the late final frame (orphan_final/4). A caller
+%% that timed out after the owner had already forwarded the final frame to it leaves its region out
+%% of the pool until the port goes (rare, and bounded by the regions). A reply region is the port's until shm_release (kind 24), sent by
 %% whoever reads the frame. Bounded: `shm_regions' regions per direction per port; with all of them in
 %% use a body goes down the pipe as before.
 %%
@@ -43,6 +45,7 @@
 -export([clean_stale/1]).
 -export([free_regions/1]).
 -export([protocol_atoms/0]).
+-export([stats/0]).
 
 -export_type([held/0]).
 
@@ -81,7 +84,17 @@ setup() ->
 		false ->
 			disabled
 	end,
+	ok = persistent_term:put({?MODULE, counters}, counters:new(2, [write_concurrency])),
 	ok = persistent_term:put(?MODULE, Config).
+
+%% Bodies that went through shared memory since start-up: request bodies written, reply bodies read.
+-spec stats() -> #{requests := non_neg_integer(), replies := non_neg_integer()}.
+stats() ->
+	C = persistent_term:get({?MODULE, counters}),
+	#{requests => counters:get(C, 1), replies => counters:get(C, 2)}.
+
+count(N) ->
+	counters:add(persistent_term:get({?MODULE, counters}), N, 1).
 
 -spec config() -> disabled | #{dir := file:filename(), threshold := pos_integer(),
 	regions := pos_integer(), keep := non_neg_integer()}.
@@ -164,6 +177,10 @@ request_frame(Kind, Flags, Ctx, Id, Codec, Body, Port) ->
 				OsPid when is_integer(OsPid) ->
 					case write(C, OsPid, Enc, Size) of
 						{ok, K} ->
+							ok = count(1),
+							%% Registered before it is sent: whoever ends the request (the caller at its final
+							%% frame, or the owner at a late one) takes it back, exactly once.
+							true = ets:insert(py_shm_held, {Id, {OsPid, K, Size}}),
 							{[Header(Flags bor ?SHM_FLAG), desc(K, 0, Size)], {OsPid, K, Size}};
 						none ->
 							{[Header(Flags) | Enc], none}
@@ -194,14 +211,17 @@ release({OsPid, K, Size}) ->
 	_ = ets:member(py_shm_ports, OsPid) andalso ets:insert(py_shm_free, {{OsPid, K}}),
 	ok.
 
-%% The caller's request ended with Result. A final frame frees the region; a timeout leaves it to the
-%% request's late final frame (the port may still read it), which the owner reports (orphan_final/4).
+%% The caller has the final frame of request Id (or its port is gone): the request region is free.
+%% A caller that stops waiting does not call this: the owner does at the late final frame
+%% (orphan_final/4), when the port is done with the body.
 -spec done(pos_integer(), held()) -> ok.
 done(_, none) ->
 	ok;
-done(Id, Held) ->
-	true = ets:insert(py_shm_held, {Id, Held}),
-	ok.
+done(Id, _) ->
+	case ets:take(py_shm_held, Id) of
+		[{_, Held}] -> release(Held);
+		[] -> ok
+	end.
 
 %% The body of a frame the port sent through a reply region (the owner forwards {py_shm, Desc}): read,
 %% the region handed back (shm_release), decoded.
@@ -212,6 +232,7 @@ read_body(Codec, Port, <<K:32, Offset:64, Length:64>>) ->
 	true = is_integer(OsPid),
 	Read = with_file(path(C, OsPid, o, K), [read], fun(Fd) -> file:pread(Fd, Offset, Length) end),
 	_ = catch port_command(Port, release_frame(Codec, K)),
+	ok = count(2),
 	case Read of
 		{ok, Bin} when byte_size(Bin) =:= Length, Codec =:= etf -> etf_decode(Bin);
 		{ok, Bin} when byte_size(Bin) =:= Length -> py_codec:decode(Codec, Bin);
