@@ -23,9 +23,9 @@
 %% use a body goes down the pipe as before.
 %%
 %% Application env: shm (true | false, default true), shm_dir (default /dev/shm, else the OS temp dir),
-%% shm_threshold (bytes, default 1 MiB: a body that long or longer uses a region), shm_regions (per
-%% direction and port, default 4), shm_keep (a region that grew past it is cut back to 0 when released,
-%% default 128 MiB).
+%% shm_threshold (bytes, default 512 KiB: a body that long or longer uses a region; measured, below it
+%% the pipe is as fast), shm_regions (per direction and port, default 4), shm_keep (a region that grew
+%% past it is cut back to 0 when released, default 128 MiB).
 -module(py_shm).
 
 %% API.
@@ -75,7 +75,7 @@ setup() ->
 			Dir = vm_dir(Base, os:getpid()),
 			case make_private_dir(Dir) of
 				ok ->
-					#{dir => Dir, threshold => Env(shm_threshold, 1 bsl 20), regions => Env(shm_regions, 4),
+					#{dir => Dir, threshold => Env(shm_threshold, 512 bsl 10), regions => Env(shm_regions, 4),
 						keep => Env(shm_keep, 128 bsl 20)};
 				{error, Why} ->
 					logger:warning("erlang_python: shared memory off, cannot make ~ts: ~tp", [Dir, Why]),
@@ -175,7 +175,7 @@ request_frame(Kind, Flags, Ctx, Id, Codec, Body, Port) ->
 			Header = fun(F) -> <<(py_codec:kind(Kind)), F, 0:16, Ctx:32, Id:64>> end,
 			case Size >= T andalso port_pid(Port) of
 				OsPid when is_integer(OsPid) ->
-					case write(C, OsPid, Enc, Size) of
+					case write(C, Port, OsPid, Enc, Size) of
 						{ok, K} ->
 							ok = count(1),
 							%% Registered before it is sent: whoever ends the request (the caller at its final
@@ -230,7 +230,7 @@ read_body(Codec, Port, <<K:32, Offset:64, Length:64>>) ->
 	C = #{} = config(),
 	OsPid = port_pid(Port),
 	true = is_integer(OsPid),
-	Read = with_file(path(C, OsPid, o, K), [read], fun(Fd) -> file:pread(Fd, Offset, Length) end),
+	Read = with_cached(Port, path(C, OsPid, o, K), [read], fun(Fd) -> file:pread(Fd, Offset, Length) end),
 	_ = catch port_command(Port, release_frame(Codec, K)),
 	ok = count(2),
 	case Read of
@@ -403,12 +403,12 @@ desc(K, Offset, Length) ->
 
 %% Takes a free region of port OsPid and writes Enc at its start: {ok, K}, or none (the pool is empty,
 %% or the file is gone: the port just died).
-write(C, OsPid, Enc, Size) ->
+write(C, Port, OsPid, Enc, Size) ->
 	case take(OsPid) of
 		none ->
 			none;
 		K ->
-			case with_file(path(C, OsPid, e, K), [read, write], fun(Fd) -> file:pwrite(Fd, 0, Enc) end) of
+			case with_cached(Port, path(C, OsPid, e, K), [read, write], fun(Fd) -> file:pwrite(Fd, 0, Enc) end) of
 				ok ->
 					{ok, K};
 				_ ->
@@ -428,6 +428,39 @@ take(OsPid) ->
 		_ ->
 			none
 	end.
+
+%% Each file operation of a raw file is a trip to a dirty I/O scheduler (tens of microseconds): a
+%% process keeps the region files it used open, in its dictionary, at most ?FD_CACHE_MAX of them
+%% (the oldest is closed), keyed by the port too, so a descriptor never outlives its port's files
+%% (a new port process is a new port() even if an OS pid comes again). They close with the process.
+-define(FD_CACHE, py_shm_fds).
+-define(FD_CACHE_MAX, 8).
+with_cached(Port, Path, Modes, Fun) ->
+	Cache = case get(?FD_CACHE) of undefined -> []; C -> C end,
+	Key = {Port, Path, Modes},
+	case lists:keyfind(Key, 1, Cache) of
+		{_, Fd} ->
+			case Fun(Fd) of
+				{error, _} = Error -> ok = forget_fd(Key), Error;
+				Result -> Result
+			end;
+		false ->
+			case file:open(Path, [raw, binary | Modes]) of
+				{ok, Fd} ->
+					Keep = lists:sublist(Cache, ?FD_CACHE_MAX - 1),
+					_ = [file:close(F) || {_, F} <- lists:nthtail(length(Keep), Cache)],
+					_ = put(?FD_CACHE, [{Key, Fd} | Keep]),
+					Fun(Fd);
+				Error ->
+					Error
+			end
+	end.
+
+forget_fd(Key) ->
+	{value, {_, Fd}, Rest} = lists:keytake(Key, 1, get(?FD_CACHE)),
+	_ = file:close(Fd),
+	_ = put(?FD_CACHE, Rest),
+	ok.
 
 with_file(Path, Modes, Fun) ->
 	case file:open(Path, [raw, binary | Modes]) of

@@ -125,8 +125,10 @@ bool ShmDir::view(const ShmDesc& d, ShmView& out, std::string& err) {
   return true;
 }
 
-bool ShmDir::put(std::string_view body, ShmDesc& d) {
+bool ShmDir::put_parts(const std::string_view* parts, size_t nparts, ShmDesc& d) {
   if (!enabled_) return false;
+  size_t total = 0;
+  for (size_t i = 0; i < nparts; ++i) total += parts[i].size();
   Region* r = nullptr;
   uint32_t k = 0;
   {
@@ -142,15 +144,15 @@ bool ShmDir::put(std::string_view body, ShmDesc& d) {
   if (!r) return false;  // every region is in flight: this body takes the pipe
   // The region is ours until Erlang releases it (after it has read this frame), so its file and
   // mapping are changed here without the lock; only the table's flags need it.
-  if (r->file_size < body.size()) {
-    if (ftruncate(r->fd, static_cast<off_t>(body.size())) != 0) {
+  if (r->file_size < total) {
+    if (ftruncate(r->fd, static_cast<off_t>(total)) != 0) {
       std::lock_guard<std::mutex> lock(mutex_);
       r->busy = false;
       return false;
     }
-    r->file_size = body.size();
+    r->file_size = total;
   }
-  if (!r->map || r->map->size < body.size()) {
+  if (!r->map || r->map->size < total) {
     void* p = mmap(nullptr, r->file_size, PROT_READ | PROT_WRITE, MAP_SHARED, r->fd, 0);
     if (p == MAP_FAILED) {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -162,11 +164,15 @@ bool ShmDir::put(std::string_view body, ShmDesc& d) {
     m->size = r->file_size;
     r->map = std::move(m);
   }
-  // The one copy of a reply body on this path (encoded buffer -> region); Erlang preads it out.
-  std::memcpy(r->map->addr, body.data(), body.size());
+  // The one copy of a reply body on this path (encoded buffer, or a bytes object, -> region).
+  size_t at = 0;
+  for (size_t i = 0; i < nparts; ++i) {
+    std::memcpy(r->map->addr + at, parts[i].data(), parts[i].size());
+    at += parts[i].size();
+  }
   d.region = k;
   d.offset = 0;
-  d.length = body.size();
+  d.length = total;
   return true;
 }
 

@@ -54,7 +54,7 @@ struct ShmView {
 
 struct ShmOptions {
   std::string dir;          // empty: shared memory off
-  size_t threshold = 1 << 20;  // bodies this long or longer go through a region (P->E)
+  size_t threshold = 512 << 10;  // bodies this long or longer go through a region (P->E)
   int regions = 4;          // files per direction
   size_t keep = 128 << 20;  // a released region longer than this is truncated to 0
 };
@@ -73,7 +73,9 @@ class ShmDir {
 
   // P->E: copies `body` into a free o-region; false if none is free or the file cannot grow (the
   // caller then sends the body on the pipe).
-  bool put(std::string_view body, ShmDesc& d);
+  bool put(std::string_view body, ShmDesc& d) { return put_parts(&body, 1, d); }
+  // The same for a body in pieces (a codec header and the bytes of a Python object), copied in order.
+  bool put_parts(const std::string_view* parts, size_t n, ShmDesc& d);
   // P->E: Erlang has read region k (shm_release): it is free again (and cut back if over `keep`).
   // False if k names no region or one that is not in use.
   bool release(uint32_t k);

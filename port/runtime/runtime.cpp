@@ -679,6 +679,7 @@ void Runtime::error_frame_from_exception(std::string& out, uint32_t ctx, uint64_
 }
 
 void Runtime::result_frame(std::string& out, uint32_t ctx, uint64_t id, PyObject* value) {
+  if (shm_ && shm_bytes_result(shm_, opts_.codec, out, ctx, id, value)) return;  // bulk (§3.12)
   size_t start = begin_frame(out, Header{static_cast<uint8_t>(Kind::Result), 0, 0, ctx, id});
   if (!write_body(out, [&](auto& w) { return w.python(value); })) {
     out.resize(start);
