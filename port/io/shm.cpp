@@ -70,8 +70,6 @@ bool ShmDir::open(const ShmOptions& opts, long pid) {
   return true;
 }
 
-ShmDir::~ShmDir() { close_all(); }
-
 void ShmDir::close_all() {
   for (auto* v : {&in_, &out_}) {
     for (Region& r : *v) {
@@ -83,6 +81,7 @@ void ShmDir::close_all() {
       r.map.reset();
     }
   }
+  enabled_ = false;
 }
 
 bool ShmDir::view(const ShmDesc& d, ShmView& out, std::string& err) {

@@ -63,7 +63,9 @@ class ShmDir {
  public:
   // Creates the files; false (and nothing left behind) if any cannot be made: shared memory is off.
   bool open(const ShmOptions& opts, long pid);
-  ~ShmDir();  // closes and unlinks the files (the owner also deletes them when the port is gone)
+  ~ShmDir() { close_all(); }
+  // Closes and unlinks the files (the owner also deletes them when the port is gone); idempotent.
+  void close_all();
   bool enabled() const { return enabled_; }
   size_t threshold() const { return opts_.threshold; }
 
@@ -101,7 +103,6 @@ class ShmDir {
     bool busy = false;     // o-regions: written, not yet released
   };
   bool make(Region& r, const std::string& path);
-  void close_all();
 
   ShmOptions opts_;
   bool enabled_ = false;

@@ -19,17 +19,26 @@ namespace {
 // the request side holds 4 KiB. Every shm payload's descriptor is looked up (never a crash, only an
 // error for what is out of bounds), and the raw input is offered to divert(), which must cut it only
 // at the frames it can account for.
-ep::ShmDir* shm_dir() {
-  static ep::ShmDir* shm = [] {
+struct FuzzShm {
+  std::string dir;
+  ep::ShmDir shm;
+  FuzzShm() {
     char tmpl[] = "/tmp/ep_fuzz_shm.XXXXXX";
-    auto* d = new ep::ShmDir;
-    if (mkdtemp(tmpl) && d->open(ep::ShmOptions{tmpl, 32, 2, 1 << 20}, getpid())) {
-      std::string p = std::string(tmpl) + "/p" + std::to_string(getpid()) + ".e0";
+    if (mkdtemp(tmpl) && shm.open(ep::ShmOptions{tmpl, 32, 2, 1 << 20}, getpid())) {
+      dir = tmpl;
+      std::string p = dir + "/p" + std::to_string(getpid()) + ".e0";
       if (truncate(p.c_str(), 4096) != 0) std::abort();
     }
-    return d;
-  }();
-  return shm;
+  }
+  ~FuzzShm() {
+    shm.close_all();  // the files first, so the directory can go
+    if (!dir.empty()) rmdir(dir.c_str());
+  }
+};
+
+ep::ShmDir* shm_dir() {
+  static FuzzShm fuzz;  // destroyed at exit: nothing left in /tmp
+  return &fuzz.shm;
 }
 
 void fuzz_shm(const std::string& payload) {
