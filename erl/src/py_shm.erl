@@ -111,9 +111,17 @@ teardown() ->
 	_ = persistent_term:erase(?MODULE),
 	ok.
 
-%% The port's command-line options (py_port).
+%% The port's command-line options (py_port): shared memory, and pipe_size (F_SETPIPE_SZ of the
+%% protocol pipes, bytes; 0 leaves the kernel's default; unset: the port's 1 MiB).
 -spec port_args() -> [string()].
 port_args() ->
+	Pipe = case application:get_env(erlang_python, pipe_size) of
+		{ok, P} when is_integer(P), P >= 0 -> ["--pipe-size", integer_to_list(P)];
+		_ -> []
+	end,
+	Pipe ++ shm_args().
+
+shm_args() ->
 	case config() of
 		disabled -> [];
 		#{dir := Dir, threshold := T, regions := K, keep := Keep} ->

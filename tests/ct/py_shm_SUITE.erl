@@ -10,7 +10,7 @@
 -export([files_private/1, round_trip_around_threshold/1, big_round_trips/1, concurrent_callers/1,
 	nested_binaries/1, callback_big_args/1, timeout_keeps_region_until_done/1,
 	crash_mid_transfer/1, stale_dir_removed/1, vm_kill_leaves_nothing/1, threshold_setting/1,
-	shm_off/1, malformed_descriptor/1, bad_release/1]).
+	shm_off/1, malformed_descriptor/1, bad_release/1, pipe_size_setting/1, stream_big_items/1]).
 
 -define(T, 65536).     %% the suite's threshold: small, so cases stay fast
 -define(REGIONS, 2).
@@ -18,7 +18,8 @@
 all() ->
 	[files_private, round_trip_around_threshold, big_round_trips, concurrent_callers, nested_binaries,
 	 callback_big_args, timeout_keeps_region_until_done, crash_mid_transfer, stale_dir_removed,
-	 vm_kill_leaves_nothing, threshold_setting, shm_off, malformed_descriptor, bad_release].
+	 vm_kill_leaves_nothing, threshold_setting, shm_off, malformed_descriptor, bad_release,
+	 pipe_size_setting, stream_big_items].
 
 init_per_suite(Config) ->
 	Base = filename:join(?config(priv_dir, Config), "shm"),
@@ -28,7 +29,7 @@ init_per_suite(Config) ->
 end_per_suite(_Config) ->
 	py_ct_helper:stop_app().
 
-init_per_testcase(Case, Config) when Case =:= threshold_setting; Case =:= shm_off;
+init_per_testcase(Case, Config) when Case =:= threshold_setting; Case =:= shm_off; Case =:= pipe_size_setting;
 		Case =:= stale_dir_removed; Case =:= vm_kill_leaves_nothing ->
 	Config;
 init_per_testcase(_Case, Config) ->
@@ -150,7 +151,7 @@ concurrent_callers(_Config) ->
 	#{requests := Req, replies := Rep} = delta(Before),
 	true = Req > 0 andalso Rep > 0,
 	true = Req =< 48 andalso Rep =< 48,
-	?REGIONS = py_shm:free_regions(py_ct_helper:os_pid(1)).
+	ok = reply_regions_all_free().
 
 %% Results with big binaries inside terms: lists, tuples, maps, next to small values of every kind,
 %% including shapes the fast reader leaves to binary_to_term (big integers, many small terms).
@@ -329,3 +330,48 @@ await_logs(Pattern, N, Deadline) ->
 	after max(0, Deadline - erlang:monotonic_time(millisecond)) ->
 		error({log_missing, Pattern, N})
 	end.
+
+%% pipe_size reaches the port: its protocol pipes have that size (F_GETPIPE_SZ, seen from Python
+%% through /proc/self/fd); 0 leaves the kernel's default.
+pipe_size_setting(Config) ->
+	Def = <<"import os, fcntl\n"
+		"def pipe_sizes():\n"
+		"    out = []\n"
+		"    for f in os.listdir('/proc/self/fd'):\n"
+		"        try:\n"
+		"            if os.readlink('/proc/self/fd/' + f).startswith('pipe:'):\n"
+		"                out.append(fcntl.fcntl(int(f), 1032))\n"
+		"        except OSError:\n"
+		"            pass\n"
+		"    return out\n">>,
+	Code = <<"pipe_sizes()">>,
+	ok = start(Config, [{pipe_size, 262144}]),
+	ok = py:exec(Def),
+	{ok, Sizes} = py:eval(Code),
+	true = lists:member(262144, Sizes),
+	ok = py_ct_helper:stop_app(),
+	ok = start(Config, [{pipe_size, 0}]),
+	ok = py:exec(Def),
+	{ok, Default} = py:eval(Code),
+	false = lists:member(262144, Default).
+
+%% Stream chunks with big items come through reply regions too (a chunk is one frame of items), in
+%% order, and every region comes back.
+stream_big_items(_Config) ->
+	Before = py_shm:stats(),
+	{ok, Items} = py:stream_eval(<<"(bytes([i]) * (3 * 65536) for i in range(6))">>),
+	6 = length(Items),
+	[{I, true} = {I, Item =:= binary:copy(<<I>>, 3 * 65536)} || {I, Item} <- lists:zip(lists:seq(0, 5), Items)],
+	#{replies := Rep} = delta(Before),
+	true = Rep >= 1,
+	ok = reply_regions_all_free().
+
+%% Every reply region is free again: that many big replies in a row each come through one (a region
+%% left in use would send one of them down the pipe). And the request regions are all in the pool.
+reply_regions_all_free() ->
+	Before = py_shm:stats(),
+	N = 2 * ?REGIONS,
+	[{ok, _} = py:eval(<<"bytes(200000)">>) || _ <- lists:seq(1, N)],
+	#{replies := N} = delta(Before),
+	?REGIONS = py_shm:free_regions(py_ct_helper:os_pid(1)),
+	ok.
