@@ -25,6 +25,7 @@
 %%   start_timeout      how long a port may take to say hello, every start, ms; default 60000
 %%   max_state_entries  the most keys the shared state (py_state) holds; default infinity
 %%   shm, shm_dir, shm_threshold, shm_regions, shm_keep   big bodies through shared memory (py_shm)
+%%   pipe_size          F_SETPIPE_SZ of the protocol pipes, bytes (0: the kernel's); default 1 MiB
 -module(erlang_python_sup).
 -behaviour(supervisor).
 

@@ -25,7 +25,8 @@
 %% Application env: shm (true | false, default true), shm_dir (default /dev/shm, else the OS temp dir),
 %% shm_threshold (bytes, default 512 KiB: a body that long or longer uses a region; measured, below it
 %% the pipe is as fast), shm_regions (per direction and port, default 4), shm_keep (a region that grew
-%% past it is cut back to 0 when released, default 128 MiB).
+%% past it is cut back to 0 when released, default 128 MiB), shm_fd_cache (region files a process keeps
+%% open, default 8, see with_cached/4).
 -module(py_shm).
 
 %% API.
@@ -76,7 +77,7 @@ setup() ->
 			case make_private_dir(Dir) of
 				ok ->
 					#{dir => Dir, threshold => Env(shm_threshold, 512 bsl 10), regions => Env(shm_regions, 4),
-						keep => Env(shm_keep, 128 bsl 20)};
+						keep => Env(shm_keep, 128 bsl 20), fd_cache => Env(shm_fd_cache, 8)};
 				{error, Why} ->
 					logger:warning("erlang_python: shared memory off, cannot make ~ts: ~tp", [Dir, Why]),
 					disabled
@@ -97,7 +98,7 @@ count(N) ->
 	counters:add(persistent_term:get({?MODULE, counters}), N, 1).
 
 -spec config() -> disabled | #{dir := file:filename(), threshold := pos_integer(),
-	regions := pos_integer(), keep := non_neg_integer()}.
+	regions := pos_integer(), keep := non_neg_integer(), fd_cache := non_neg_integer()}.
 config() ->
 	persistent_term:get(?MODULE, disabled).
 
@@ -437,14 +438,25 @@ take(OsPid) ->
 			none
 	end.
 
-%% Each file operation of a raw file is a trip to a dirty I/O scheduler (tens of microseconds): a
-%% process keeps the region files it used open, in its dictionary, at most ?FD_CACHE_MAX of them
-%% (the oldest is closed), keyed by the port too, so a descriptor never outlives its port's files
-%% (a new port process is a new port() even if an OS pid comes again). They close with the process.
+%% Each file operation of a raw file is a trip to a dirty I/O scheduler (tens of microseconds; open,
+%% write, close, open, read, close cost about 250 us a round trip here): a process keeps the region
+%% files it used open, in its dictionary, at most shm_fd_cache of them (default 8: both directions of
+%% one port with 4 regions; the oldest is closed; 0: open and close every time), keyed by the port
+%% too, so a descriptor never outlives its port's files (a new port process is a new port() even if
+%% an OS pid comes again). They close with the process: many long-lived processes that each moved a
+%% bulk body hold that many descriptors (lower shm_fd_cache if that matters).
 -define(FD_CACHE, py_shm_fds).
--define(FD_CACHE_MAX, 8).
 with_cached(Port, Path, Modes, Fun) ->
-	Cache = case get(?FD_CACHE) of undefined -> []; C -> C end,
+	case config() of
+		#{fd_cache := Max} when Max > 0 -> with_cached(Port, Path, Modes, Fun, Max);
+		_ -> with_file(Path, Modes, Fun)
+	end.
+
+with_cached(Port, Path, Modes, Fun, Max) ->
+	%% Only this process's own entries: a callback helper or spawn_call process starts with a copy of
+	%% its caller's dictionary, whose descriptors it may not use.
+	Me = self(),
+	Cache = case get(?FD_CACHE) of {Me, C} -> C; _ -> [] end,
 	Key = {Port, Path, Modes},
 	case lists:keyfind(Key, 1, Cache) of
 		{_, Fd} ->
@@ -455,9 +467,9 @@ with_cached(Port, Path, Modes, Fun) ->
 		false ->
 			case file:open(Path, [raw, binary | Modes]) of
 				{ok, Fd} ->
-					Keep = lists:sublist(Cache, ?FD_CACHE_MAX - 1),
+					Keep = lists:sublist(Cache, Max - 1),
 					_ = [file:close(F) || {_, F} <- lists:nthtail(length(Keep), Cache)],
-					_ = put(?FD_CACHE, [{Key, Fd} | Keep]),
+					_ = put(?FD_CACHE, {Me, [{Key, Fd} | Keep]}),
 					Fun(Fd);
 				Error ->
 					Error
@@ -465,9 +477,10 @@ with_cached(Port, Path, Modes, Fun) ->
 	end.
 
 forget_fd(Key) ->
-	{value, {_, Fd}, Rest} = lists:keytake(Key, 1, get(?FD_CACHE)),
+	{Me, Cache} = get(?FD_CACHE),
+	{value, {_, Fd}, Rest} = lists:keytake(Key, 1, Cache),
 	_ = file:close(Fd),
-	_ = put(?FD_CACHE, Rest),
+	_ = put(?FD_CACHE, {Me, Rest}),
 	ok.
 
 with_file(Path, Modes, Fun) ->

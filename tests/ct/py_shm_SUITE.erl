@@ -186,7 +186,17 @@ callback_big_args(_Config) ->
 	#{replies := Rep} = delta(Before),
 	true = Rep >= 1,
 	ok = py:exec(<<"import hashlib">>),
-	{ok, Md5} = py:eval(<<"hashlib.md5(erlang.call('shm_echo', b)).digest()">>, #{b => {bytes, Bin}}).
+	{ok, Md5} = py:eval(<<"hashlib.md5(erlang.call('shm_echo', b)).digest()">>, #{b => {bytes, Bin}}),
+	%% A nested request (made by the callback, on the same context) with a big argument: the nested
+	%% and shm flags together.
+	ok = py:register_function(shm_nested, fun([]) ->
+		{ok, Md5} = py:eval(<<"__import__('hashlib').md5(b).digest()">>, #{b => {bytes, Bin}}),
+		{ok, Bin} = py:eval(<<"b">>, #{b => {bytes, Bin}}),
+		ok
+	end),
+	Before1 = py_shm:stats(),
+	{ok, <<"ok">>} = py:eval(<<"erlang.call('shm_nested')">>),
+	#{requests := 2, replies := 1} = delta(Before1).
 
 %% A caller that stops waiting cannot know when the port is done with its request region: it stays
 %% out of the pool until the request's late final frame, then comes back.
@@ -276,7 +286,15 @@ threshold_setting(Config) ->
 	Small = crypto:strong_rand_bytes(2000),
 	Before1 = py_shm:stats(),
 	{ok, Small} = py:eval(<<"b">>, #{b => {bytes, Small}}),
-	#{requests := 1, replies := 1} = delta(Before1).
+	#{requests := 1, replies := 1} = delta(Before1),
+	%% Without the descriptor cache (open and close every time) the same holds.
+	ok = py_ct_helper:stop_app(),
+	ok = start(Config, [{shm_threshold, 1000}, {shm_fd_cache, 0}]),
+	_ = erase(py_shm_fds),
+	Before2 = py_shm:stats(),
+	[{ok, Small} = py:eval(<<"b">>, #{b => {bytes, Small}}) || _ <- [1, 2, 3]],
+	#{requests := 3, replies := 3} = delta(Before2),
+	undefined = get(py_shm_fds).
 
 %% shm => false: no directory, no port options, everything on the pipe.
 shm_off(Config) ->
