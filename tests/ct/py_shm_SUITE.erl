@@ -10,7 +10,8 @@
 -export([files_private/1, round_trip_around_threshold/1, big_round_trips/1, concurrent_callers/1,
 	nested_binaries/1, callback_big_args/1, timeout_keeps_region_until_done/1,
 	crash_mid_transfer/1, stale_dir_removed/1, vm_kill_leaves_nothing/1, threshold_setting/1,
-	shm_off/1, malformed_descriptor/1, bad_release/1, pipe_size_setting/1, stream_big_items/1]).
+	shm_off/1, malformed_descriptor/1, bad_release/1, pipe_size_setting/1, stream_big_items/1,
+	killed_caller_frees_regions/1]).
 
 -define(T, 65536).     %% the suite's threshold: small, so cases stay fast
 -define(REGIONS, 2).
@@ -19,7 +20,7 @@ all() ->
 	[files_private, round_trip_around_threshold, big_round_trips, concurrent_callers, nested_binaries,
 	 callback_big_args, timeout_keeps_region_until_done, crash_mid_transfer, stale_dir_removed,
 	 vm_kill_leaves_nothing, threshold_setting, shm_off, malformed_descriptor, bad_release,
-	 pipe_size_setting, stream_big_items].
+	 pipe_size_setting, stream_big_items, killed_caller_frees_regions].
 
 init_per_suite(Config) ->
 	Base = filename:join(?config(priv_dir, Config), "shm"),
@@ -205,7 +206,20 @@ timeout_keeps_region_until_done(_Config) ->
 	Bin = crypto:strong_rand_bytes(2 * ?T),
 	{error, timeout} = py:eval(<<"__import__('time').sleep(0.5) or len(b)">>, #{b => {bytes, Bin}}, 100),
 	ok = py_ct_helper:eventually(fun() -> py_shm:free_regions(OsPid) =:= ?REGIONS end, 10000),
-	{ok, Bin} = py:eval(<<"b">>, #{b => {bytes, Bin}}).
+	{ok, Bin} = py:eval(<<"b">>, #{b => {bytes, Bin}}),
+	%% A request that shrugs off its cancel and still answers with a big result: nobody waits for that
+	%% reply, and the owner hands its region back.
+	ok = py:exec(<<"import time\n"
+		"def stubborn(b):\n"
+		"    try:\n"
+		"        time.sleep(0.5)\n"
+		"    except BaseException:\n"
+		"        pass\n"
+		"    return b * 2\n">>),
+	{error, timeout} = py:eval(<<"stubborn(b)">>, #{b => {bytes, Bin}}, 100),
+	timer:sleep(700),
+	ok = py_ct_helper:eventually(fun() -> py_shm:free_regions(OsPid) =:= ?REGIONS end, 10000),
+	ok = reply_regions_all_free().
 
 %% The port dies while it holds a big body: the caller gets the usual crash error, and the dead port's
 %% files are gone; the next port has its own.
@@ -384,12 +398,46 @@ stream_big_items(_Config) ->
 	true = Rep >= 1,
 	ok = reply_regions_all_free().
 
-%% Every reply region is free again: that many big replies in a row each come through one (a region
-%% left in use would send one of them down the pipe). And the request regions are all in the pool.
+%% Every reply region is free again. Raw requests (whose replies nobody reads, so their regions stay
+%% taken) hold all of them but one; a big reply must then still come through shared memory. With all
+%% of them held, it takes the pipe (the bound). The held ones are handed back by hand. Request regions
+%% are all in the pool too.
 reply_regions_all_free() ->
+	Held = hold_reply_regions(?REGIONS - 1),
 	Before = py_shm:stats(),
-	N = 2 * ?REGIONS,
-	[{ok, _} = py:eval(<<"bytes(200000)">>) || _ <- lists:seq(1, N)],
-	#{replies := N} = delta(Before),
+	{ok, Big} = py:eval(<<"bytes(200000)">>),
+	200000 = byte_size(Big),
+	#{replies := 1} = delta(Before),
+	Held1 = Held ++ hold_reply_regions(1),
+	Before1 = py_shm:stats(),
+	{ok, Big} = py:eval(<<"bytes(200000)">>),
+	#{replies := 0} = delta(Before1),
+	#{port := Port} = py_port:info(1),
+	[true = port_command(Port, [<<24, 0, 0:16, 0:32, 0:64>> | py_codec:encode(codec(), K)]) || K <- Held1],
 	?REGIONS = py_shm:free_regions(py_ct_helper:os_pid(1)),
 	ok.
+
+hold_reply_regions(N) ->
+	Ctx = element(1, maps:get(contexts, py_port:info(1))),
+	[begin
+		Id = py_ct_helper:raw_request(1, 2, Ctx, 0, py_codec:encode(codec(), {undefined, <<"bytes(200000)">>, #{}})),
+		receive
+			{py_frame, Id, 65, _, {py_shm, <<K:32, _:128>>}} -> K;
+			{py_frame, Id, Kind, _, Other} -> error({not_through_shm, Kind, Other})
+		after 10000 -> error(no_reply)
+		end
+	end || _ <- lists:seq(1, N)].
+
+%% A caller killed while its request (big argument, big result to come) runs: the owner cancels it
+%% through the caller's monitor, and the request region and the reply region both come back.
+killed_caller_frees_regions(_Config) ->
+	OsPid = py_ct_helper:os_pid(1),
+	Bin = crypto:strong_rand_bytes(3 * ?T),
+	{Pid, MRef} = spawn_monitor(fun() ->
+		py:eval(<<"__import__('time').sleep(0.3) or b * 2">>, #{b => {bytes, Bin}})
+	end),
+	ok = py_ct_helper:eventually(fun() -> py_shm:free_regions(OsPid) < ?REGIONS end, 5000),
+	exit(Pid, kill),
+	receive {'DOWN', MRef, process, Pid, killed} -> ok after 5000 -> error(not_killed) end,
+	ok = py_ct_helper:eventually(fun() -> py_shm:free_regions(OsPid) =:= ?REGIONS end, 10000),
+	ok = reply_regions_all_free().
