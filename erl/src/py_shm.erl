@@ -14,11 +14,12 @@
 %%
 %% A request region is the caller's from take to the request's final frame (result, error,
 %% protocol_error, requeue or port_exited): the port reads it only while decoding, before that frame.
-%% It is registered under the request id (py_shm_held) before the frame goes out; whoever sees the
-%% final frame takes it back: the caller, or, when the caller stopped waiting (timeout) and so cannot
-%% know when the port is done with it, the owner at the late final frame (orphan_final/4). A caller
-%% that timed out after the owner had already forwarded the final frame to it leaves its region out
-%% of the pool until the port goes (rare, and bounded by the regions). A reply region is the port's until shm_release (kind 24), sent by
+%% It is registered under the request id (py_shm_held) as soon as it is taken; write/6 says how it
+%% comes back in every case (the final frame, a late final frame when the caller stopped waiting, a
+%% caller killed while writing). A caller that timed out after the owner had already forwarded the
+%% final frame to it, or that died after sending without the owner monitoring it (an explicit
+%% environment), leaves its region out of the pool until the port goes (rare, and bounded by the
+%% regions). A reply region is the port's until shm_release (kind 24), sent by
 %% whoever reads the frame. Bounded: `shm_regions' regions per direction per port; with all of them in
 %% use a body goes down the pipe as before.
 %%
@@ -45,6 +46,7 @@
 -export([vm_dir/2]).
 -export([clean_stale/1]).
 -export([free_regions/1]).
+-export([reclaim/1]).
 -export([protocol_atoms/0]).
 -export([stats/0]).
 
@@ -158,7 +160,7 @@ port_gone(OsPid) ->
 			%% The tables may be gone already when the supervisor itself is going down.
 			_ = catch ets:delete(py_shm_ports, OsPid),
 			_ = catch ets:match_delete(py_shm_free, {{OsPid, '_'}}),
-			_ = catch ets:match_delete(py_shm_held, {'_', {OsPid, '_', '_'}}),
+			_ = catch ets:match_delete(py_shm_held, {'_', {OsPid, '_', '_'}, '_', '_'}),
 			Prefix = "p" ++ integer_to_list(OsPid) ++ ".",
 			_ = [file:delete(filename:join(Dir, F)) || F <- list_dir(Dir), lists:prefix(Prefix, F)],
 			ok;
@@ -184,12 +186,9 @@ request_frame(Kind, Flags, Ctx, Id, Codec, Body, Port) ->
 			Header = fun(F) -> <<(py_codec:kind(Kind)), F, 0:16, Ctx:32, Id:64>> end,
 			case Size >= T andalso port_pid(Port) of
 				OsPid when is_integer(OsPid) ->
-					case write(C, Port, OsPid, Enc, Size) of
+					case write(C, Port, OsPid, Id, Enc, Size) of
 						{ok, K} ->
 							ok = count(1),
-							%% Registered before it is sent: whoever ends the request (the caller at its final
-							%% frame, or the owner at a late one) takes it back, exactly once.
-							true = ets:insert(py_shm_held, {Id, {OsPid, K, Size}}),
 							{[Header(Flags bor ?SHM_FLAG), desc(K, 0, Size)], {OsPid, K, Size}};
 						none ->
 							{[Header(Flags) | Enc], none}
@@ -228,7 +227,7 @@ done(_, none) ->
 	ok;
 done(Id, _) ->
 	case ets:take(py_shm_held, Id) of
-		[{_, Held}] -> release(Held);
+		[{_, Held, _, _}] -> release(Held);
 		[] -> ok
 	end.
 
@@ -303,7 +302,7 @@ etf_map(N, R, Left, Acc) ->
 -spec orphan_final(pos_integer(), binary() | {py_shm, binary()}, port() | undefined, py_codec:codec()) -> binary().
 orphan_final(Id, Body, Port, Codec) ->
 	_ = case ets:take(py_shm_held, Id) of
-		[{_, Held}] -> release(Held);
+		[{_, Held, _, _}] -> release(Held);
 		[] -> ok
 	end,
 	case Body of
@@ -412,27 +411,57 @@ desc(K, Offset, Length) ->
 
 %% Takes a free region of port OsPid and writes Enc at its start: {ok, K}, or none (the pool is empty,
 %% or the file is gone: the port just died).
-write(C, Port, OsPid, Enc, Size) ->
+%%
+%% The region is registered under the request id (py_shm_held: {Id, Held, Pid, writing | sent}) as
+%% soon as it is taken, so it is never lost: while `writing' it is only this process's (one killed
+%% meanwhile leaves it to reclaim/1: the port never heard of it); once `sent' (set before the frame
+%% goes out) whoever ends the request takes it back, exactly once: the caller at its final frame
+%% (done/2), or the owner at a late one (orphan_final/4).
+write(C, Port, OsPid, Id, Enc, Size) ->
 	case take(OsPid) of
 		none ->
 			none;
 		K ->
+			Held = {OsPid, K, Size},
+			true = ets:insert(py_shm_held, {Id, Held, self(), writing}),
 			case with_cached(Port, path(C, OsPid, e, K), [read, write], fun(Fd) -> file:pwrite(Fd, 0, Enc) end) of
 				ok ->
+					true = ets:update_element(py_shm_held, Id, {4, sent}),
 					{ok, K};
 				_ ->
-					release({OsPid, K, Size}),
+					true = ets:delete(py_shm_held, Id),
+					release(Held),
 					none
 			end
 	end.
 
-%% The first free region of OsPid, taken atomically (ets:take: one caller gets it).
+%% Request regions of port OsPid taken by a process that died before it sent its frame: back to the
+%% pool (the port never read them). Run when the pool is empty, and by tests. Bounded by the regions.
+-spec reclaim(non_neg_integer()) -> non_neg_integer().
+reclaim(OsPid) ->
+	Dead = [Id || {Id, _, Pid, _} <- ets:match_object(py_shm_held, {'_', {OsPid, '_', '_'}, '_', writing}),
+		not is_process_alive(Pid)],
+	length([release(Held) || Id <- Dead, {_, Held, _, writing} <- ets:take(py_shm_held, Id)]).
+
+%% The first free region of OsPid, taken atomically (ets:take: one caller gets it); when there is none,
+%% those of callers that died while writing come back first.
 take(OsPid) ->
+	case take1(OsPid) of
+		none ->
+			case reclaim(OsPid) of
+				0 -> none;
+				_ -> take1(OsPid)
+			end;
+		K ->
+			K
+	end.
+
+take1(OsPid) ->
 	case ets:next(py_shm_free, {OsPid, -1}) of
 		{OsPid, K} = Key ->
 			case ets:take(py_shm_free, Key) of
 				[_] -> K;
-				[] -> take(OsPid)
+				[] -> take1(OsPid)
 			end;
 		_ ->
 			none
