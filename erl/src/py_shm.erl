@@ -30,6 +30,8 @@
 %% open, default 8, see with_cached/4).
 -module(py_shm).
 
+-include_lib("kernel/include/file.hrl").
+
 %% API.
 -export([setup/0]).
 -export([config/0]).
@@ -340,8 +342,8 @@ vm_dir(Base, OsPid) ->
 -spec clean_stale(file:filename()) -> ok.
 clean_stale(Base) ->
 	Me = os:getpid(),
-	_ = [remove_dir(filename:join(Base, F)) || ?DIR_PREFIX ++ Pid <- list_dir(Base),
-		F <- [?DIR_PREFIX ++ Pid], Pid =/= Me, is_dead(Pid)],
+	_ = [remove_dir(Dir) || ?DIR_PREFIX ++ Pid <- list_dir(Base), Pid =/= Me, is_dead(Pid),
+		Dir <- [filename:join(Base, ?DIR_PREFIX ++ Pid)], ours(Dir)],
 	ok.
 
 %% The atoms of §3.12 the port may write (binary_to_term(_, [safe]) needs them to exist).
@@ -369,17 +371,39 @@ default_base() ->
 %% 0700 before anything goes in: nobody else may even look inside.
 make_private_dir(Dir) ->
 	case file:make_dir(Dir) of
-		R when R =:= ok; R =:= {error, eexist} ->
-			case file:change_mode(Dir, 8#700) of
-				ok ->
-					%% A directory left by an earlier VM with our pid: its files are stale.
+		ok ->
+			file:change_mode(Dir, 8#700);
+		{error, eexist} ->
+			%% Left by an earlier VM with our pid: reused only if it is a real directory of ours (in a
+			%% shared /dev/shm anybody may have put a symlink or their own directory under that name).
+			case ours(Dir) of
+				true ->
+					ok = file:change_mode(Dir, 8#700),
 					_ = [file:delete(filename:join(Dir, F)) || F <- list_dir(Dir)],
 					ok;
-				Error ->
-					Error
+				false ->
+					{error, {not_ours, Dir}}
 			end;
 		Error ->
 			Error
+	end.
+
+%% A directory (not a symlink to one) owned by this OS user.
+ours(Dir) ->
+	case {file:read_link_info(Dir), my_uid()} of
+		{{ok, #file_info{type = directory, uid = Uid}}, Uid} -> true;
+		_ -> false
+	end.
+
+my_uid() ->
+	case file:read_file("/proc/self/status") of
+		{ok, Status} ->
+			case re:run(Status, "^Uid:\\s+(\\d+)", [multiline, {capture, all_but_first, list}]) of
+				{match, [Uid]} -> list_to_integer(Uid);
+				nomatch -> undefined
+			end;
+		{error, _} ->
+			undefined
 	end.
 
 is_dead(Pid) ->

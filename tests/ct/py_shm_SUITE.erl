@@ -11,7 +11,7 @@
 	nested_binaries/1, callback_big_args/1, timeout_keeps_region_until_done/1,
 	crash_mid_transfer/1, stale_dir_removed/1, vm_kill_leaves_nothing/1, threshold_setting/1,
 	shm_off/1, malformed_descriptor/1, bad_release/1, pipe_size_setting/1, stream_big_items/1,
-	killed_caller_frees_regions/1]).
+	killed_caller_frees_regions/1, dir_not_ours/1]).
 
 -define(T, 65536).     %% the suite's threshold: small, so cases stay fast
 -define(REGIONS, 2).
@@ -20,7 +20,7 @@ all() ->
 	[files_private, round_trip_around_threshold, big_round_trips, concurrent_callers, nested_binaries,
 	 callback_big_args, timeout_keeps_region_until_done, crash_mid_transfer, stale_dir_removed,
 	 vm_kill_leaves_nothing, threshold_setting, shm_off, malformed_descriptor, bad_release,
-	 pipe_size_setting, stream_big_items, killed_caller_frees_regions].
+	 pipe_size_setting, stream_big_items, killed_caller_frees_regions, dir_not_ours].
 
 init_per_suite(Config) ->
 	Base = filename:join(?config(priv_dir, Config), "shm"),
@@ -31,6 +31,7 @@ end_per_suite(_Config) ->
 	py_ct_helper:stop_app().
 
 init_per_testcase(Case, Config) when Case =:= threshold_setting; Case =:= shm_off; Case =:= pipe_size_setting;
+		Case =:= dir_not_ours;
 		Case =:= stale_dir_removed; Case =:= vm_kill_leaves_nothing ->
 	Config;
 init_per_testcase(_Case, Config) ->
@@ -250,10 +251,19 @@ stale_dir_removed(Config) ->
 	ok = file:write_file(filename:join(Dead, "p123.e0"), <<"stale">>),
 	Live = filename:join(Base, "erlang_python.1"),  %% pid 1 always runs
 	ok = filelib:ensure_dir(filename:join(Live, "x")),
+	%% A symlink under a dead VM's name is not followed: what it points to stays.
+	Target = filename:join(?config(priv_dir, Config), "not_shm"),
+	ok = filelib:ensure_dir(filename:join(Target, "x")),
+	ok = file:write_file(filename:join(Target, "keep"), <<"mine">>),
+	Link = filename:join(Base, "erlang_python.999999998"),
+	_ = file:delete(Link),
+	ok = file:make_symlink(Target, Link),
 	ok = start(Config, []),
 	false = filelib:is_dir(Dead),
 	true = filelib:is_dir(Live),
 	ok = file:del_dir(Live),
+	{ok, <<"mine">>} = file:read_file(filename:join(Target, "keep")),
+	ok = file:delete(Link),
 	%% And our own directory goes with the application.
 	Mine = vm_dir(Config),
 	true = filelib:is_dir(Mine),
@@ -463,3 +473,22 @@ killed_caller_frees_regions(_Config) ->
 	0 = py_shm:reclaim(OsPid),  %% the live holder's stay
 	[ok = py_shm:done(1 + K + 1, {OsPid, K, 10}) || K <- LiveKs],
 	?REGIONS = py_shm:free_regions(OsPid).
+
+%% Something else already under this VM's directory name (here a symlink to a directory with a file):
+%% not used, not touched; shared memory is off and everything takes the pipe.
+dir_not_ours(Config) ->
+	Target = filename:join(?config(priv_dir, Config), "not_ours"),
+	ok = filelib:ensure_dir(filename:join(Target, "x")),
+	ok = file:write_file(filename:join(Target, "keep"), <<"mine">>),
+	Link = vm_dir(Config),
+	ok = file:make_symlink(Target, Link),
+	try
+		ok = start(Config, []),
+		disabled = py_shm:config(),
+		Bin = crypto:strong_rand_bytes(2 * ?T),
+		{ok, Bin} = py:eval(<<"b">>, #{b => {bytes, Bin}}),
+		{ok, <<"mine">>} = file:read_file(filename:join(Target, "keep")),
+		{ok, ["keep"]} = file:list_dir(Target)
+	after
+		file:delete(Link)
+	end.
