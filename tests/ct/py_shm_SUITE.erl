@@ -327,7 +327,14 @@ shm_off(Config) ->
 	[] = py_shm:port_args(),
 	false = filelib:is_dir(vm_dir(Config)),
 	Bin = crypto:strong_rand_bytes(2 bsl 20),
-	{ok, Bin} = py:eval(<<"b">>, #{b => {bytes, Bin}}).
+	{ok, Bin} = py:eval(<<"b">>, #{b => {bytes, Bin}}),
+	%% A port without shared memory refuses the flag.
+	Ctx = element(1, maps:get(contexts, py_port:info(1))),
+	Id = py_ct_helper:raw_request(1, 2, Ctx, 2, <<0:32, 0:64, 0:64>>),
+	receive
+		{py_frame, Id, 70, _, Body} -> {bad_flags, _} = py_codec:decode(codec(), Body)
+	after 10000 -> error(no_bad_flags)
+	end.
 
 %% A descriptor naming a region that does not exist, a range outside the file, or a body that is no
 %% descriptor: protocol_error bad_shm, and the port goes on. The flag on another kind: bad_flags.
