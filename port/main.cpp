@@ -4,6 +4,8 @@
 //                      [--max-frame BYTES] [--spin-us N] [--cancel-stuck-ms N] [--max-contexts N]
 //                      [--output-window BYTES] [--max-out-frame BYTES]
 //                      [--record PATH] [--record-max BYTES]
+//                      [--shm-dir DIR] [--shm-threshold BYTES] [--shm-regions N] [--shm-keep BYTES]
+//                      [--pipe-size BYTES]
 //   erlang_python_port dump FILE [--full]          (protocol/RECORDING.md)
 //   erlang_python_port replay FILE [OPTIONS...]
 //
@@ -29,6 +31,7 @@
 #include "record_tools.hpp"
 #include "recorder.hpp"
 #include "runtime.hpp"
+#include "shm.hpp"
 
 namespace {
 
@@ -81,6 +84,19 @@ bool parse_args(int argc, char** argv, ep::Options& o) {
       g_record_path = v;
     } else if (a == "--record-max" && value(v)) {
       g_record_max = std::strtoull(v.c_str(), nullptr, 10);
+    } else if (a == "--shm-dir" && value(v)) {  // bulk (PROTOCOL.md §3.12)
+      o.shm.dir = v;
+    } else if (a == "--shm-threshold" && value(v)) {
+      o.shm.threshold = std::strtoull(v.c_str(), nullptr, 10);
+      if (o.shm.threshold < 1) return false;
+    } else if (a == "--shm-regions" && value(v)) {
+      o.shm.regions = std::atoi(v.c_str());
+      if (o.shm.regions < 1 || o.shm.regions > 1024) return false;
+    } else if (a == "--shm-keep" && value(v)) {
+      o.shm.keep = std::strtoull(v.c_str(), nullptr, 10);
+    } else if (a == "--pipe-size" && value(v)) {
+      o.pipe_size = std::atoi(v.c_str());
+      if (o.pipe_size < 0) return false;
     } else if (a == "--spin-us" && value(v)) {
       o.spin_us = std::atoi(v.c_str());
       if (o.spin_us < 0) return false;
@@ -123,6 +139,23 @@ struct Loop {
   uint64_t last_frame_ns = 0;
 };
 
+// Records one frame read from the VM. A body in shared memory (§3.12) is recorded inline, its flag
+// cleared, so that a replay (which has no regions) can send it down a pipe; only while recording.
+void record_in(ep::Runtime& rt, const std::string& payload) {
+  ep::ShmDesc d;
+  ep::ShmView v;
+  std::string err;
+  if (payload.size() >= ep::kHeaderSize && (static_cast<uint8_t>(payload[1]) & ep::kFlagShm) && rt.shm() &&
+      ep::parse_shm_desc(std::string_view(payload).substr(ep::kHeaderSize), d) && rt.shm()->view(d, v, err)) {
+    std::string inline_frame = payload.substr(0, ep::kHeaderSize);
+    inline_frame[1] = static_cast<char>(static_cast<uint8_t>(inline_frame[1]) & ~ep::kFlagShm);
+    inline_frame.append(v.bytes);
+    ep::recorder().frame_in(inline_frame);
+    return;
+  }
+  ep::recorder().frame_in(payload);
+}
+
 char g_read_buf[1 << 18];
 
 void on_alloc(uv_handle_t*, size_t, uv_buf_t* buf) { *buf = uv_buf_init(g_read_buf, sizeof g_read_buf); }
@@ -138,7 +171,7 @@ void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
   loop->reader.feed(
       buf->base, static_cast<size_t>(nread),
       [&](std::string&& payload) {
-        ep::recorder().frame_in(payload);
+        if (ep::recorder().active()) record_in(*loop->rt, payload);
         loop->rt->dispatch(std::move(payload));
       },
       [&](std::string_view head, size_t length) {
@@ -162,7 +195,8 @@ int main(int argc, char** argv) {
                  "usage: erlang_python_port [--codec etf|msgpack] [--contexts N] [--pylib DIR] "
                  "[--crash-file PATH] [--max-frame BYTES] [--spin-us N] [--cancel-stuck-ms N] "
                  "[--max-contexts N] [--output-window BYTES] [--max-out-frame BYTES] [--record PATH] "
-                 "[--record-max BYTES]\n       erlang_python_port dump FILE [--full]\n"
+                 "[--record-max BYTES] [--shm-dir DIR] [--shm-threshold BYTES] [--shm-regions N] "
+                 "[--shm-keep BYTES] [--pipe-size BYTES]\n       erlang_python_port dump FILE [--full]\n"
                  "       erlang_python_port replay FILE [--timeout-ms N] [--port EXE] [PORT OPTIONS...]\n");
     return kExitUsage;
   }
@@ -171,7 +205,15 @@ int main(int argc, char** argv) {
   // zeroing again; keeping buffers up to 256 MiB in the heap lets the next request reuse the pages
   // (bench/: 64 MiB bulk). Bigger ones are still mmapped, and a free heap top over 256 MiB is given
   // back, so a one-off huge request does not pin its memory for the life of the port.
-  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  // bulk (measured, bench/ 64 MiB round trip with shared memory: 124 -> 75 ms, half the port's time
+  // was page faults): glibc refuses an mmap threshold over 32 MiB (the call above it fails and changes
+  // nothing), and context threads allocate from per-thread arenas whose heaps are mmapped anyway. So
+  // large blocks come from the one main heap (arena_max 1) and are never mmapped (mmap_max 0); the
+  // trim threshold still gives back a free heap top over 256 MiB. Small objects hardly meet in malloc:
+  // pymalloc serves them.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_ARENA_MAX, 1);
   mallopt(M_TRIM_THRESHOLD, 256 << 20);
   // Die with the VM, even if it is killed without closing our stdin.
   prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -196,9 +238,28 @@ int main(int argc, char** argv) {
     if (!ep::recorder().start(g_record_path, g_record_max, opts.codec == ep::CodecKind::Etf ? 0 : 1, err))
       EP_LOG("recording not started: %s", err.c_str());
   }
+  // bulk: a bigger pipe means fewer wake-ups per large frame in both directions (the VM's end is the
+  // same pipe). 0 leaves the kernel's default; an unprivileged process may go up to
+  // /proc/sys/fs/pipe-max-size (1 MiB by default), and a refusal changes nothing.
+  if (opts.pipe_size > 0) {
+    (void)fcntl(in_fd, F_SETPIPE_SZ, opts.pipe_size);
+    (void)fcntl(out_fd, F_SETPIPE_SZ, opts.pipe_size);
+  }
+
   ep::Output output(out_fd);
   g_output = &output;
   ep::Runtime runtime(opts, output);
+  // bulk (PROTOCOL.md §3.12): the regions exist before the hello, so the Erlang side may use them as
+  // soon as it has it, and before any thread writes. Failing to make them only turns shared memory off.
+  ep::ShmDir shm;
+  if (!opts.shm.dir.empty()) {
+    if (shm.open(opts.shm, static_cast<long>(getpid()))) {
+      output.set_shm(&shm);
+      runtime.set_shm(&shm);
+    } else {
+      EP_LOG("shared memory off: cannot create regions in %s: %s", opts.shm.dir.c_str(), std::strerror(errno));
+    }
+  }
   if (!runtime.start()) return kExitPython;
   runtime.write_hello();
 

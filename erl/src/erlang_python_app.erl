@@ -16,4 +16,5 @@ start(_Type, _Args) ->
 
 -spec stop(term()) -> ok.
 stop(_State) ->
+	ok = py_shm:teardown(),  %% bulk: this VM's shared-memory directory goes with the application
 	py_router:erase_config().

@@ -28,6 +28,8 @@
 %%   sandbox            true: the default pool's ports run the audit-hook sandbox; default false
 %%   max_traces         spans py:get_traces/0 keeps (the oldest go first); default 10000 (opsa)
 %%   telemetry_interval_ms  how often each port's queue depth event is sent; default 1000, 0 never (opsa)
+%%   shm, shm_dir, shm_threshold, shm_regions, shm_keep   big bodies through shared memory (py_shm)
+%%   pipe_size          F_SETPIPE_SZ of the protocol pipes, bytes (0: the kernel's); default 1 MiB
 -module(erlang_python_sup).
 -behaviour(supervisor).
 
@@ -82,6 +84,7 @@ init([]) ->
 	py_pool_registry = ets:new(py_pool_registry, [set, public, named_table, {read_concurrency, true}]),
 	ok = py_context_router:init_pool_registry(),
 	ok = py_semaphore:init(),
+	ok = py_shm:setup(),  %% bulk (PROTOCOL.md §3.12): its tables, this VM's directory, stale ones gone
 	ok = py_import:init(),
 	%% opsa: logging/tracing configuration and span table, stats counters, telemetry lookup.
 	ok = py_ops:init(),

@@ -226,7 +226,8 @@ init({Slot, Opts}) ->
 		++ case maps:get(max_frame, Opts, 0) of
 			0 -> [];
 			Max -> ["--max-frame", integer_to_list(Max)]
-		end,
+		end
+		++ py_shm:port_args(),  %% bulk (PROTOCOL.md §3.12)
 	%% port_executable: another build of the port (e.g. the sanitizer build tools/test.sh runs).
 	Exe = application:get_env(erlang_python, port_executable, filename:join(Priv, "erlang_python_port")),
 	State0 = #state{slot = Slot, opts = Opts, exe = Exe,
@@ -408,7 +409,8 @@ terminate(Reason, State = #state{slot = Slot, port = Port, os_pid = OsPid}) ->
 		_ ->
 			%% EOF on its stdin makes the port exit (PROTOCOL.md §4.2); make sure it did.
 			_ = catch port_close(Port),
-			ensure_dead(OsPid, State#state.os_start)
+			ensure_dead(OsPid, State#state.os_start),
+			ok = py_shm:port_gone(OsPid)  %% bulk
 	end,
 	_ = file:delete(State#state.crash_file),
 	ok.
@@ -457,6 +459,7 @@ hello(Body, State = #state{slot = Slot, port = Port, generation = Gen, opts = Op
 		contexts => list_to_tuple(Contexts), os_pid => maps:get(os_pid, Hello, State#state.os_pid),
 		generation => Gen, python => maps:get(python, Hello, <<>>),
 		build => maps:get(build, Hello, undefined), hello => Hello},
+	ok = py_shm:port_up(maps:get(os_pid, Info)),  %% bulk: its request regions join the pool
 	init_contexts(Contexts, State#state{info = Info}).
 
 %% Sends context_init to every context of the new OS process; the slot goes up when all answered.
@@ -521,6 +524,9 @@ publish_down(#state{slot = Slot, start_failure = Failure}) ->
 
 frame(<<Kind, 0, 0:16, Ctx:32, Id:64, Body/binary>>, Port, State) when Id =/= 0 ->
 	frame(Kind, Ctx, Id, Body, Port, State);
+frame(<<Kind, 2, 0:16, Ctx:32, Id:64, Desc/binary>>, Port, State) when Id =/= 0 ->
+	%% bulk (PROTOCOL.md §3.12): the body is in a reply region; routed the same way, read by the caller.
+	frame(Kind, Ctx, Id, {py_shm, Desc}, Port, State);
 frame(<<Kind, 0, 0:16, Ctx:32, 0:64, Body/binary>>, Port, State) ->
 	%% The owner decodes these itself; a body it cannot read is the port's bug, not a reason to take
 	%% the whole slot down.
@@ -547,7 +553,7 @@ frame(Kind, Ctx, Id, Body, _, State) when Id =/= 0, (Kind =:= ?RESULT orelse Kin
 			Pid ! {py_frame, Id, Kind, Ctx, Body},
 			served(Kind, State);
 		[] ->
-			orphan_final(Kind, Ctx, Id, Body, State)
+			orphan_final(Kind, Ctx, Id, py_shm:orphan_final(Id, Body, State#state.port, codec(State)), State)
 	end;
 frame(?CALLBACK, Ctx, Id, Body, Port, State) when Id =/= 0 ->
 	case ets:lookup(py_inflight, Id) of
@@ -658,6 +664,10 @@ orphan_final(Kind, _Ctx, Id, Body, State) ->
 	State.
 
 %% A callback or output for a request nobody waits for any more (its caller timed out).
+orphan(Kind, Ctx, Id, {py_shm, _} = Body, Port, State) ->
+	%% bulk: its body is in a reply region; read (and the region handed back) outside the owner.
+	_ = spawn(py_shm, orphan, [Kind, Ctx, Id, Body, Port, codec(State)]),
+	State;
 orphan(?CALLBACK, Ctx, _Id, Body, Port, State) ->
 	Codec = codec(State),
 	{CbId, _, _} = py_codec:decode(Codec, Body),
@@ -807,6 +817,7 @@ port_died(Status, State0 = #state{slot = Slot, envs = Envs, callees = Callees, c
 			log(error, "port ~b (os pid ~p) died: ~tp", [Slot, State#state.os_pid, Reason], State)
 	end,
 	publish_down(State),
+	ok = py_shm:port_gone(State#state.os_pid),  %% bulk: its region files go before its callers hear
 	fail_inflight(Slot, Reason),
 	ok = py_stats:port_exit(Slot, State#state.os_pid, now_ms() - State#state.started_at, Reason),  %% opsa
 	ok = py_context:port_exited(Slot, State#state.generation, Reason),

@@ -104,7 +104,8 @@
 	owner :: pid(),
 	generation :: non_neg_integer(),
 	ctx :: non_neg_integer(),
-	deadline :: integer() | infinity
+	deadline :: integer() | infinity,
+	shm = none :: py_shm:held()  %% bulk: the request region its body is in (PROTOCOL.md §3.12)
 }).
 
 %% API.
@@ -203,7 +204,7 @@ stream_send(Kind, Place, Body, Deadline, SeenGen) ->
 	case ready(Place, SeenGen, Deadline) of
 		{ok, Info} ->
 			%% The stream's request lives until its final frame, however long its consumer takes.
-			case issue(Kind, Info, Place#place.slot, ctx_id(Place, Info), Body, infinity) of
+			case issue(Kind, Info, Place#place.slot, ctx_id(Place, Info), Body, infinity, false) of
 				{ok, Req} ->
 					{ok, {py_stream_req, Req, Kind, Place, Body}};
 				{closed, Req = #req{id = Id}} ->
@@ -300,12 +301,13 @@ send(Kind, Place, Body, Deadline, Retry, SeenGen) ->
 			Slot = Place#place.slot,
 			case issue(Kind, Info, Slot, ctx_id(Place, Info), Body, Deadline) of
 				{ok, Req = #req{generation = Gen}} ->
-					case wait(Req) of
+					case shm_done(Req, wait(Req)) of
 						requeue -> requeued(Kind, Place, Body, Deadline, Retry, Gen);
 						{schedule, Next} -> scheduled(Next, Place, Body, Deadline, Req);
 						Result -> ref_result(Body, Slot, Req, Result)
 					end;
 				{closed, Req} ->
+					ok = py_shm:done(Req#req.id, Req#req.shm),
 					port_closed(Req, Place, Body, Retry);
 				{error, _} = Error ->
 					Error
@@ -320,16 +322,21 @@ send(Kind, Place, Body, Deadline, Retry, SeenGen) ->
 %% entry (the owner routes its frames to this process by it): {ok, Req}; {closed, Req} when the port
 %% closed under us (the entry is still there: the caller decides); or the encoding error, with nothing
 %% written. The one place a request frame is built and sent (send/6, stream_send/5, run_pinned/6).
+issue(Kind, Info, Slot, Ctx, Body, Deadline) ->
+	issue(Kind, Info, Slot, Ctx, Body, Deadline, true).
+
+%% Shm: whether a big body may go through a shared-memory region (PROTOCOL.md §3.12); not for a
+%% stream's start, whose final frame may be long in coming.
 issue(Kind, Info = #{port := Port, codec := Codec, owner := Owner, generation := Gen}, Slot, Ctx, Body,
-		Deadline) ->
+		Deadline, Shm) ->
 	Id = request_id(Kind),
-	case encode(Kind, flags(Kind, Info, Slot, Ctx, Gen), Ctx, Id, Codec, Body) of
+	case encode(Kind, flags(Kind, Info, Slot, Ctx, Gen), Ctx, Id, Codec, Body, Shm andalso shm_kind(Kind), Port) of
 		{error, _} = Error ->
 			Error;
-		Frame ->
+		{Frame, Held} ->
 			true = ets:insert(py_inflight, {Id, self(), Slot}),
 			Req = #req{id = Id, kind = Kind, port = Port, slot = Slot, codec = Codec, owner = Owner,
-				generation = Gen, ctx = Ctx, deadline = Deadline},
+				generation = Gen, ctx = Ctx, deadline = Deadline, shm = Held},
 			try port_command(Port, Frame) of
 				true -> {ok, Req}
 			catch error:badarg ->
@@ -404,12 +411,13 @@ run_pinned(Kind, Slot, Ctx, Gen, Body, Timeout) ->
 		#{status := up, generation := Gen} = Info ->
 			case issue(Kind, Info, Slot, Ctx, Body, Deadline) of
 				{ok, Req} ->
-					case wait(Req) of
+					case shm_done(Req, wait(Req)) of
 						%% Its port is condemned: the object dies with it.
 						requeue -> {error, stale_ref};
 						Result -> Result
 					end;
 				{closed, Req = #req{id = Id}} ->
+					ok = py_shm:done(Id, Req#req.shm),
 					case ets:take(py_inflight, Id) of
 						[_] -> {error, stale_ref};
 						[] -> late(Req)
@@ -441,6 +449,33 @@ encode(Kind, Flags, Ctx, Id, Codec, Body) ->
 	catch error:{badarg, Why} ->
 		{error, {badarg, Why}}
 	end.
+
+%% bulk (PROTOCOL.md §3.12): the frame and the request region its body took (none: the pipe).
+encode(Kind, Flags, Ctx, Id, Codec, Body, true, Port) ->
+	try
+		py_shm:request_frame(Kind, Flags, Ctx, Id, Codec, Body, Port)
+	catch error:{badarg, Why} ->
+		{error, {badarg, Why}}
+	end;
+encode(Kind, Flags, Ctx, Id, Codec, Body, false, _) ->
+	case encode(Kind, Flags, Ctx, Id, Codec, Body) of
+		{error, _} = Error -> Error;
+		Frame -> {Frame, none}
+	end.
+
+%% The kinds whose one final frame tells that the port is done with the body (§3.12).
+shm_kind(Kind) ->
+	Kind =:= call orelse Kind =:= eval orelse Kind =:= exec orelse Kind =:= ref_op.
+
+%% bulk: the request ended. Its region is free again, unless the caller stopped waiting: the port may
+%% still read it, and the owner frees it at that request's late final frame (py_shm:orphan_final/4).
+shm_done(#req{shm = none}, Result) ->
+	Result;
+shm_done(_, {error, timeout} = Result) ->
+	Result;
+shm_done(#req{id = Id, shm = Held}, Result) ->
+	ok = py_shm:done(Id, Held),
+	Result.
 
 cast(Place = #place{slot = Slot}, Body, Deadline, Retry, SeenGen) ->
 	case ready(Place, SeenGen, Deadline) of
@@ -529,6 +564,13 @@ wait(Req = #req{id = Id}) ->
 %% Frames are decoded here, by the caller; a body that does not decode (a port bug) ends the request.
 decode(port_exited, Reason, _) ->
 	{ok, Reason};
+decode(_, {py_shm, Desc}, #req{codec = Codec, port = Port}) ->
+	%% bulk (PROTOCOL.md §3.12): the body is in a reply region; read here, by the caller.
+	try
+		{ok, py_shm:read_body(Codec, Port, Desc)}
+	catch _:Why ->
+		{error, Why}
+	end;
 decode(_, Body, #req{codec = Codec}) ->
 	try
 		{ok, py_codec:decode(Codec, Body)}

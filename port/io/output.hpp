@@ -9,6 +9,8 @@
 
 namespace ep {
 
+class ShmDir;
+
 class Output {
  public:
   explicit Output(int fd) : fd_(fd) {}
@@ -18,9 +20,13 @@ class Output {
   // In a forked child (after the protocol descriptors were closed there): every later write ends
   // the child as a write error would, rather than reach a descriptor that reuses the number.
   void forget_fd() { fd_ = -1; }
+  // bulk (PROTOCOL.md §3.12): big reply bodies go through shared memory instead (set before any write).
+  void set_shm(ShmDir* shm) { shm_ = shm; }
 
  private:
+  void write_raw(const char* p, size_t left);
   int fd_;
+  ShmDir* shm_ = nullptr;
   std::mutex mutex_;
 };
 

@@ -1,4 +1,5 @@
 #include "context.hpp"
+#include "bulk.hpp"
 
 #include <pythread.h>
 
@@ -318,7 +319,7 @@ void Context::run() {
     holding = false;
     if (!out.empty()) {
       rt_.output().write(out);
-      out.clear();
+      shrink_reply(out);  // bulk: not the largest reply's size forever
     }
   }
   if (!holding) PyEval_RestoreThread(ts);
@@ -431,7 +432,7 @@ Context::WaitEnd Context::wait(uint64_t callback_id, const Clock::time_point* de
     ts = PyEval_SaveThread();
     if (!out.empty()) {
       rt_.output().write(out);
-      out.clear();
+      shrink_reply(out);  // bulk: not the largest reply's size forever
     }
   }
   if (callback_id != 0) {

@@ -5,6 +5,7 @@
 #include <csignal>
 #include <cstring>
 
+#include "bulk.hpp"
 #include "erlang_module.hpp"
 #include "erlang_types.hpp"
 #include "log.hpp"
@@ -389,8 +390,17 @@ void Runtime::dispatch(std::string payload) {
   // The nested flag (§3.4) is the only flag, and only on call/eval/exec/ref_op.
   bool nestable = h.kind == static_cast<uint8_t>(Kind::Call) || h.kind == static_cast<uint8_t>(Kind::Eval) ||
                   h.kind == static_cast<uint8_t>(Kind::Exec) || h.kind == static_cast<uint8_t>(Kind::RefOp);
-  if (h.reserved != 0 || (h.flags & ~kFlagNested) != 0 || (h.flags != 0 && !nestable)) {
-    protocol_error(h.ctx, h.id, "bad_flags", "only the nested flag, on call/eval/exec/ref_op; reserved bytes must be 0");
+  // bulk (§3.12): the shm flag too, on the same kinds, when shared memory is on; shm_release.
+  const uint8_t allowed = kFlagNested | (shm_ && shm_->enabled() ? kFlagShm : 0);
+  if (h.reserved != 0 || (h.flags & ~allowed) != 0 || (h.flags != 0 && !nestable)) {
+    protocol_error(h.ctx, h.id, "bad_flags", "only the nested and shm flags, on call/eval/exec/ref_op; reserved bytes must be 0");
+    return;
+  }
+  if (h.kind == kKindShmRelease) {
+    uint64_t k = 0;
+    if (!parse_count(opts_.codec, std::string_view(payload).substr(kHeaderSize), k) || !shm_ ||
+        k > UINT32_MAX || !shm_->release(static_cast<uint32_t>(k)))
+      protocol_error(h.ctx, h.id, "bad_shm", "shm_release names no region in use");
     return;
   }
   switch (static_cast<Kind>(h.kind)) {
@@ -666,6 +676,11 @@ void Runtime::on_env_drop(std::string_view body_view) {
   });
 }
 
+PyRef Runtime::decode(std::string_view body, std::string& err) {
+  GcPause paused(body.size());  // bulk: no collections over the objects being built
+  return decode_body(opts_.codec, body, err);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Replies
 
@@ -707,6 +722,7 @@ void Runtime::error_frame_from_exception(std::string& out, uint32_t ctx, uint64_
 }
 
 void Runtime::result_frame(std::string& out, uint32_t ctx, uint64_t id, PyObject* value) {
+  if (shm_ && shm_bytes_result(shm_, opts_.codec, out, ctx, id, value)) return;  // bulk (§3.12)
   size_t start = begin_frame(out, Header{static_cast<uint8_t>(Kind::Result), 0, 0, ctx, id});
   if (!write_body(out, [&](auto& w) { return w.python(value); })) {
     out.resize(start);
@@ -896,7 +912,20 @@ void Runtime::handle(Context& ctx, Item& item, std::string& out) {
     return;
   }
   std::string err;
-  PyRef body = decode(item.body(), err);
+  // bulk (§3.12): a shm body is decoded straight from its mapped region (the view holds the mapping).
+  std::string_view raw = item.body();
+  ShmView shm_view;
+  if (h.flags & kFlagShm) {
+    ShmDesc d;
+    if (!shm_ || !parse_shm_desc(raw, d)) err = "a shm frame's body must be a 20-byte descriptor";
+    else if (shm_->view(d, shm_view, err)) raw = shm_view.bytes;
+    if (!err.empty()) {
+      protocol_error_frame(out, h.ctx, h.id, "bad_shm", err);
+      return;
+    }
+  }
+  PyRef body = decode(raw, err);
+  shm_view = ShmView();
   if (!body) {
     protocol_error_frame(out, h.ctx, h.id, decode_failure_reason(err), err);  // improper_list or bad_body
     return;

@@ -25,6 +25,7 @@
 #include "frame.hpp"
 #include "output.hpp"
 #include "py_ref.hpp"
+#include "shm.hpp"
 #include "streams.hpp"
 
 namespace ep {
@@ -49,6 +50,10 @@ struct Options {
   size_t max_out_frame = kMaxOutFrame;
   // opsb: the memory limit of every context thread that sets none (--memory-limit; 0 none).
   int64_t memory_limit = 0;
+  // bulk (PROTOCOL.md §3.12): shared-memory regions for big bodies (--shm-*); dir empty: off.
+  ShmOptions shm;
+  // F_SETPIPE_SZ for the protocol pipes (--pipe-size); 0: the kernel's default.
+  int pipe_size = 1 << 20;
 };
 
 constexpr int kExitCancelStuck = 5;
@@ -118,7 +123,7 @@ class Runtime {
     MsgpackWriter w(out);
     return f(w);
   }
-  PyRef decode(std::string_view body, std::string& err) { return decode_body(opts_.codec, body, err); }
+  PyRef decode(std::string_view body, std::string& err);  // the cyclic GC paused for big bodies (bulk.hpp)
 
   // Python -> Erlang round trips (erlang.call, erlang.send), GIL held. Sends `frame` and waits for
   // the callback_reply `callback_id`. Returns false with a Python exception set if cancelled.
@@ -156,6 +161,9 @@ class Runtime {
   void post_control(std::function<void()> job) { control_->post(std::move(job)); }
   CodecKind codec() const { return opts_.codec; }
   void set_exception_types(PyObject* cancelled) { cancelled_error_ = cancelled; }
+  // bulk (§3.12): the shared-memory regions (main owns them), before the loop starts.
+  void set_shm(ShmDir* shm) { shm_ = shm; }
+  ShmDir* shm() const { return shm_; }
 
  private:
   struct ThreadWaiter {
@@ -292,6 +300,7 @@ class Runtime {
   PyRef main_str_;
   PyObject* cancelled_error_ = nullptr;  // borrowed from the _erlang module, which lives forever
   PyRef crash_file_;  // the Python file faulthandler writes to (opened first thing at start-up)
+  ShmDir* shm_ = nullptr;  // bulk (§3.12); its own lock guards it (shm.hpp)
 };
 
 }  // namespace ep

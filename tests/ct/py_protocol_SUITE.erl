@@ -109,9 +109,10 @@ unknown_context(Config) ->
 		raw(Config, 2, 9999, 0, body(Config, {undefined, <<"1">>, #{}})),
 	serving(Config).
 
-%% A reserved flag bit: bad_flags (bit 0, nested, is valid on eval: py_port_contexts_SUITE).
+%% A reserved flag bit: bad_flags (bit 0, nested, is valid on eval: py_port_contexts_SUITE; bit 1,
+%% shm, too: py_shm_SUITE).
 bad_flags(Config) ->
-	{protocol_error, bad_flags, _} = raw(Config, 2, ctx(), 2, body(Config, {undefined, <<"1">>, #{}})),
+	{protocol_error, bad_flags, _} = raw(Config, 2, ctx(), 4, body(Config, {undefined, <<"1">>, #{}})),
 	serving(Config).
 
 %% A valid term of the wrong shape: bad_shape.

@@ -8,6 +8,58 @@
 #include <string>
 
 #include "frame.hpp"
+#include "shm.hpp"  // bulk
+
+#include <unistd.h>
+
+#include <vector>
+
+namespace {
+// bulk (PROTOCOL.md §3.12): one set of regions for the whole run, in a fresh directory; region 0 of
+// the request side holds 4 KiB. Every shm payload's descriptor is looked up (never a crash, only an
+// error for what is out of bounds), and the raw input is offered to divert(), which must cut it only
+// at the frames it can account for.
+struct FuzzShm {
+  std::string dir;
+  ep::ShmDir shm;
+  FuzzShm() {
+    char tmpl[] = "/tmp/ep_fuzz_shm.XXXXXX";
+    if (mkdtemp(tmpl) && shm.open(ep::ShmOptions{tmpl, 32, 2, 1 << 20}, getpid())) {
+      dir = tmpl;
+      std::string p = dir + "/p" + std::to_string(getpid()) + ".e0";
+      if (truncate(p.c_str(), 4096) != 0) std::abort();
+    }
+  }
+  ~FuzzShm() {
+    shm.close_all();  // the files first, so the directory can go
+    if (!dir.empty()) rmdir(dir.c_str());
+  }
+};
+
+ep::ShmDir* shm_dir() {
+  static FuzzShm fuzz;  // destroyed at exit: nothing left in /tmp
+  return &fuzz.shm;
+}
+
+void fuzz_shm(const std::string& payload) {
+  if (payload.size() < ep::kHeaderSize) return;
+  ep::ShmDesc d;
+  if (!ep::parse_shm_desc(std::string_view(payload).substr(ep::kHeaderSize), d)) return;
+  ep::ShmView v;
+  std::string err;
+  if (shm_dir()->view(d, v, err) && (d.offset + d.length > 4096 || v.bytes.size() != d.length)) std::abort();
+}
+
+void fuzz_divert(const char* p, size_t n) {
+  std::string frames(p, n), scratch;
+  std::vector<ep::ShmDir::Piece> pieces;
+  if (!shm_dir()->divert(frames, scratch, pieces)) return;
+  size_t total = 0;
+  for (auto& piece : pieces) total += piece.n;
+  if (total > frames.size()) std::abort();  // a diverted frame only ever gets shorter
+  for (uint32_t k = 0; k < 2; ++k) (void)shm_dir()->release(k);
+}
+}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
@@ -19,6 +71,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto on_frame = [&](std::string&& payload) {
     if (payload.size() > max_frame) std::abort();
     if (payload.size() >= ep::kHeaderSize) (void)ep::parse_header(payload.data());
+    fuzz_shm(payload);  // bulk
     accounted += 4 + payload.size();
   };
   auto on_oversized = [&](std::string_view head, size_t length) {
@@ -36,5 +89,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     n -= take;
   }
   if (accounted > size - 1) std::abort();
+  fuzz_divert(reinterpret_cast<const char*>(data + 1), size - 1);  // bulk
   return 0;
 }

@@ -1,0 +1,48 @@
+#include "bulk.hpp"
+
+#include "frame.hpp"
+#include "py_ref.hpp"
+
+namespace ep {
+
+bool shm_bytes_result(ShmDir* shm, CodecKind codec, std::string& out, uint32_t ctx, uint64_t id, PyObject* value) {
+  if (!shm || !shm->enabled() || !PyBytes_CheckExact(value)) return false;
+  const size_t n = static_cast<size_t>(PyBytes_GET_SIZE(value));
+  if (n > 0xFFFFFFFFu) return false;  // the codecs refuse it; the encoder says so
+  // The header the encoder would write for this one value, byte for byte: ETF 131, BINARY_EXT, length;
+  // msgpack bin8/16/32 by length (a small threshold makes the short forms reachable).
+  std::string head;
+  auto be = [&](uint64_t v, int bytes) {
+    for (int i = bytes - 1; i >= 0; --i) head.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  };
+  if (codec == CodecKind::Etf) {
+    head.push_back(static_cast<char>(131));
+    head.push_back(static_cast<char>(109));
+    be(n, 4);
+  } else if (n <= 0xff) {
+    head.push_back(static_cast<char>(0xc4));
+    be(n, 1);
+  } else if (n <= 0xffff) {
+    head.push_back(static_cast<char>(0xc5));
+    be(n, 2);
+  } else {
+    head.push_back(static_cast<char>(0xc6));
+    be(n, 4);
+  }
+  if (head.size() + n < shm->threshold()) return false;
+  const std::string_view parts[2] = {head, std::string_view(PyBytes_AS_STRING(value), n)};
+  ShmDesc d;
+  bool put;
+  {
+    // bytes are immutable and the caller holds the object: the copy needs no GIL.
+    GilRelease unlocked;
+    put = shm->put_parts(parts, 2, d);
+  }
+  if (!put) return false;
+  size_t start = begin_frame(out, Header{static_cast<uint8_t>(Kind::Result), kFlagShm, 0, ctx, id});
+  put_shm_desc(out, d);
+  finish_frame(out, start);
+  return true;
+}
+
+}  // namespace ep
