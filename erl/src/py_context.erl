@@ -232,7 +232,7 @@ init({default, N}) ->
 	end;
 init({explicit, Id, Mode, Pool}) ->
 	process_flag(trap_exit, true),
-	case create(Mode) of
+	case create(Mode, Pool) of
 		{ok, Slot, CtxId, Gen} ->
 			true = ets:insert(?TAB, {self(), Slot, CtxId, Gen, Pool, Mode}),
 			_ = case Id of
@@ -294,12 +294,17 @@ check_mode(worker) -> ok;
 check_mode(owngil) -> {error, {mode_not_supported, owngil, "only worker contexts are offered so far"}};
 check_mode(Mode) -> {error, {bad_mode, Mode}}.
 
-%% Creates an explicit context on the slot with the fewest: context_create, then context_init, both
+%% Creates an explicit context on its pool's own port, else on the slot with the fewest: context_create, then context_init, both
 %% within context_create_timeout (application env, ms; default ?CONTROL_TIMEOUT).
-create(Mode) ->
+create(Mode, Pool) ->
 	Deadline = erlang:monotonic_time(millisecond)
 		+ application:get_env(erlang_python, context_create_timeout, ?CONTROL_TIMEOUT),
-	case up_info(pick_slot(), Deadline) of
+	%% A pool with a Python of its own (py_pool_ports) lives on its own port.
+	Slot0 = case py_pool_ports:slot_of(Pool) of
+		{ok, PoolSlot} -> PoolSlot;
+		none -> pick_slot()
+	end,
+	case up_info(Slot0, Deadline) of
 		{ok, #{slot := Slot, generation := Gen, contexts := Startup} = Info} ->
 			First = lists:max(tuple_to_list(Startup)),
 			CtxId = ets:update_counter(?TAB, {next_ctx, Slot}, 1, {{next_ctx, Slot}, First}),

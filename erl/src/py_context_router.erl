@@ -214,19 +214,45 @@ num_contexts(Pool) ->
 start_pool(Pool, Size) ->
 	start_pool(Pool, Size, worker).
 
-%% Size explicit contexts, spread over the ports (each on the slot with the fewest at its start).
--spec start_pool(pool_name(), pos_integer(), py_context:context_mode()) -> {ok, [pid()]} | {error, term()}.
+%% Size explicit contexts, spread over the ports (each on the slot with the fewest at its start). The
+%% third argument is a mode or #{mode => Mode, python => Python}: a pool with a python (that option, or
+%% the pool_pythons application env) runs on a port of its own built for that CPython (py_pool_ports).
+-spec start_pool(pool_name(), pos_integer(), py_context:context_mode() | #{mode => py_context:context_mode(),
+	python => py_pool_ports:python()}) -> {ok, [pid()]} | {error, term()}.
+start_pool(default, Size, Opts) when is_map(Opts) ->
+	start(Opts#{contexts => Size});
 start_pool(default, Size, Mode) ->
 	start(#{contexts => Size, mode => Mode});
-start_pool(Pool, Size, Mode) when is_atom(Pool), is_integer(Size), Size > 0 ->
-	case Mode of
+start_pool(Pool, Size, Mode) when is_atom(Mode) ->
+	start_pool(Pool, Size, #{mode => Mode});
+start_pool(Pool, Size, Opts) when is_atom(Pool), is_integer(Size), Size > 0, is_map(Opts) ->
+	case maps:get(mode, Opts, worker) of
 		worker ->
-			case py_context_pool_sup:start_pool(Pool, Size, worker) of
-				{ok, _} -> {ok, contexts(Pool)};
-				{error, _} = Error -> Error
+			%% --- modes: a Python per pool
+			case pool_port(Pool, py_pool_ports:python_of(Pool, Opts)) of
+				ok ->
+					case py_context_pool_sup:start_pool(Pool, Size, worker) of
+						{ok, _} -> {ok, contexts(Pool)};
+						{error, _} = Error -> ok = py_pool_ports:stop(Pool), Error
+					end;
+				{error, _} = Error ->
+					Error
 			end;
-		_ ->
+			%% --- end modes
+		Mode ->
 			{error, {mode_not_supported, Mode, "only worker contexts are offered so far"}}
+	end.
+
+pool_port(_Pool, undefined) ->
+	ok;
+pool_port(Pool, Python) ->
+	case py_pool_ports:slot_of(Pool) of
+		{ok, _} -> ok;
+		none ->
+			case py_pool_ports:start(Pool, Python) of
+				{ok, _} -> ok;
+				{error, _} = Error -> Error
+			end
 	end.
 
 %% Destroys the pool's contexts.
@@ -234,7 +260,8 @@ start_pool(Pool, Size, Mode) when is_atom(Pool), is_integer(Size), Size > 0 ->
 stop_pool(default) ->
 	stop();
 stop_pool(Pool) when is_atom(Pool) ->
-	py_context_pool_sup:stop_pool(Pool).
+	ok = py_context_pool_sup:stop_pool(Pool),
+	py_pool_ports:stop(Pool).
 
 %% Started, and every member is alive.
 -spec pool_started(pool_name()) -> boolean().

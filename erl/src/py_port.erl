@@ -69,7 +69,8 @@
 	signal := atom() | {signal, pos_integer()} | undefined, traceback := binary(),
 	reason := crashed | cancel_grace_expired | no_hello | shutdown | owner_down, error => term()}.
 -type opts() :: #{codec := py_codec:codec(), contexts := pos_integer(), cancel_grace_ms := non_neg_integer(),
-	spin_us := non_neg_integer(), max_frame => non_neg_integer(), start_timeout => timeout()}.
+	spin_us := non_neg_integer(), max_frame => non_neg_integer(), start_timeout => timeout(),
+	port_executable => file:filename()}.
 
 -record(state, {
 	slot :: pos_integer(),
@@ -219,8 +220,10 @@ init({Slot, Opts}) ->
 			0 -> [];
 			Max -> ["--max-frame", integer_to_list(Max)]
 		end,
-	%% port_executable: another build of the port (e.g. the sanitizer build tools/test.sh runs).
-	Exe = application:get_env(erlang_python, port_executable, filename:join(Priv, "erlang_python_port")),
+	%% port_executable: another build of the port (e.g. the sanitizer build tools/test.sh runs); a
+	%% pool's own port (py_pool_ports, issue 8) names its executable in Opts.
+	Exe = maps:get(port_executable, Opts,
+		application:get_env(erlang_python, port_executable, filename:join(Priv, "erlang_python_port"))),
 	State0 = #state{slot = Slot, opts = Opts, exe = Exe,
 		args = Args, crash_file = CrashFile},
 	publish_down(State0),
