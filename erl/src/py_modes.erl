@@ -7,7 +7,7 @@
 %%
 %% Choice where the reference docs contradict themselves (inventory-part1 §11 vs the migration guide):
 %% execution_mode/0 answers free_threaded when the default pool's ports run a free-threaded build with
-%% the GIL off at start-up (what the migration guide shows), else the configured context_mode (worker).
+%% the GIL off (what the migration guide shows), else the configured context_mode (worker).
 -module(py_modes).
 
 -export([execution_mode/0]).
@@ -17,17 +17,20 @@
 -type mode() :: worker | owngil | free_threaded.
 -export_type([mode/0]).
 
-%% free_threaded if every running port of the default pool reported a free-threaded build with the GIL
-%% disabled in its hello; otherwise the context_mode application env (default worker).
+%% free_threaded if every running port of the default pool runs a free-threaded build with the GIL
+%% disabled now (asked: an extension imported since start-up may have turned it back on, and then this
+%% says worker); otherwise the context_mode application env (default worker).
 -spec execution_mode() -> mode().
 execution_mode() ->
-	Configured = application:get_env(erlang_python, context_mode, worker),
-	Hellos = [H || #{status := up, hello := H} <- infos()],
-	FreeThreaded = Hellos =/= [] andalso
-		lists:all(fun(H) -> maps:get(build, H, gil) =:= free_threaded andalso maps:get(gil, H, enabled) =:= disabled end, Hellos),
-	case {Configured, FreeThreaded} of
-		{worker, true} -> free_threaded;
-		_ -> Configured
+	case application:get_env(erlang_python, context_mode, worker) of
+		worker ->
+			Infos = execution_info(),
+			case Infos =/= [] andalso lists:all(fun(#{build := B, gil := G}) -> B =:= free_threaded andalso G =:= disabled end, Infos) of
+				true -> free_threaded;
+				false -> worker
+			end;
+		Configured ->
+			Configured
 	end.
 
 %% One map per running port of the default pool: slot, python, build, gil (asked now: enabled |

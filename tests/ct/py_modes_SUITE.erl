@@ -13,10 +13,10 @@
 
 -export([all/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2, end_per_testcase/2]).
 -export([gil_state_is_reported/1, mode_matches_build/1, stress_mixed_requests_with_env_drops/1,
-	cpu_bound_two_contexts_one_port/1, owngil_refused_clearly/1]).
+	cpu_bound_two_contexts_one_port/1, owngil_refused_clearly/1, gil_coming_back_is_reported/1]).
 
 all() ->
-	[gil_state_is_reported, mode_matches_build, owngil_refused_clearly,
+	[gil_state_is_reported, mode_matches_build, owngil_refused_clearly, gil_coming_back_is_reported,
 	 stress_mixed_requests_with_env_drops, cpu_bound_two_contexts_one_port].
 
 init_per_suite(Config) ->
@@ -64,6 +64,41 @@ mode_matches_build(_Config) ->
 	{ok, Mode} = py:eval(<<"__import__('erlang').detect_mode().value">>),
 	ct:pal("erlang.detect_mode() -> ~p", [Mode]),
 	?assertEqual(case Expected of free_threaded -> <<"free_threaded">>; worker -> <<"shared_gil">> end, Mode).
+
+%% On a free-threaded build, importing a C extension without free-threading support (single-phase
+%% init, no Py_mod_gil slot: built here with the port's own headers) turns the GIL back on; the port
+%% keeps working, execution_info/0 says gil enabled (gil_at_start disabled) and execution_mode/0 no
+%% longer says free_threaded.
+gil_coming_back_is_reported(Config) ->
+	#{build := Build} = py_port:info(1),
+	Cc = os:find_executable("cc"),
+	if
+		Build =/= free_threaded -> {skip, "needs a free-threaded build"};
+		Cc =:= false -> {skip, "no C compiler (cc)"};
+		true -> gil_coming_back(Config)
+	end.
+
+gil_coming_back(Config) ->
+	Dir = filename:join(?config(priv_dir, Config), "gilmod"),
+	ok = filelib:ensure_path(Dir),
+	Src = filename:join(Dir, "ep_gil_user.c"),
+	ok = file:write_file(Src, <<"#include <Python.h>\n"
+		"static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, \"ep_gil_user\", NULL, -1, NULL};\n"
+		"PyMODINIT_FUNC PyInit_ep_gil_user(void) { return PyModule_Create(&def); }\n">>),
+	{ok, Inc} = py:eval(<<"__import__('sysconfig').get_paths()['include']">>),
+	{ok, Suffix} = py:eval(<<"__import__('importlib.machinery').machinery.EXTENSION_SUFFIXES[0]">>),
+	So = filename:join(Dir, "ep_gil_user" ++ binary_to_list(Suffix)),
+	Out = os:cmd(lists:flatten(io_lib:format("cc -shared -fPIC -I~s -o ~s ~s 2>&1; echo rc=$?", [Inc, So, Src]))),
+	ct:pal("cc: ~s", [Out]),
+	?assertNotEqual(nomatch, string:find(Out, "rc=0")),
+	?assertEqual(free_threaded, py:execution_mode()),
+	{ok, true} = py:eval(<<"__import__('sys').path.insert(0, d) or __import__('ep_gil_user') is not None">>,
+		#{d => list_to_binary(Dir)}),
+	{ok, true} = py:eval(<<"__import__('sys')._is_gil_enabled()">>),
+	[Info] = py:execution_info(),
+	?assertMatch(#{gil := enabled, gil_at_start := disabled, build := free_threaded}, Info),
+	?assertEqual(worker, py:execution_mode()),
+	{ok, 4.0} = py:call(math, sqrt, [16]).
 
 %% A mode the build cannot give is refused at start, never a silent worker.
 owngil_refused_clearly(_Config) ->
