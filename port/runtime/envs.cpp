@@ -54,20 +54,12 @@ PyRef Envs::fresh() {
 PyRef Envs::get(uint64_t ctx, const std::string& key, EnvKind kind, bool& announce) {
   announce = false;
   PyRef base;
-  bool was_dropped = false;
   {
     std::lock_guard<AttachedMutex> lock(mutex_);
-    was_dropped = kind == EnvKind::Ref && dropped_.count(key) != 0;
-    if (!was_dropped) {
-      PerContext& pc = ctxs_[ctx];
-      auto it = pc.envs.find(key);
-      if (it != pc.envs.end()) return PyRef::borrow(it->second.globals.get());
-      base = PyRef::borrow(pc.base.get());
-    }
-  }
-  if (was_dropped) {
-    PyErr_SetString(PyExc_RuntimeError, "this environment was dropped (the process that created it exited)");
-    return PyRef();
+    PerContext& pc = ctxs_[ctx];
+    auto it = pc.envs.find(key);
+    if (it != pc.envs.end()) return PyRef::borrow(it->second.globals.get());
+    base = PyRef::borrow(pc.base.get());
   }
   // Built without the envs mutex (copying runs Python); dict.copy() semantics: the preload's names are
   // the environment's own, the objects they name are shared.
@@ -82,21 +74,13 @@ PyRef Envs::get(uint64_t ctx, const std::string& key, EnvKind kind, bool& announ
     env = fresh();
   }
   if (!env) return env;
-  {
-    std::lock_guard<AttachedMutex> lock(mutex_);
-    if (!(kind == EnvKind::Ref && dropped_.count(key) != 0)) {
-      auto [it, inserted] = ctxs_[ctx].envs.try_emplace(key);
-      // Another thread made it meanwhile. (`env` is dropped after the lock: it was declared first.)
-      if (!inserted) return PyRef::borrow(it->second.globals.get());
-      it->second.globals = PyRef::borrow(env.get());
-      if (kind != EnvKind::Default) ++envs_;
-      if (kind == EnvKind::Pid) announce = announced_.insert(key).second;
-      return env;
-    }
-  }
-  // Dropped while it was being built (env_drop on the control thread): refused as above.
-  PyErr_SetString(PyExc_RuntimeError, "this environment was dropped (the process that created it exited)");
-  return PyRef();
+  std::lock_guard<AttachedMutex> lock(mutex_);
+  auto [it, inserted] = ctxs_[ctx].envs.try_emplace(key);
+  if (!inserted) return PyRef::borrow(it->second.globals.get());  // another thread made it meanwhile
+  it->second.globals = PyRef::borrow(env.get());
+  if (kind != EnvKind::Default) ++envs_;
+  if (kind == EnvKind::Pid) announce = announced_.insert(key).second;
+  return env;
 }
 
 void Envs::set_base(uint64_t ctx, PyRef base) {
@@ -163,13 +147,6 @@ void Envs::drop_key(const std::string& key) {
   {
     std::lock_guard<AttachedMutex> lock(mutex_);
     announced_.erase(key);
-    if (!key.empty() && is_reference_tag(static_cast<unsigned char>(key[0])) && dropped_.insert(key).second) {
-      dropped_order_.push_back(key);
-      if (dropped_order_.size() > kMaxDropped) {
-        dropped_.erase(dropped_order_.front());
-        dropped_order_.pop_front();
-      }
-    }
     for (auto& [ctx, pc] : ctxs_) {
       auto it = pc.envs.find(key);
       if (it == pc.envs.end()) continue;

@@ -22,7 +22,6 @@
 
 #include <atomic>
 #include <cstdint>
-#include <deque>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -42,14 +41,11 @@ bool env_key(PyObject* env, std::string& key, EnvKind& kind);
 
 class Envs {
  public:
-  // How many dropped references are remembered (see dropped_).
-  static constexpr size_t kMaxDropped = 65536;
   // GIL held, once, before use: what every environment gets.
   void init(PyObject* builtins, PyObject* erlang_module, PyObject* main_name);
 
   // GIL held. A new reference to the globals of (ctx, key), created on first use. `announce` is set
-  // when the caller must send env_created: a pid's first environment in this port. Empty, with
-  // RuntimeError set, for a reference whose environment was dropped (env_drop) recently.
+  // when the caller must send env_created: a pid's first environment in this port.
   PyRef get(uint64_t ctx, const std::string& key, EnvKind kind, bool& announce);
   // GIL held. Sets (base non-null) or clears the base later environments of ctx copy.
   void set_base(uint64_t ctx, PyRef base);
@@ -92,11 +88,6 @@ class Envs {
   AttachedMutex mutex_;  // the envs mutex: guards ctxs_, announced_, counts
   std::unordered_map<uint64_t, PerContext> ctxs_;
   std::unordered_set<std::string> announced_;  // pids whose env_created went out (until env_drop)
-  // Explicit environments (references) dropped recently: a request that was in flight when its
-  // environment was dropped is refused instead of creating it again (nothing would ever drop that
-  // one: references, unlike pids, are not announced). Bounded: the last kMaxDropped drops, oldest out.
-  std::unordered_set<std::string> dropped_;
-  std::deque<std::string> dropped_order_;
   size_t envs_ = 0;  // non-default environments in ctxs_
   size_t objects_ = 0;
   std::atomic<uint64_t> next_obj_{0};

@@ -159,28 +159,3 @@ TEST_CASE("a waiting context serves only callback replies and nested call/eval/e
   CHECK_FALSE(ep::is_request_kind(static_cast<uint8_t>(Kind::CallbackReply)));
   CHECK_FALSE(ep::is_request_kind(static_cast<uint8_t>(Kind::RefOp)));
 }
-
-TEST_CASE("a reference's environment is not created again after env_drop; the memory of drops is bounded") {
-  Fixture f;
-  PyRef r = ref('z'), p = pid('z');
-  bool announce;
-  CHECK(f.get(1, r.get(), announce));
-  CHECK(f.get(1, p.get(), announce));
-  f.envs.drop_key(Fixture::key_of(r.get()));
-  f.envs.drop_key(Fixture::key_of(p.get()));
-  // A request that was in flight when the drop came: refused, nothing left behind.
-  CHECK_FALSE(f.get(1, r.get(), announce));
-  CHECK(PyErr_ExceptionMatches(PyExc_RuntimeError));
-  PyErr_Clear();
-  CHECK_FALSE(f.get(2, r.get(), announce));
-  PyErr_Clear();
-  // A pid is announced again instead (the owner then drops it again).
-  CHECK(f.get(1, p.get(), announce));
-  CHECK(announce);
-  CHECK(f.envs.env_count() == 1);
-  // Past kMaxDropped later drops the oldest is forgotten: its reference may make an environment again.
-  std::string base = Fixture::key_of(r.get());
-  for (size_t i = 0; i < Envs::kMaxDropped; ++i) f.envs.drop_key(base + std::to_string(i));
-  CHECK(f.get(1, r.get(), announce));
-  CHECK(f.envs.env_count() == 2);
-}
