@@ -106,7 +106,10 @@ rows() ->
      {"RSS after latency runs", fun row_rss_after/1},
      {"throughput", fun row_throughput/1},
      {"stream throughput", fun row_stream/1},
-     {"CPU-bound parallel speedup", fun row_cpu_parallel/1}]
+     {"CPU-bound parallel speedup", fun row_cpu_parallel/1},
+     %% --- modes
+     {"execution modes", fun row_modes/1}]
+     %% --- end modes
     ++ bulk_rows().  %% bulk: 1, 16 and 64 MiB round trips (shared memory), below
 
 params(false) ->
@@ -257,6 +260,86 @@ row_cpu_parallel(C) ->
                 end),
     {[row(io_lib:format("CPU-bound speedup, ~b callers vs 1 (x)", [N]), ratio, R, blank, "",
           {ge, 0.9 * N})], C}.
+
+%% --- modes: the mode table (issue 8). For each mode this node can run: two CPU-bound callers on two
+%% contexts against one caller doing both pieces (x), the memory one more unit of parallelism costs
+%% (kB of RSS, ctx_memory/2), and py:call(Ctx, math, sqrt, [16]) p50 (us).
+%%   several ports: the default pool's Python, two contexts on two different ports
+%%   worker on 3.13t: a pool on the python3.13t port (erl/priv/ports/, tools/pythons.sh build), GIL off
+%%   owngil: not offered by this build (n/a)
+row_modes(C) ->
+    Ports = case maps:get(app_ok, C) of
+                true -> measure(fun() -> mode_row(default) end);
+                false -> app_na(C)
+            end,
+    FT = case maps:get(app_ok, C) andalso py_pool_ports:executable('python3.13t') of
+             {ok, _} -> measure(fun() -> mode_row(free_threaded) end);
+             false -> app_na(C);
+             {error, _} -> {na, "python3.13t port not built (tools/pythons.sh build)"}
+         end,
+    Own = {na, "owngil contexts are not offered by this build"},
+    Rows = [row(io_lib:format("mode ~s: 2 CPU-bound callers vs 1 (x)", [Name]), ratio, val(speedup, V), blank, "",
+                {ge, 1.8}) || {Name, V} <- [{"several ports", Ports}, {"worker 3.13t", FT}, {"owngil", Own}]]
+        ++ [row(io_lib:format("mode ~s: memory per parallel context (kB)", [Name]), kb, val(ctx_kb, V), blank, "", none)
+            || {Name, V} <- [{"several ports", Ports}, {"worker 3.13t", FT}, {"owngil", Own}]]
+        ++ [row(io_lib:format("mode ~s: py:call(Ctx, math, sqrt, [16]) p50 (us)", [Name]), us, val(p50, V),
+                blank, "", none)
+            || {Name, V} <- [{"several ports", Ports}, {"worker 3.13t", FT}, {"owngil", Own}]],
+    {Rows, C}.
+
+%% #{speedup, ctx_kb, p50} for one mode.
+mode_row(Mode) ->
+    {C1, C2, Slot, Cleanup} = mode_contexts(Mode),
+    try
+        Spin = <<"def spin(n):\n    t = 0\n    for i in range(n):\n        t += i * i\n    return t\n"
+                 "import builtins\nbuiltins.ep_bench_spin = spin\n">>,
+        ok = py:exec(C1, Spin),
+        ok = py:exec(C2, Spin),
+        W = 2000000,
+        One = best_of(3, fun() -> {ok, _} = py:call(C1, builtins, ep_bench_spin, [W]),
+                                  {ok, _} = py:call(C1, builtins, ep_bench_spin, [W]) end),
+        Self = self(),
+        Two = best_of(3, fun() ->
+                  Ps = [spawn_link(fun() -> Self ! {mode_done, self(), py:call(X, builtins, ep_bench_spin, [W])} end)
+                        || X <- [C1, C2]],
+                  [receive {mode_done, P, {ok, _}} -> ok after ?TIMEOUT -> error(timeout) end || P <- Ps]
+              end),
+        CtxKb = ctx_memory(Mode, Slot),
+        Call = fun() -> {ok, 4.0} = py:call(C1, math, sqrt, [16]) end,
+        _ = [Call() || _ <- lists:seq(1, 1000)],
+        T = list_to_tuple(lists:sort([element(1, timer:tc(Call)) || _ <- lists:seq(1, 5000)])),
+        P50 = element(tuple_size(T) div 2 + 1, T),
+        #{speedup => One / Two, ctx_kb => CtxKb, p50 => P50}
+    after
+        Cleanup()
+    end.
+
+mode_contexts(default) ->
+    %% Contexts 1 and 2 of the default pool are on ports 1 and 2 when there are two ports or more.
+    C1 = py:context(1),
+    C2 = py:context(2),
+    {ok, #{slot := Slot}} = py_context:place(C1),
+    {C1, C2, Slot, fun() -> ok end};
+mode_contexts(free_threaded) ->
+    {ok, [C1, C2]} = py_context_router:start_pool(bench_ft, 2, #{python => 'python3.13t'}),
+    {ok, Slot} = py_pool_ports:slot_of(bench_ft),
+    {C1, C2, Slot, fun() -> py_context_router:stop_pool(bench_ft) end}.
+
+%% What one more unit of parallelism costs in memory. Several ports: one port OS process (its RSS).
+%% Worker on 3.13t: one more context in the pool's port (RSS with 6 contexts minus with 2, over 4).
+ctx_memory(default, Slot) ->
+    rss(maps:get(os_pid, py_port:info(Slot)));
+ctx_memory(free_threaded, _Slot) ->
+    Rss = fun(Size) ->
+              {ok, Cs} = py_context_router:start_pool(bench_ft_mem, Size, #{python => 'python3.13t'}),
+              _ = [{ok, 1} = py:eval(X, <<"1">>) || X <- Cs],
+              {ok, S} = py_pool_ports:slot_of(bench_ft_mem),
+              R = rss(maps:get(os_pid, py_port:info(S))),
+              ok = py_context_router:stop_pool(bench_ft_mem),
+              R
+          end,
+    (Rss(6) - Rss(2)) / 4.
+%% --- end modes
 
 best_of(K, Fun) ->
     lists:min([element(1, timer:tc(Fun)) || _ <- lists:seq(1, K)]).

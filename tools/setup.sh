@@ -25,5 +25,12 @@ fi
 echo "== building (rebar3 compile: the Erlang app and, through Meson, the port)"
 rebar3 compile
 
+# --- modes: CPython 3.13 and 3.13t from ../shared/pythons (into /opt) and a port for each
+# (erl/priv/ports/python3.13{,t}/), for pools that run another Python and for tools/test.sh.
+echo "== extra Pythons (3.13, 3.13t) and their ports"
+if [ -w /opt ] || [ "$(id -u)" -eq 0 ]; then tools/pythons.sh install; else sudo tools/pythons.sh install; fi
+tools/pythons.sh build
+# --- end modes
+
 echo "== quick start"
 escript examples/quickstart.escript

@@ -3,6 +3,8 @@
 # both codecs), the libFuzzer harnesses for a bounded time (EP_FUZZ_SECONDS in all, default 90: 30 s
 # per harness; 0 skips them) and the Common Test suites again against an ASan+UBSan build of the port (ETF;
 # EP_SANITIZE=0 skips it).
+# The Common Test suites also run (ETF) against the ports for CPython 3.13 and 3.13t (tools/pythons.sh;
+# skipped with a note where those Pythons are not installed).
 # Ends with one line "N passed, N failed" summing them all (each fuzz harness counts as one test).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +17,12 @@ add() { passed=$((passed + ${1:-0})); failed=$((failed + ${2:-0})); }
 rebar3 compile >"$log/compile.txt" 2>&1 || { cat "$log/compile.txt"; echo "0 passed, 1 failed"; exit 1; }
 pyconf=$(cat erl/priv/python_config)
 build=_build/meson-$(echo "$pyconf" | tr '/' '_')
+
+# --- modes: the ports for the extra Pythons (3.13, 3.13t; tools/pythons.sh) build in the background
+# while the stages below run: their Meson dirs and erl/priv/ports/ belong to no other stage.
+tools/pythons.sh build >"$log/pythons-build.txt" 2>&1 &
+pythons_build=$!
+# --- end modes
 
 echo "== C++ (doctest)"
 "$build/cpp_tests" 2>&1 | tee "$log/cpp.txt" | tail -n 4
@@ -87,6 +95,21 @@ else
   echo "example ml: FAILED"; tail -n 20 "$log/example-ml.txt"; add 0 1
 fi
 # --- end issue 12
+# --- modes: every Common Test suite again (ETF) against each extra Python's port. Not in parallel with
+# the CT runs above: rebar3 ct in one project shares _build/test and the CT log directory.
+echo "== Erlang (Common Test, etf codec) against the 3.13 and 3.13t ports"
+if wait "$pythons_build"; then
+  tools/pythons.sh ct 2>&1 | tee "$log/pythons.txt" | grep -E '^(==|skip|pythons:)|Failed|passed'
+  line=$(grep -E '^pythons: [0-9]+ passed, [0-9]+ failed' "$log/pythons.txt" | tail -n 1)
+  if [ -n "$line" ]; then
+    add "$(echo "$line" | sed -E 's/^pythons: ([0-9]+) passed.*/\1/')" "$(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')"
+  else
+    add 0 1
+  fi
+else
+  cat "$log/pythons-build.txt"; add 0 1
+fi
+# --- end modes
 
 fuzz_secs=${EP_FUZZ_SECONDS:-90}
 if [ "$fuzz_secs" != 0 ]; then

@@ -103,6 +103,8 @@
 -export([version/0]).
 -export([execution_mode/0]).
 -export([subinterp_supported/0]).
+%% Execution modes (issue 8, py_modes).
+-export([execution_info/0]).
 -export([num_contexts/0]).
 -export([stats/0]).
 -export([memory_stats/0]).
@@ -614,14 +616,15 @@ version() ->
 		{error, _} = Error -> Error
 	end.
 
-%% Mirrors the context_mode application env (worker is the only mode the port offers so far).
--spec execution_mode() -> worker | owngil.
+%% Execution modes (py_modes): free_threaded on a free-threaded build with the GIL off, else the
+%% context_mode application env.
+-spec execution_mode() -> py_modes:mode().
 execution_mode() ->
-	application:get_env(erlang_python, context_mode, worker).
+	py_modes:execution_mode().
 
 -spec subinterp_supported() -> boolean().
 subinterp_supported() ->
-	false.
+	py_modes:subinterp_supported().
 
 -spec num_contexts() -> non_neg_integer().
 num_contexts() ->
@@ -817,3 +820,8 @@ record(start, Opts) when is_map(Opts) ->
 	py_record:start(maps:get(slot, Opts, 1), Opts);
 record(stop, Opts) when is_map(Opts) ->
 	py_record:stop(maps:get(slot, Opts, 1)).
+
+%% Execution modes (issue 8): per port of the default pool, its Python, build and GIL state now.
+-spec execution_info() -> [map()].
+execution_info() ->
+	py_modes:execution_info().

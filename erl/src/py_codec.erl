@@ -48,7 +48,7 @@ protocol_atoms() ->
 	[true, false, none, nan, infinity, neg_infinity, ok, error, undefined,
 	 protocol, python, build, gil, free_threaded, modes, worker, owngil, contexts, codec, etf, msgpack,
 	 os_pid, noproc, unknown_kind, unknown_context, bad_flags, bad_body, bad_shape, too_short, oversized,
-	 badarg, improper_list, py_ref, envs, objects].
+	 badarg, improper_list, py_ref, envs, objects, enabled, disabled].
 
 %% The kind byte of an E->P message (PROTOCOL.md §3).
 -spec kind(kind()) -> 1..15.

@@ -215,22 +215,25 @@ start_pool(Pool, Size) ->
 	start_pool(Pool, Size, worker).
 
 %% Size explicit contexts, spread over the ports (each on the slot with the fewest at its start). With
-%% an options map (mode, venv, sandbox, ports) the pool may get ports of its own: py_pool_ports.
+%% an options map (mode, venv, sandbox, ports, python) the pool may get ports of its own: py_pool_ports.
 -spec start_pool(pool_name(), pos_integer(), py_context:context_mode() | py_pool_ports:pool_opts())
 	-> {ok, [pid()]} | {error, term()}.
 start_pool(Pool, Size, Opts) when is_map(Opts) ->
 	py_pool_ports:start_pool(Pool, Size, Opts);
 start_pool(default, Size, Mode) ->
 	start(#{contexts => Size, mode => Mode});
-start_pool(Pool, Size, Mode) when is_atom(Pool), is_integer(Size), Size > 0 ->
-	case Mode of
-		worker ->
+start_pool(Pool, Size, Mode) when is_atom(Pool), is_integer(Size), Size > 0, is_atom(Mode) ->
+	case py_pool_ports:python_of(Pool, #{}) of
+		undefined when Mode =:= worker ->
 			case py_context_pool_sup:start_pool(Pool, Size, worker) of
 				{ok, _} -> {ok, contexts(Pool)};
 				{error, _} = Error -> Error
 			end;
+		undefined ->
+			{error, {mode_not_supported, Mode, "only worker contexts are offered so far"}};
 		_ ->
-			{error, {mode_not_supported, Mode, "only worker contexts are offered so far"}}
+			%% The pool_pythons application env names a Python for this pool: ports of its own.
+			py_pool_ports:start_pool(Pool, Size, #{mode => Mode})
 	end.
 
 %% Destroys the pool's contexts.

@@ -1,11 +1,17 @@
-%% Named pools with port OS processes of their own: a pool started with a venv, or with another sandbox
-%% setting than the default pool's ports (py_context_router:start_pool/3 with an options map).
+%% Named pools with port OS processes of their own: a pool started with a venv, with another sandbox
+%% setting than the default pool's ports, or with a Python of its own (py_context_router:start_pool/3
+%% with an options map, or the pool_pythons application env).
 %%
 %% Why ports of their own: sys.path and the sandbox's audit hook belong to a port's interpreter, which
 %% all its contexts share. A pool whose members live on the default pool's ports would see (and change)
 %% what those see; so such a pool gets `ports' slots beyond the default pool's (numbered after them,
 %% never reused), started with its venv and sandbox (py_venv:port_env/1, PROTOCOL.md §3.15), and its
 %% members are explicit contexts created only there (py_context picks among slots/1).
+%%
+%% A Python per pool (issue 8): `python' is a NAME, the port built for that CPython in
+%% erl/priv/ports/NAME/erlang_python_port (`EP_PORT_NAME=NAME PYTHON_CONFIG=... sh tools/build_port.sh';
+%% tools/pythons.sh builds python3.13 and python3.13t), or an absolute path to a port executable. The
+%% pool's python is its `python' option, else the pool_pythons application env (#{Pool => Python}).
 %%
 %% Lifetime: the pool's port owners are children of the pool's own supervisor (py_context_pool_sup
 %% puts child_specs/1 before the members), so they start before the members, restart like any port
@@ -18,11 +24,16 @@
 -export([child_specs/1]).
 -export([slots/1]).
 -export([all_slots/0]).
+-export([slot_of/1]).
+-export([python_of/2]).
+-export([executable/1]).
 
 -export_type([pool_opts/0]).
+-export_type([python/0]).
 
+-type python() :: atom() | string() | binary().
 -type pool_opts() :: #{mode => py_context:context_mode(), venv => file:filename_all(), sandbox => boolean(),
-	ports => pos_integer()}.
+	ports => pos_integer(), python => python()}.
 
 -define(TAB, py_contexts).
 -define(KEY(Pool), {pool_ports, Pool}).
@@ -40,7 +51,11 @@ start_pool(default, _Size, _Opts) ->
 	{error, {bad_option, default,
 		"the default pool is the ports' own contexts: use py:activate_venv/1 and the sandbox application env"}};
 start_pool(Pool, Size, Opts) when is_atom(Pool), is_integer(Size), Size > 0, is_map(Opts) ->
-	case validate(maps:to_list(Opts), Size, #{}) of
+	Opts1 = case python_of(Pool, Opts) of
+		undefined -> Opts;
+		Python -> Opts#{python => Python}
+	end,
+	case validate(maps:to_list(Opts1), Size, #{}) of
 		{ok, #{own := false, mode := Mode}} ->
 			py_context_router:start_pool(Pool, Size, Mode);
 		{ok, #{mode := Mode} = V} ->
@@ -70,6 +85,41 @@ slots(Pool) ->
 		none -> []
 	end.
 
+%% The first of Pool's own slots, or none (the pool uses the default ports).
+-spec slot_of(atom() | undefined) -> {ok, pos_integer()} | none.
+slot_of(Pool) ->
+	case slots(Pool) of
+		[Slot | _] -> {ok, Slot};
+		[] -> none
+	end.
+
+%% The python a pool asks for: Opts's python, else the pool_pythons application env, else undefined.
+-spec python_of(atom(), map()) -> python() | undefined.
+python_of(Pool, Opts) ->
+	case maps:find(python, Opts) of
+		{ok, P} -> P;
+		error -> maps:get(Pool, application:get_env(erlang_python, pool_pythons, #{}), undefined)
+	end.
+
+%% The port executable for a python, if it is built.
+-spec executable(python()) -> {ok, file:filename()} | {error, {python_not_built, python(), file:filename()}}.
+executable(Python) ->
+	Name = case Python of
+		A when is_atom(A) -> atom_to_list(A);
+		B when is_binary(B) -> binary_to_list(B);
+		L when is_list(L) -> L
+	end,
+	Exe = case filename:pathtype(Name) of
+		absolute -> Name;
+		_ -> filename:join([code:priv_dir(erlang_python), "ports", Name, "erlang_python_port"])
+	end,
+	%% A name is one path component: "../x" is neither a name nor an absolute path.
+	IsName = filename:pathtype(Name) =:= absolute orelse not lists:member($/, Name),
+	case IsName andalso filelib:is_regular(Exe) of
+		true -> {ok, Exe};
+		false -> {error, {python_not_built, Python, Exe}}
+	end.
+
 %% Every slot: the default pool's, then the pools' own.
 -spec all_slots() -> [pos_integer()].
 all_slots() ->
@@ -82,7 +132,7 @@ all_slots() ->
 
 start_own(_Pool, _Size, Mode, _) when Mode =/= worker ->
 	{error, {mode_not_supported, Mode, "a pool with ports of its own runs worker contexts"}};
-start_own(Pool, Size, Mode, #{venv := Venv, sandbox := Sandbox, ports := NumPorts}) ->
+start_own(Pool, Size, Mode, #{venv := Venv, sandbox := Sandbox, ports := NumPorts} = V) ->
 	case py_router:config() of
 		undefined ->
 			{error, not_started};
@@ -93,12 +143,17 @@ start_own(Pool, Size, Mode, #{venv := Venv, sandbox := Sandbox, ports := NumPort
 			#{port_opts := Base} = erlang_python_sup:layout(),
 			%% One start-up context per port (the members are explicit contexts): index 0 serves
 			%% py_import's registry updates.
-			PortOpts = Base#{contexts => 1, venv => Venv, sandbox => Sandbox},
+			PortOpts0 = Base#{contexts => 1, venv => Venv, sandbox => Sandbox},
+			PortOpts = case V of
+				#{port_executable := Exe} -> PortOpts0#{port_executable => Exe};
+				_ -> PortOpts0
+			end,
 			true = ets:insert(?TAB, {?KEY(Pool), Slots, PortOpts}),
 			case py_context_pool_sup:start_pool(Pool, Size, Mode) of
 				{ok, _} ->
-					logger:notice("erlang_python: pool ~p: ~b contexts on ports ~w of its own (venv ~ts, sandbox ~p)",
-						[Pool, Size, Slots, case Venv of none -> <<"none">>; _ -> Venv end, Sandbox],
+					logger:notice("erlang_python: pool ~p: ~b contexts on ports ~w of its own (venv ~ts, sandbox ~p, port ~ts)",
+						[Pool, Size, Slots, case Venv of none -> <<"none">>; _ -> Venv end, Sandbox,
+						 maps:get(port_executable, PortOpts, <<"default">>)],
 						#{domain => [erlang_python]}),
 					{ok, py_context_router:contexts(Pool)};
 				{error, _} = Error ->
@@ -110,7 +165,8 @@ start_own(Pool, Size, Mode, #{venv := Venv, sandbox := Sandbox, ports := NumPort
 validate([], Size, Acc) ->
 	Default = application:get_env(erlang_python, sandbox, false),
 	Sandbox = maps:get(sandbox, Acc, Default),
-	Own = maps:is_key(venv, Acc) orelse maps:is_key(ports, Acc) orelse Sandbox =/= Default,
+	Own = maps:is_key(venv, Acc) orelse maps:is_key(ports, Acc) orelse maps:is_key(port_executable, Acc)
+		orelse Sandbox =/= Default,
 	{ok, Acc#{own => Own, mode => maps:get(mode, Acc, worker), sandbox => Sandbox,
 		venv => maps:get(venv, Acc, none),
 		ports => maps:get(ports, Acc, max(1, min(Size, py_router:num_slots())))}};
@@ -120,6 +176,11 @@ validate([{sandbox, B} | Rest], Size, Acc) when is_boolean(B) ->
 	validate(Rest, Size, Acc#{sandbox => B});
 validate([{ports, N} | Rest], Size, Acc) when is_integer(N), N > 0 ->
 	validate(Rest, Size, Acc#{ports => N});
+validate([{python, Python} | Rest], Size, Acc) when is_atom(Python); is_binary(Python); is_list(Python) ->
+	case executable(Python) of
+		{ok, Exe} -> validate(Rest, Size, Acc#{port_executable => Exe});
+		{error, _} = Error -> Error
+	end;
 validate([{venv, Path} | Rest], Size, Acc) when is_binary(Path); is_list(Path) ->
 	case py_venv:check(Path) of
 		{ok, Abs} -> validate(Rest, Size, Acc#{venv => Abs});

@@ -70,7 +70,8 @@
 	reason := crashed | cancel_grace_expired | no_hello | shutdown | owner_down | recycled, error => term()}.
 -type opts() :: #{codec := py_codec:codec(), contexts := pos_integer(), cancel_grace_ms := non_neg_integer(),
 	spin_us := non_neg_integer(), max_frame => non_neg_integer(), start_timeout => timeout(),
-	venv => binary() | none, sandbox => boolean()}.
+	venv => binary() | none, sandbox => boolean(),
+	port_executable => file:filename()}.
 
 -record(state, {
 	slot :: pos_integer(),
@@ -228,8 +229,10 @@ init({Slot, Opts}) ->
 			Max -> ["--max-frame", integer_to_list(Max)]
 		end
 		++ py_shm:port_args(),  %% bulk (PROTOCOL.md §3.12)
-	%% port_executable: another build of the port (e.g. the sanitizer build tools/test.sh runs).
-	Exe = application:get_env(erlang_python, port_executable, filename:join(Priv, "erlang_python_port")),
+	%% port_executable: another build of the port (e.g. the sanitizer build tools/test.sh runs); a
+	%% pool's own ports (py_pool_ports: a pool with a Python of its own) name their executable in Opts.
+	Exe = maps:get(port_executable, Opts,
+		application:get_env(erlang_python, port_executable, filename:join(Priv, "erlang_python_port"))),
 	State0 = #state{slot = Slot, opts = Opts, exe = Exe,
 		args = Args, crash_file = CrashFile},
 	publish_down(State0),

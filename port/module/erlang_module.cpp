@@ -13,12 +13,18 @@ namespace ep {
 
 namespace {
 
-// The runtime the module talks to. One per process: the module is created once, at start-up.
+// The runtime the module talks to. One per process (a C++ object, not Python state).
 Runtime* g_rt = nullptr;
 
-PyObject* g_erlang_error = nullptr;    // erlang.ErlangError(RuntimeError)
-PyObject* g_process_error = nullptr;   // erlang.ProcessError(Exception)
-PyObject* g_cancelled_error = nullptr; // erlang.CancelledError(BaseException)
+// Module state (multi-phase init, PEP 489): the Python objects the module owns live here, per module
+// object, never in process-global statics, so each interpreter that imports _erlang gets its own.
+// Functions reach it through their `self` (the module): state_of(self).
+struct ModuleState {
+  PyObject* erlang_error;     // erlang.ErlangError(RuntimeError)
+  PyObject* process_error;    // erlang.ProcessError(Exception)
+  PyObject* cancelled_error;  // erlang.CancelledError(BaseException)
+};
+ModuleState* state_of(PyObject* module) { return static_cast<ModuleState*>(PyModule_GetState(module)); }
 
 // The ctx and request id that frames sent from the calling thread carry.
 void origin(uint32_t& ctx, uint64_t& id) {
@@ -29,24 +35,24 @@ void origin(uint32_t& ctx, uint64_t& id) {
 }
 
 // Decodes a callback_reply body: {ok, Value} or {error, Class, Reason}. Returns the Python tuple.
-PyRef decode_reply(const std::string& reply) {
+PyRef decode_reply(ModuleState* st, const std::string& reply) {
   std::string err;
   PyRef v = g_rt->decode(reply, err);
   if (!v) {
-    PyErr_Format(g_erlang_error, "malformed reply from Erlang: %s", err.c_str());
+    PyErr_Format(st->erlang_error, "malformed reply from Erlang: %s", err.c_str());
     return PyRef();
   }
   if (!PyTuple_Check(v.get()) || PyTuple_GET_SIZE(v.get()) < 2 || !PyUnicode_Check(PyTuple_GET_ITEM(v.get(), 0))) {
-    PyErr_SetString(g_erlang_error, "malformed reply from Erlang");
+    PyErr_SetString(st->erlang_error, "malformed reply from Erlang");
     return PyRef();
   }
   return v;
 }
 
 // Whether a finished callback/send frame may go out; else sets the Python exception.
-bool sendable(const std::string& frame, size_t start) {
+bool sendable(ModuleState* st, const std::string& frame, size_t start) {
   if (Runtime::in_forked_child()) {
-    PyErr_SetString(g_erlang_error, "Erlang cannot be reached from a forked child process");
+    PyErr_SetString(st->erlang_error, "Erlang cannot be reached from a forked child process");
     return false;
   }
   if (!g_rt->frame_fits(frame, start)) {
@@ -66,7 +72,8 @@ void raise_from_reply(PyObject* exc_type, PyObject* reply) {
 }
 
 // erlang.call(name, *args)
-PyObject* erl_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+PyObject* erl_call(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  ModuleState* st = state_of(self);
   if (nargs < 1 || !PyUnicode_Check(args[0])) {
     PyErr_SetString(PyExc_TypeError, "call() needs the registered function's name (a str) first");
     return nullptr;
@@ -89,18 +96,19 @@ PyObject* erl_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   });
   if (!ok) return nullptr;
   finish_frame(frame, start);
-  if (!sendable(frame, start)) return nullptr;
+  if (!sendable(st, frame, start)) return nullptr;
   std::string reply;
   if (!g_rt->round_trip(cb, frame, reply)) return nullptr;
-  PyRef r = decode_reply(reply);
+  PyRef r = decode_reply(st, reply);
   if (!r) return nullptr;
   if (is_ok(r.get())) return Py_NewRef(PyTuple_GET_ITEM(r.get(), 1));
-  raise_from_reply(g_erlang_error, r.get());
+  raise_from_reply(st->erlang_error, r.get());
   return nullptr;
 }
 
 // erlang.send(dest, message): dest is an erlang.Pid, a registered name (str) or (name, node).
-PyObject* erl_send(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+PyObject* erl_send(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  ModuleState* st = state_of(self);
   if (nargs != 2) {
     PyErr_SetString(PyExc_TypeError, "send() takes a destination and a message");
     return nullptr;
@@ -125,13 +133,13 @@ PyObject* erl_send(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   });
   if (!ok) return nullptr;
   finish_frame(frame, start);
-  if (!sendable(frame, start)) return nullptr;
+  if (!sendable(st, frame, start)) return nullptr;
   std::string reply;
   if (!g_rt->round_trip(cb, frame, reply)) return nullptr;
-  PyRef r = decode_reply(reply);
+  PyRef r = decode_reply(st, reply);
   if (!r) return nullptr;
   if (is_ok(r.get())) Py_RETURN_NONE;
-  raise_from_reply(g_process_error, r.get());
+  raise_from_reply(st->process_error, r.get());
   return nullptr;
 }
 
@@ -140,7 +148,7 @@ PyObject* erl_send(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 constexpr double kForeverSeconds = 1e9;
 
 // erlang.sleep(seconds): on a context thread the context keeps serving requests meanwhile.
-PyObject* erl_sleep(PyObject*, PyObject* arg) {
+PyObject* erl_sleep(PyObject* self, PyObject* arg) {
   double seconds = PyFloat_AsDouble(arg);
   if (seconds == -1.0 && PyErr_Occurred()) return nullptr;
   if (!std::isfinite(seconds)) {
@@ -160,7 +168,7 @@ PyObject* erl_sleep(PyObject*, PyObject* arg) {
     std::string unused;
     // No deadline for "forever": the wait ends with the request's cancel (its deadline).
     if (c->wait(0, forever ? nullptr : &deadline, unused) == Context::WaitEnd::Cancelled) {
-      PyErr_SetString(g_cancelled_error, "request cancelled during erlang.sleep");
+      PyErr_SetString(state_of(self)->cancelled_error, "request cancelled during erlang.sleep");
       return nullptr;
     }
     Py_RETURN_NONE;
@@ -234,38 +242,75 @@ PyMethodDef methods[] = {
     {nullptr, nullptr, 0, nullptr},
 };
 
+int module_traverse(PyObject* m, visitproc visit, void* arg) {
+  ModuleState* st = state_of(m);
+  Py_VISIT(st->erlang_error);
+  Py_VISIT(st->process_error);
+  Py_VISIT(st->cancelled_error);
+  return 0;
+}
+
+int module_clear(PyObject* m) {
+  ModuleState* st = state_of(m);
+  Py_CLEAR(st->erlang_error);
+  Py_CLEAR(st->process_error);
+  Py_CLEAR(st->cancelled_error);
+  return 0;
+}
+
+void module_free(void* m) { module_clear(static_cast<PyObject*>(m)); }
+
+int module_exec(PyObject* m) {
+  if (!erlang_types_ready()) return -1;
+  ModuleState* st = state_of(m);
+  st->erlang_error = PyErr_NewExceptionWithDoc("erlang.ErlangError",
+                                               "An Erlang function called from Python raised, or none is registered.",
+                                               PyExc_RuntimeError, nullptr);
+  st->process_error = PyErr_NewExceptionWithDoc("erlang.ProcessError",
+                                                "The destination process of erlang.send does not exist.",
+                                                PyExc_Exception, nullptr);
+  st->cancelled_error = PyErr_NewExceptionWithDoc(
+      "erlang.CancelledError", "The Erlang caller gave up on this request (timeout); it is being cancelled.",
+      PyExc_BaseException, nullptr);
+  if (!st->erlang_error || !st->process_error || !st->cancelled_error) return -1;
+  if (PyModule_AddObjectRef(m, "ErlangError", st->erlang_error) ||
+      PyModule_AddObjectRef(m, "ProcessError", st->process_error) ||
+      PyModule_AddObjectRef(m, "CancelledError", st->cancelled_error) ||
+      PyModule_AddObjectRef(m, "Pid", reinterpret_cast<PyObject*>(pid_type())) ||
+      PyModule_AddObjectRef(m, "Ref", reinterpret_cast<PyObject*>(ref_type())) ||
+      PyModule_AddObjectRef(m, "Term", reinterpret_cast<PyObject*>(term_type())))
+    return -1;
+  // The runtime raises CancelledError from C++ (cancel, output waits): it keeps a strong reference to
+  // the main interpreter's (the first module executed; the runtime imports it before any context).
+  if (!g_rt->cancelled_error()) g_rt->set_exception_types(st->cancelled_error);
+  return 0;
+}
+
+PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, reinterpret_cast<void*>(module_exec)},
+#if PY_VERSION_HEX >= 0x030C0000
+    // Pid/Ref/Term (erlang_types.cpp) and the runtime's cached objects are still process-wide:
+    // refused in a sub-interpreter (ImportError there, never a crash).
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
+#ifdef Py_mod_gil
+    // Free-threaded builds (3.13t): every C++ structure the module touches is guarded by its own lock
+    // (see runtime.hpp, "Locking"), so importing _erlang does not turn the GIL back on.
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
+    {0, nullptr},
+};
+
 PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "_erlang", "Built-in half of the erlang package (erlang_python_port).", -1, methods,
-    nullptr, nullptr, nullptr, nullptr,
+    PyModuleDef_HEAD_INIT, "_erlang", "Built-in half of the erlang package (erlang_python_port).",
+    static_cast<Py_ssize_t>(sizeof(ModuleState)), methods, module_slots, module_traverse, module_clear,
+    module_free,
 };
 
 }  // namespace
 
 void erlang_module_bind(Runtime* rt) { g_rt = rt; }
 
-extern "C" PyObject* erlang_module_init() {
-  if (!erlang_types_ready()) return nullptr;
-  PyRef m(PyModule_Create(&module_def));
-  if (!m) return nullptr;
-  g_erlang_error = PyErr_NewExceptionWithDoc("erlang.ErlangError",
-                                             "An Erlang function called from Python raised, or none is registered.",
-                                             PyExc_RuntimeError, nullptr);
-  g_process_error = PyErr_NewExceptionWithDoc("erlang.ProcessError",
-                                              "The destination process of erlang.send does not exist.",
-                                              PyExc_Exception, nullptr);
-  g_cancelled_error = PyErr_NewExceptionWithDoc(
-      "erlang.CancelledError", "The Erlang caller gave up on this request (timeout); it is being cancelled.",
-      PyExc_BaseException, nullptr);
-  if (!g_erlang_error || !g_process_error || !g_cancelled_error) return nullptr;
-  if (PyModule_AddObjectRef(m.get(), "ErlangError", g_erlang_error) ||
-      PyModule_AddObjectRef(m.get(), "ProcessError", g_process_error) ||
-      PyModule_AddObjectRef(m.get(), "CancelledError", g_cancelled_error) ||
-      PyModule_AddObjectRef(m.get(), "Pid", reinterpret_cast<PyObject*>(pid_type())) ||
-      PyModule_AddObjectRef(m.get(), "Ref", reinterpret_cast<PyObject*>(ref_type())) ||
-      PyModule_AddObjectRef(m.get(), "Term", reinterpret_cast<PyObject*>(term_type())))
-    return nullptr;
-  g_rt->set_exception_types(g_cancelled_error);
-  return m.release();
-}
+extern "C" PyObject* erlang_module_init() { return PyModuleDef_Init(&module_def); }
 
 }  // namespace ep

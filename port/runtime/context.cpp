@@ -131,6 +131,9 @@ bool Context::take_cancelled_id(uint64_t id) {
 }
 
 void Context::cancel_running(uint64_t id) {
+  // Under the active mutex: the stack cannot change, and the request cannot leave a wait unseen
+  // (mark_waiting), between the decision and the delivery.
+  std::unique_lock<AttachedMutex> active(active_mutex_);
   for (size_t i = 0; i < active_.size(); ++i) {
     ActiveRequest* ar = active_[i];
     if (ar->id != id) continue;
@@ -165,12 +168,25 @@ void Context::cancel_running(uint64_t id) {
       cancelled_count_.store(cancelled_ids_.size());
     }
   }
+  active.unlock();  // what follows runs Python finalizers and may block on the pipe
   if (removed) {
     rt_.drop_continuation(serial_, id);
     std::string out;
     rt_.error_frame(out, id_, id, "CancelledError", "request cancelled between two scheduled steps", "");
     rt_.output().write(out);
   }
+}
+
+bool Context::mark_waiting(ActiveRequest* me, bool waiting) {
+  std::lock_guard<AttachedMutex> active(active_mutex_);
+  me->waiting = waiting;
+  return me->cancelled.load();
+}
+
+void Context::leave_wait(ActiveRequest* me, bool cancel_seen) {
+  // A cancel that came while this request was marked waiting only woke cv_; if the wait ended for
+  // another reason (reply, deadline) it would be lost: deliver it as cancel_running would have.
+  if (mark_waiting(me, false) && !cancel_seen) PyThreadState_SetAsyncExc(thread_ident_, rt_.cancelled_error());
 }
 
 void Context::request_stop(uint64_t destroy_id, bool abandon) {
@@ -224,9 +240,9 @@ bool Context::wait_output_window(size_t window) {
   }
   ActiveRequest* me = current_request();
   if (me && me->cancelled.load()) return false;
-  // Marked waiting (GIL held): a cancel now wakes cv_ (cancel_running) instead of raising
-  // asynchronously, and this wait sees the flag.
-  if (me) me->waiting = true;
+  // Marked waiting: a cancel now wakes cv_ (cancel_running) instead of raising asynchronously, and
+  // this wait sees the flag.
+  if (me) mark_waiting(me, true);
   bool open;
   {
     GilRelease unlocked;
@@ -235,7 +251,7 @@ bool Context::wait_output_window(size_t window) {
     cv_.wait(lock, [&] { return output_unacked_ <= window || (me && me->cancelled.load()); });
     open = !(me && me->cancelled.load());
   }
-  if (me) me->waiting = false;
+  if (me) leave_wait(me, !open);
   return open;
 }
 
@@ -344,31 +360,42 @@ void Context::finish(std::string& out) {
 }
 
 void Context::serve(Item& item, std::string& out) {
-  if (take_cancelled_id(item.h.id)) {
-    if (static_cast<Kind>(item.h.kind) == Kind::Continue) rt_.drop_continuation(serial_, item.h.id);
-    rt_.error_frame(out, id_, item.h.id, "CancelledError", "request cancelled before it started", "");
-    return;
-  }
   ActiveRequest ar;
   ar.id = item.h.id;
-  active_.push_back(&ar);
+  {
+    // On the stack before starting_id_ is cleared (take_cancelled_id): a cancel arriving from here
+    // on is found by cancel_running, one before it by cancel_queued. No GIL orders the two for us.
+    std::lock_guard<AttachedMutex> active(active_mutex_);
+    active_.push_back(&ar);
+  }
   running_id_.store(ar.id, std::memory_order_release);
-  rt_.handle(*this, item, out);
+  if (take_cancelled_id(item.h.id) || ar.cancelled.load()) {
+    if (static_cast<Kind>(item.h.kind) == Kind::Continue) rt_.drop_continuation(serial_, item.h.id);
+    rt_.error_frame(out, id_, item.h.id, "CancelledError", "request cancelled before it started", "");
+  } else {
+    rt_.handle(*this, item, out);
+  }
   // Its final frame is in `out`, which this thread writes next (before any other output of this
   // context, which only this thread counts). A cast has none: the owner acks its output.
   if (static_cast<Kind>(item.h.kind) != Kind::Cast) output_forgive(item.h.id);
-  if (ar.cancelled.load()) {
+  bool cancelled;
+  {
+    // Off the stack first (no cancel can target it after this), then read the flag.
+    std::lock_guard<AttachedMutex> active(active_mutex_);
+    active_.pop_back();
+    cancelled = ar.cancelled.load();
+  }
+  running_id_.store(active_.empty() ? 0 : active_.back()->id, std::memory_order_release);
+  if (cancelled) {
     // A cancel that arrived as the request finished must not hit the next one.
     PyThreadState_SetAsyncExc(thread_ident_, nullptr);
     PyErr_Clear();
   }
-  active_.pop_back();
-  running_id_.store(active_.empty() ? 0 : active_.back()->id, std::memory_order_release);
 }
 
 Context::WaitEnd Context::wait(uint64_t callback_id, const Clock::time_point* deadline, std::string& reply) {
   ActiveRequest* me = current_request();
-  if (me) me->waiting = true;
+  if (me) mark_waiting(me, true);
   if (callback_id != 0) {
     std::lock_guard<std::mutex> lock(mutex_);
     waiting_ids_.push_back(callback_id);
@@ -424,11 +451,10 @@ Context::WaitEnd Context::wait(uint64_t callback_id, const Clock::time_point* de
         early_replies_[item.h.id] = std::move(body);
       continue;
     }
-    // A nested request (made by a callback of a request on this context): serve it here.
+    // A nested request (made by a callback of a request on this context): serve it here. This request
+    // stays marked waiting: a cancel of it wakes cv_ (and the nested one is above it on the stack).
     PyEval_RestoreThread(ts);
-    if (me) me->waiting = false;
     serve(item, out);
-    if (me) me->waiting = true;
     ts = PyEval_SaveThread();
     if (!out.empty()) {
       rt_.output().write(out);
@@ -441,7 +467,7 @@ Context::WaitEnd Context::wait(uint64_t callback_id, const Clock::time_point* de
     early_replies_.erase(callback_id);
   }
   PyEval_RestoreThread(ts);
-  if (me) me->waiting = false;
+  if (me) leave_wait(me, end == WaitEnd::Cancelled);
   return end;
 }
 

@@ -11,8 +11,11 @@
 // (loop thread) then joins it and drops the object. Nothing else keeps a raw pointer past that point:
 // waiters exist only while this thread serves a request, and cancel jobs hold a shared_ptr.
 //
-// Locking: the GIL is taken before mutex_, never the other way round. The stack of requests being
-// served (active_) is touched only with the GIL held; the queue only under mutex_.
+// Locking (no GIL is relied on: free-threaded builds have none): the queue, early replies and output
+// counts are guarded by mutex_; the stack of requests being served (active_) and each entry's
+// `waiting` are changed by this context's thread only, under active_mutex_ (the active mutex), and read
+// under it by the control thread (cancel_running). Order: GIL/attached, then active_mutex_, then
+// mutex_; mutex_ is never held while taking the active mutex.
 #pragma once
 
 #include <Python.h>
@@ -31,6 +34,7 @@
 #include <utility>
 #include <vector>
 
+#include "attached_mutex.hpp"
 #include "frame.hpp"
 
 namespace ep {
@@ -67,7 +71,7 @@ inline bool servable_while_waiting(const Header& h) {
 // A request being served on a context thread.
 struct ActiveRequest {
   uint64_t id = 0;
-  bool waiting = false;  // in Context::wait, GIL released (GIL-protected)
+  bool waiting = false;  // in Context::wait / wait_output_window (the active mutex: mark_waiting)
   std::atomic<bool> cancelled{false};
   std::atomic<bool> interrupted{false};  // cancelled by py:interrupt (interrupt.cpp): its own error term
 };
@@ -129,7 +133,8 @@ class Context {
 
   // The context serving the calling thread, or nullptr for any other thread.
   static Context* current_thread_context();
-  // Context thread, GIL held: the innermost request being served, or nullptr.
+  // Context thread, GIL held: the innermost request being served, or nullptr (only this thread
+  // changes the stack, so it reads it without the active mutex).
   ActiveRequest* current_request() const { return active_.empty() ? nullptr : active_.back(); }
   // Any thread: id of the innermost request being served (0 if none). Lock-free, for the watchdog.
   uint64_t running_id() const { return running_id_.load(std::memory_order_acquire); }
@@ -144,6 +149,10 @@ class Context {
   // GIL held: serves one request and returns with the GIL held; frames to send are appended to `out`.
   void serve(Item& item, std::string& out);
   bool take_cancelled_id(uint64_t id);
+  // Context thread: sets me->waiting under the active mutex; returns whether it was cancelled.
+  bool mark_waiting(ActiveRequest* me, bool waiting);
+  // Context thread, attached, leaving a wait: a cancel the wait did not see is raised asynchronously.
+  void leave_wait(ActiveRequest* me, bool cancel_seen);
   void popped(const Item& item);  // under mutex_: note the request about to start
 
   static void* thread_main(void* self);
@@ -190,7 +199,8 @@ class Context {
   std::deque<uint64_t> cancelled_ids_;
   std::atomic<size_t> cancelled_count_{0};  // mirrors cancelled_ids_.size()
 
-  std::vector<ActiveRequest*> active_;  // GIL-protected
+  AttachedMutex active_mutex_;          // the active mutex (see Locking above)
+  std::vector<ActiveRequest*> active_;  // changed by this thread under active_mutex_
   std::atomic<uint64_t> running_id_{0};  // mirrors active_.back()->id
 };
 

@@ -133,7 +133,10 @@ void Runtime::serve_context_create(Context& ctx, std::string& out, const Header&
 }
 
 bool Runtime::add_sys_paths(PyObject* paths) {
-  PyObject* sys_path = PySys_GetObject("path");  // borrowed
+  // Contexts run context_init at the same time (each on its own thread, no GIL on free-threaded
+  // builds): the read-modify-write of sys.path is one at a time, over a snapshot (strong references).
+  std::lock_guard<AttachedMutex> sys_path_lock(sys_path_mutex_);
+  PyObject* sys_path = PySys_GetObject("path");  // borrowed from sys, which keeps it
   if (!sys_path || !PyList_Check(sys_path)) {
     PyErr_SetString(PyExc_RuntimeError, "sys.path is not a list");
     return false;
@@ -151,9 +154,10 @@ bool Runtime::add_sys_paths(PyObject* paths) {
   // Each path once: earlier occurrences go, and the paths go in, in order, ahead of the rest but
   // after the port's own pylib entry (the erlang package must not be shadowed).
   PyRef rest(PyList_New(0));
-  if (!rest) return false;
-  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(sys_path); ++i) {
-    PyRef e = PyRef::borrow(PyList_GET_ITEM(sys_path, i));
+  PyRef current(PyList_GetSlice(sys_path, 0, PY_SSIZE_T_MAX));
+  if (!rest || !current) return false;
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(current.get()); ++i) {
+    PyRef e = PyRef::borrow(PyList_GET_ITEM(current.get(), i));
     int in = PySequence_Contains(wanted.get(), e.get());
     if (in < 0 || (in == 0 && PyList_Append(rest.get(), e.get()) != 0)) return false;
   }
@@ -166,7 +170,7 @@ bool Runtime::add_sys_paths(PyObject* paths) {
     else PyErr_Clear();
   }
   if (PyList_SetSlice(rest.get(), pos, pos, wanted.get()) != 0) return false;
-  return PyList_SetSlice(sys_path, 0, PyList_GET_SIZE(sys_path), rest.get()) == 0;
+  return PyList_SetSlice(sys_path, 0, PY_SSIZE_T_MAX, rest.get()) == 0;
 }
 
 void Runtime::serve_context_init(std::string& out, const Header& h, PyObject* body, uint64_t serial) {

@@ -55,7 +55,7 @@ PyRef Envs::get(uint64_t ctx, const std::string& key, EnvKind kind, bool& announ
   announce = false;
   PyRef base;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<AttachedMutex> lock(mutex_);
     PerContext& pc = ctxs_[ctx];
     auto it = pc.envs.find(key);
     if (it != pc.envs.end()) return PyRef::borrow(it->second.globals.get());
@@ -74,7 +74,7 @@ PyRef Envs::get(uint64_t ctx, const std::string& key, EnvKind kind, bool& announ
     env = fresh();
   }
   if (!env) return env;
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<AttachedMutex> lock(mutex_);
   auto [it, inserted] = ctxs_[ctx].envs.try_emplace(key);
   if (!inserted) return PyRef::borrow(it->second.globals.get());  // another thread made it meanwhile
   it->second.globals = PyRef::borrow(env.get());
@@ -86,14 +86,14 @@ PyRef Envs::get(uint64_t ctx, const std::string& key, EnvKind kind, bool& announ
 void Envs::set_base(uint64_t ctx, PyRef base) {
   PyRef old;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<AttachedMutex> lock(mutex_);
     old = std::exchange(ctxs_[ctx].base, std::move(base));
   }
 }
 
 uint64_t Envs::keep(uint64_t ctx, const std::string& key, PyObject* obj) {
   uint64_t id = next_obj_.fetch_add(1) + 1;
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<AttachedMutex> lock(mutex_);
   auto c = ctxs_.find(ctx);
   if (c == ctxs_.end()) return 0;
   // The call that made the object ran in this environment; env_drop may have freed it meanwhile.
@@ -105,7 +105,7 @@ uint64_t Envs::keep(uint64_t ctx, const std::string& key, PyObject* obj) {
 }
 
 PyRef Envs::object(uint64_t ctx, const std::string& key, uint64_t obj_id) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<AttachedMutex> lock(mutex_);
   auto c = ctxs_.find(ctx);
   if (c == ctxs_.end()) return {};
   auto e = c->second.envs.find(key);
@@ -117,7 +117,7 @@ PyRef Envs::object(uint64_t ctx, const std::string& key, uint64_t obj_id) {
 
 bool Envs::release(uint64_t ctx, const std::string& key, uint64_t obj_id) {
   PyRef gone;
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<AttachedMutex> lock(mutex_);
   auto c = ctxs_.find(ctx);
   if (c == ctxs_.end()) return false;
   auto e = c->second.envs.find(key);
@@ -145,7 +145,7 @@ void Envs::free_envs(std::unordered_map<std::string, Env>& envs) {
 void Envs::drop_key(const std::string& key) {
   std::vector<Env> gone;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<AttachedMutex> lock(mutex_);
     announced_.erase(key);
     for (auto& [ctx, pc] : ctxs_) {
       auto it = pc.envs.find(key);
@@ -162,7 +162,7 @@ void Envs::drop_key(const std::string& key) {
 void Envs::drop_context(uint64_t ctx) {
   PerContext gone;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<AttachedMutex> lock(mutex_);
     auto it = ctxs_.find(ctx);
     if (it == ctxs_.end()) return;
     gone = std::move(it->second);
@@ -177,12 +177,12 @@ void Envs::drop_context(uint64_t ctx) {
 }
 
 size_t Envs::env_count() {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<AttachedMutex> lock(mutex_);
   return envs_;
 }
 
 size_t Envs::object_count() {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<AttachedMutex> lock(mutex_);
   return objects_;
 }
 

@@ -10,9 +10,11 @@
 // sends it when the pid exits, or for a reference when the user drops it) and with the context. The
 // objects of an Env are bounded by what its owner keeps; they go with release, env_drop and the context.
 //
-// Locking: every method needs the GIL (Python references are created and dropped). The maps are also
-// guarded by mutex_ ("the envs mutex", taken after the GIL, never held across a call into Python), so
-// they stay consistent when the GIL no longer serialises threads (free-threaded builds). Python objects
+// Locking: every method needs the GIL (attached thread state: Python references are created and
+// dropped). The maps are guarded by mutex_ ("the envs mutex", an AttachedMutex taken after the GIL,
+// never held across a call into Python), which is what keeps them consistent on free-threaded builds,
+// where the GIL does not serialise context threads. What a lookup returns is a strong reference, taken
+// under the mutex: an env_drop on the control thread may remove the entry right after. Python objects
 // that leave the maps are dropped after mutex_ is released: their finalizers may run Python code.
 #pragma once
 
@@ -26,6 +28,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "attached_mutex.hpp"
 #include "py_ref.hpp"
 
 namespace ep {
@@ -82,7 +85,7 @@ class Envs {
   static void free_env(Env& env);
 
   PyRef builtins_, erlang_, main_name_;
-  std::mutex mutex_;  // the envs mutex: guards ctxs_, announced_, counts
+  AttachedMutex mutex_;  // the envs mutex: guards ctxs_, announced_, counts
   std::unordered_map<uint64_t, PerContext> ctxs_;
   std::unordered_set<std::string> announced_;  // pids whose env_created went out (until env_drop)
   size_t envs_ = 0;  // non-default environments in ctxs_

@@ -11,6 +11,7 @@
 #include "log.hpp"
 #include "ops_module.hpp"
 #include "mem_limit.hpp"
+#include "py_compat.hpp"
 
 namespace ep {
 
@@ -285,6 +286,7 @@ bool Runtime::start() {
     }
     return false;
   }
+  gil_at_start_ = gil_enabled();  // after _erlang and the erlang package are imported (hello, §4.1)
   PyEval_SaveThread();  // the loop thread never runs Python; contexts and the control thread do
   control_ = std::make_unique<ControlThread>();
   for (int i = 1; i <= opts_.contexts; ++i) {
@@ -306,7 +308,9 @@ void Runtime::write_hello() {
   const char* build = "gil";
 #endif
   write_body(out, [&](auto& w) {
-    w.map(7);
+    w.map(8);
+    w.atom("gil");  // §4.1: whether the GIL is on (a free-threaded build turns it back on for old extensions)
+    w.atom(gil_at_start_ ? "enabled" : "disabled");
     w.atom("protocol");
     w.integer(2);
     w.atom("python");
@@ -624,8 +628,11 @@ void Runtime::on_stats(const Header& h) {
       GilGuard gil;
       size_t start = begin_frame(out, Header{static_cast<uint8_t>(Kind::Result), 0, 0, h.ctx, h.id});
       size_t envs = envs_.env_count(), objects = envs_.object_count();
+      const bool gil_on = gil_enabled();  // now: an import since the hello may have turned it back on
       write_body(out, [&](auto& w) {
-        w.map(4);
+        w.map(5);
+        w.atom("gil");
+        w.atom(gil_on ? "enabled" : "disabled");
         w.atom("envs");
         w.integer(static_cast<int64_t>(envs));
         w.atom("objects");
@@ -851,8 +858,8 @@ void Runtime::announce_env(uint32_t ctx, PyObject* pid) {
 
 PyObject* Runtime::resolve(PyObject* module, PyObject* function, PyObject* env) {
   if (env && PyUnicode_Compare(module, main_str_.get()) == 0) {
-    PyObject* f = PyDict_GetItemWithError(env, function);  // borrowed
-    if (f) return Py_NewRef(f);
+    PyRef f = dict_get_ref(env, function);
+    if (f) return f.release();
     if (PyErr_Occurred()) return nullptr;
   }
   PyRef mod(PyImport_GetModule(module));
@@ -877,8 +884,10 @@ PyObject* Runtime::resolve(PyObject* module, PyObject* function, PyObject* env) 
 
 PyObject* Runtime::compiled(PyObject* code, bool eval_mode) {
   PyObject* cache = eval_mode ? eval_cache_.get() : exec_cache_.get();
-  PyObject* hit = PyDict_GetItemWithError(cache, code);  // borrowed
-  if (hit) return Py_NewRef(hit);
+  // The caches are shared by every context thread: dict operations lock the dict on free-threaded
+  // builds; the hit is taken as a strong reference (another thread may reset the cache meanwhile).
+  PyRef hit = dict_get_ref(cache, code);
+  if (hit) return hit.release();
   if (PyErr_Occurred()) return nullptr;
   Py_ssize_t n = 0;
   const char* src = PyUnicode_AsUTF8AndSize(code, &n);

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "codec.hpp"
+#include "attached_mutex.hpp"
 #include "context.hpp"
 #include "envs.hpp"
 #include "frame.hpp"
@@ -288,7 +289,10 @@ class Runtime {
   std::unordered_map<uint64_t, Waiter> waiters_;
   std::atomic<uint64_t> next_callback_id_{0};
 
-  // GIL-protected Python state.
+  // Python state. Set once in init_python and read-only after (compile_block_, format_exception_,
+  // builtins_, main_str_, erlang_module_), or safe for concurrent use by its own locks: envs_ and
+  // streams_ (their mutexes), the code caches (dicts, locked per object on free-threaded builds and
+  // read with strong references: dict_get_ref).
   Envs envs_;
   StreamTable streams_;
   PyRef builtins_;
@@ -301,6 +305,8 @@ class Runtime {
   PyObject* cancelled_error_ = nullptr;  // borrowed from the _erlang module, which lives forever
   PyRef crash_file_;  // the Python file faulthandler writes to (opened first thing at start-up)
   ShmDir* shm_ = nullptr;  // bulk (§3.12); its own lock guards it (shm.hpp)
+  AttachedMutex sys_path_mutex_;  // add_sys_paths: one read-modify-write of sys.path at a time
+  bool gil_at_start_ = true;  // sys._is_gil_enabled() once start-up imports were done (hello)
 };
 
 }  // namespace ep

@@ -1,4 +1,5 @@
 // Streams (PROTOCOL.md §3.9). Context thread, GIL held.
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <functional>
@@ -117,15 +118,19 @@ class Flusher {
 };
 
 PyObject* async_adapter() {
-  static PyObject* fn = nullptr;  // GIL-protected, lives for the port's life
-  if (fn) return fn;
+  // Lives for the port's life. Atomic, not GIL-protected: two context threads may build it at once
+  // on a free-threaded build; the first published wins and the other drops its copy.
+  static std::atomic<PyObject*> cached{nullptr};
+  if (PyObject* fn = cached.load(std::memory_order_acquire)) return fn;
   PyRef globals(PyDict_New());
   if (!globals || PyDict_SetItemString(globals.get(), "__builtins__", PyEval_GetBuiltins()) != 0) return nullptr;
   PyRef done(PyRun_String(kAsyncAdapter, Py_file_input, globals.get(), globals.get()));
   if (!done) return nullptr;
-  fn = PyDict_GetItemString(globals.get(), "_sync_iter");
-  Py_XINCREF(fn);
-  return fn;
+  PyRef fn = PyRef::borrow(PyDict_GetItemString(globals.get(), "_sync_iter"));
+  if (!fn) return nullptr;
+  PyObject* expected = nullptr;
+  if (cached.compare_exchange_strong(expected, fn.get(), std::memory_order_acq_rel)) return fn.release();
+  return expected;
 }
 }  // namespace
 

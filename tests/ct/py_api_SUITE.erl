@@ -330,9 +330,14 @@ version(_) ->
 	{ok, Version} = py:eval(<<"__import__('platform').python_version()">>),
 	{match, _} = re:run(Version, "^3\\.[0-9]+\\.[0-9]+").
 
-%% execution_mode/0 mirrors context_mode (default worker); no sub-interpreters yet.
+%% execution_mode/0 mirrors context_mode (default worker), free_threaded on a free-threaded build with
+%% the GIL off (py_modes_SUITE); no sub-interpreters yet.
 execution_mode(_) ->
-	worker = py:execution_mode(),
+	Expected = case py_port:info(1) of
+		#{build := free_threaded, hello := #{gil := disabled}} -> free_threaded;
+		_ -> worker
+	end,
+	Expected = py:execution_mode(),
 	false = py:subinterp_supported().
 
 %% num_contexts/0 is ports x contexts per port.

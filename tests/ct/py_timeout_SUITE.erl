@@ -32,7 +32,13 @@ docs_timeout_example(_) ->
 	true = py_ct_helper:elapsed_ms(T0) < 1000,
 	T1 = erlang:monotonic_time(millisecond),
 	{ok, 2} = py:eval(<<"1+1">>),
-	true = py_ct_helper:elapsed_ms(T1) < 1500.
+	%% A free-threaded build has no GIL for the C call to be stuck behind: the port's own watchdog
+	%% cannot tell it from Python code that catches the cancel, so cancel_grace_ms reaps it (modes).
+	Bound = case py_port:info(1) of
+		#{build := free_threaded} -> ?GRACE + 1500;
+		_ -> 1500
+	end,
+	true = py_ct_helper:elapsed_ms(T1) < Bound.
 
 %% A Python-level loop is interrupted by the cancel: {error, timeout} within the timeout, and the next
 %% eval from the same process (same context) answers at once, on the same OS process, with no grace
