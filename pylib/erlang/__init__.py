@@ -22,12 +22,22 @@ from _erlang import (
     Term,
     call,
     send,
-    sleep,
 )
 
 from . import _eval as _eval
 from ._callbacks import ErlangFunction, whereis
 from ._io import _install_std_streams as _install_std_streams
+# asyncio (issue 9): the event loop, async-aware sleep, spawn_task, async_call.
+from ._loop import (
+    ErlangEventLoop,
+    ErlangEventLoopPolicy,
+    async_call,
+    install,
+    new_event_loop,
+    run,
+    sleep,
+    spawn_task,
+)
 from ._mode import ExecutionMode, detect_mode
 from ._shared_dict import SharedDict
 from ._state import (
@@ -42,6 +52,8 @@ from ._state import (
 __all__ = [
     "CancelledError",
     "ErlangError",
+    "ErlangEventLoop",
+    "ErlangEventLoopPolicy",
     "ErlangFunction",
     "ExecutionMode",
     "Pid",
@@ -49,10 +61,15 @@ __all__ = [
     "Ref",
     "SharedDict",
     "Term",
+    "async_call",
     "call",
     "detect_mode",
+    "install",
+    "new_event_loop",
+    "run",
     "send",
     "sleep",
+    "spawn_task",
     "state_decr",
     "state_delete",
     "state_get",

@@ -14,7 +14,7 @@ from conftest import FakePort, Pid
 
 
 def test_primitives_are_the_port_module_objects() -> None:
-    for name in ("call", "send", "sleep", "Pid", "Term", "ErlangError", "ProcessError", "CancelledError"):
+    for name in ("call", "send", "Pid", "Term", "ErlangError", "ProcessError", "CancelledError"):
         assert getattr(erlang, name) is getattr(_erlang, name)
     assert issubclass(erlang.ErlangError, RuntimeError)
     assert not issubclass(erlang.CancelledError, Exception)
