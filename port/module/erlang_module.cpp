@@ -217,6 +217,20 @@ PyObject* erl_current_context(PyObject*, PyObject*) {
   return PyLong_FromUnsignedLong(ctx);
 }
 
+// asyncio (issue 9): _set_loop_wakeup_fd(fd) -> previous fd. An ErlangEventLoop running on a context
+// thread registers its self-pipe so that a cancel of the request wakes it (PROTOCOL.md §3.10); -1
+// clears it. On any other thread it does nothing and returns -1.
+PyObject* erl_set_loop_wakeup_fd(PyObject*, PyObject* arg) {
+  long fd = PyLong_AsLong(arg);
+  if (fd == -1 && PyErr_Occurred()) return nullptr;
+  if (fd < -1 || fd > INT32_MAX) {
+    PyErr_SetString(PyExc_ValueError, "fd must be a descriptor or -1");
+    return nullptr;
+  }
+  Context* c = Context::current_thread_context();
+  return PyLong_FromLong(c ? c->set_loop_wake_fd(static_cast<int>(fd)) : -1);
+}
+
 PyMethodDef methods[] = {
     {"call", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(erl_call)), METH_FASTCALL,
      "call(name, *args): call the Erlang function registered as name and return its result."},
@@ -231,6 +245,7 @@ PyMethodDef methods[] = {
      "(unacknowledged output bytes, ids) of this context, for tests"},
     {"_current_request", erl_current_request, METH_NOARGS, "id of the request this thread serves, or 0"},
     {"_current_context", erl_current_context, METH_NOARGS, "id of the context this thread serves, or 0"},
+    {"_set_loop_wakeup_fd", erl_set_loop_wakeup_fd, METH_O, "asyncio: the running loop's self-pipe fd (or -1)"},
     {nullptr, nullptr, 0, nullptr},
 };
 
