@@ -44,7 +44,8 @@
 
 -export_type([loop/0]).
 
--opaque loop() :: {py_event_loop, non_neg_integer()}.
+%% A loop handle: {py_event_loop, Index}.
+-type loop() :: {py_event_loop, non_neg_integer()}.
 
 -define(DEFAULT_TIMEOUT, 5000).
 %% Process dictionary keys of a caller: {?TASK, Ref} => {Index, Route} of a task it awaits; {?WATCHED,
