@@ -125,7 +125,7 @@ submit(Index, Module, Func, Args, Kwargs, Timeout) ->
 	Route = route(),
 	case whereis(worker_name(Index)) of
 		undefined ->
-			self() ! {async_result, Ref, {error, event_loop_not_started}};
+			task_done(Ref, {error, event_loop_not_started});
 		Worker ->
 			ok = watch(Index, Worker, Route),
 			_ = put({?TASK, Ref}, {Index, Route}),

@@ -71,7 +71,7 @@ def submit(env: dict[str, Any], index: int, worker: Any, owner: Any, ref: Any, m
     loop; `owner` None (spawn_task) means nobody wants the outcome.
     """
     result = _resolve(env, module, function)(*args, **kwargs)
-    if not asyncio.iscoroutine(result) and not isinstance(result, asyncio.Future) and not hasattr(result, "__await__"):
+    if not asyncio.iscoroutine(result) and not hasattr(result, "__await__"):
         return ("done", result)
     lt = _tasks_of(index)
     with _lock:
@@ -118,18 +118,23 @@ def _done(lt: _LoopTasks, worker: Any, owner: Any, ref: Any, task: "asyncio.Task
 def _flush(lt: _LoopTasks, worker: Any) -> None:
     # One send per loop iteration for every outcome of that iteration (one worker per loop, so one
     # destination). An outcome with no Erlang form fails the batch: then each goes alone, and the one
-    # that cannot be converted becomes a TypeError for its caller.
+    # that cannot be converted becomes a TypeError for its caller. A worker that is gone (restarted:
+    # ProcessError) loses the batch; its callers' awaits end at their deadlines.
     batch, lt.outbox = lt.outbox, []
     try:
         _erlang.send(worker, batch)
         return
     except TypeError:
         pass
+    except _erlang.ProcessError:
+        return
     for owner, ref, tag, value in batch:
         try:
             _erlang.send(worker, [(owner, ref, tag, value)])
         except TypeError as exc:
             _erlang.send(worker, [(owner, ref, "error", ("TypeError", str(exc), ""))])
+        except _erlang.ProcessError:
+            return
 
 
 def cancel(index: int, ref: Any) -> bool:

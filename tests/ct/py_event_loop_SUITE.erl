@@ -15,14 +15,14 @@
 	namespace_state_and_dict_keys/1, process_isolation/1, owner_death_cancels/1, pool_api/1,
 	pool_affinity_order/1, async_call_await/1, async_gather/1, async_gather_failed/1,
 	tasks_run_concurrently/1, erlang_async_call_in_task/1, task_bound/1,
-	cancel_wakes_erlang_run/1]).
+	cancel_wakes_erlang_run/1, no_worker/1]).
 
 all() ->
 	[run_sync, run_coroutine, run_kwargs_and_timeout_opts, create_task_await, async_result_message,
 	 coroutine_raises, missing_module, missing_function, timeout_cancels_task, spawn_task_fire_and_forget,
 	 get_loop, exec_env_reuse, namespace_state_and_dict_keys, process_isolation, owner_death_cancels,
 	 pool_api, pool_affinity_order, async_call_await, async_gather, async_gather_failed,
-	 tasks_run_concurrently, erlang_async_call_in_task, task_bound, cancel_wakes_erlang_run].
+	 tasks_run_concurrently, erlang_async_call_in_task, task_bound, cancel_wakes_erlang_run, no_worker].
 
 init_per_suite(Config) ->
 	ok = py_ct_helper:start_app([{num_ports, 1}, {contexts_per_port, 2}, {event_loop_pool_size, 4}]),
@@ -262,6 +262,13 @@ cancel_wakes_erlang_run(_) ->
 	{ok, 2} = py:eval(<<"1 + 1">>),
 	?assert(erlang:monotonic_time(millisecond) - T0 < 1500),
 	Pid = py_ct_helper:os_pid(1).
+
+%% A loop with no worker (the pool is smaller, or the application is not running): the task's result
+%% is the error, at once; spawn_task is still ok.
+no_worker(_) ->
+	Ref = py_event_loop:submit(200, math, sqrt, [4.0], #{}, 1000),
+	{error, event_loop_not_started} = py_event_loop:await(Ref, 1000),
+	ok = py_event_loop:spawn_on(200, math, sqrt, [4.0], #{}).
 
 %% Internal.
 

@@ -79,7 +79,10 @@ def test_install_sets_the_policy() -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             erlang.install()
-        deprecated = [w for w in caught if issubclass(w.category, DeprecationWarning) and "erlang.install" in str(w.message)]
+        deprecated = [
+            w for w in caught
+            if issubclass(w.category, DeprecationWarning) and "erlang.install" in str(w.message)
+        ]
         assert bool(deprecated) == (sys.version_info >= (3, 12))
         assert isinstance(asyncio.get_event_loop_policy(), erlang.ErlangEventLoopPolicy)
 
@@ -397,7 +400,9 @@ def test_udp_echo_connected_and_unconnected() -> None:
             connected.close()
 
             got2 = loop.create_future()
-            free, _ = await loop.create_datagram_endpoint(lambda: Client(got2), local_addr=("127.0.0.1", 0), allow_broadcast=True)
+            free, _ = await loop.create_datagram_endpoint(
+                lambda: Client(got2), local_addr=("127.0.0.1", 0), allow_broadcast=True
+            )
             free.sendto(b"to any", addr)
             assert (await asyncio.wait_for(got2, 5))[0] == b"to any"
             free.close()

@@ -107,6 +107,18 @@ def test_cancel_cancels_and_sends_nothing(fake_erlang: FakePort) -> None:
     assert not _tasks.cancel(250, Ref(5))  # a loop that never ran a task
 
 
+def test_a_worker_that_is_gone_loses_the_batch(fake_erlang: FakePort) -> None:
+    async def one() -> int:
+        return 1
+
+    fake_erlang.dead.add(Pid(901))
+    _tasks.submit({"one": one}, 8, Pid(901), OWNER, Ref(13), "__main__", "one", [], {})
+    _idle(8)
+    _tasks.submit({"one": one}, 8, WORKER, OWNER, Ref(14), "__main__", "one", [], {})
+    assert _wait_sends(fake_erlang, 1) == [(OWNER, Ref(14), "ok", 1)]  # the loop goes on
+    _idle(8)
+
+
 def test_fire_and_forget_sends_nothing(fake_erlang: FakePort) -> None:
     async def fail() -> None:
         raise RuntimeError("dropped")
@@ -134,7 +146,9 @@ def test_bound_on_tasks_in_flight(fake_erlang: FakePort) -> None:
     _idle(6)
 
 
-def test_unconvertible_outcome_becomes_a_type_error(fake_erlang: FakePort, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unconvertible_outcome_becomes_a_type_error(
+    fake_erlang: FakePort, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import _erlang
 
     def picky_send(dest: Any, msg: Any) -> None:
