@@ -48,9 +48,8 @@
 -type loop() :: {py_event_loop, non_neg_integer()}.
 
 -define(DEFAULT_TIMEOUT, 5000).
-%% Process dictionary keys of a caller: {?TASK, Ref} => {Index, Route} of a task it awaits; {?WATCHED,
-%% Index} => true once the loop's worker monitors it.
--define(TASK, py_event_loop_task).
+%% Process dictionary key of a caller: {?WATCHED, Index} => true once loop Index's worker monitors it
+%% (at most one per loop). Nothing is kept per task: a result taken with a plain receive leaves nothing.
 -define(WATCHED, py_event_loop_watched).
 -define(SUBMIT, <<"__import__('erlang._tasks')._tasks.submit(globals(), i, w, o, r, m, f, a, k)">>).
 -define(TASKS_MODULE, <<"erlang._tasks">>).
@@ -86,15 +85,10 @@ await(Ref) ->
 await(Ref, Timeout) when is_reference(Ref) ->
 	receive
 		{async_result, Ref, Result} ->
-			_ = erase({?TASK, Ref}),
 			Result
 	after Timeout ->
-		case erase({?TASK, Ref}) of
-			{Index, Route} ->
-				py_request:cast(Route, {undefined, ?TASKS_MODULE, <<"cancel">>, [Index, Ref], #{}}, 5000);
-			undefined ->
-				ok
-		end,
+		%% To this process's own place: the port the task was submitted to, when this process made it.
+		py_request:cast(route(), {undefined, ?TASKS_MODULE, <<"cancel">>, [Ref], #{}}, 5000),
 		%% A result that crossed the cancel is taken out of the mailbox.
 		receive {async_result, Ref, _} -> ok after 0 -> ok end,
 		{error, timeout}
@@ -128,7 +122,6 @@ submit(Index, Module, Func, Args, Kwargs, Timeout) ->
 			task_done(Ref, {error, event_loop_not_started});
 		Worker ->
 			ok = watch(Index, Worker, Route),
-			_ = put({?TASK, Ref}, {Index, Route}),
 			Locals = #{i => Index, w => Worker, o => self(), r => Ref, m => name(Module), f => name(Func),
 				a => Args, k => Kwargs},
 			case py_request:run(eval, Route, {py_request:env_owner(), ?SUBMIT, Locals}, Timeout, true) of

@@ -38,7 +38,8 @@ class _LoopTasks:
 
 
 _loops: dict[int, _LoopTasks] = {}
-_lock = threading.Lock()  # guards _loops and every _LoopTasks.count: submitters on several threads
+_where: dict[Any, _LoopTasks] = {}  # ref -> its loop, for the tasks an owner waits for
+_lock = threading.Lock()  # guards _loops, _where and every _LoopTasks.count: submitters on several threads
 
 
 def _tasks_of(index: int) -> _LoopTasks:
@@ -80,6 +81,8 @@ def submit(env: dict[str, Any], index: int, worker: Any, owner: Any, ref: Any, m
                 result.close()
             raise RuntimeError(f"too many tasks in flight on event loop {index} (limit {_limit})")
         lt.count += 1
+        if owner is not None:
+            _where[ref] = lt
     lt.loop.call_soon_threadsafe(_start, lt, worker, owner, ref, result)
     return "pending"
 
@@ -94,6 +97,8 @@ def _start(lt: _LoopTasks, worker: Any, owner: Any, ref: Any, awaitable: Corouti
 def _done(lt: _LoopTasks, worker: Any, owner: Any, ref: Any, task: "asyncio.Task[Any]") -> None:
     with _lock:
         lt.count -= 1
+        if owner is not None:
+            _where.pop(ref, None)
     entry = lt.tasks.pop(ref, None)
     if not task.cancelled():
         task.exception()  # retrieved here: a dropped error is not logged as "never retrieved"
@@ -137,9 +142,10 @@ def _flush(lt: _LoopTasks, worker: Any) -> None:
             return
 
 
-def cancel(index: int, ref: Any) -> bool:
-    """Cancel the task `ref` of loop `index` (its caller gave up): True if it was still running."""
-    lt = _loops.get(index)
+def cancel(ref: Any) -> bool:
+    """Cancel the task `ref` (its caller gave up): True if it was still in flight."""
+    with _lock:
+        lt = _where.get(ref)
     if lt is None:
         return False
     lt.loop.call_soon_threadsafe(_cancel_ref, lt, ref)
@@ -154,7 +160,8 @@ def _cancel_ref(lt: _LoopTasks, ref: Any) -> None:
 
 def cancel_owner(index: int, owner: Any) -> bool:
     """Cancel every task of `owner` (a pid that died) on loop `index`."""
-    lt = _loops.get(index)
+    with _lock:
+        lt = _loops.get(index)
     if lt is None:
         return False
     lt.loop.call_soon_threadsafe(_cancel_owner, lt, owner)
@@ -169,7 +176,7 @@ def _cancel_owner(lt: _LoopTasks, owner: Any) -> None:
 def stats() -> dict[str, int]:
     """Loops started in this interpreter and tasks in flight on them (for tests and get_stats)."""
     with _lock:
-        return {"loops": len(_loops), "tasks": sum(lt.count for lt in _loops.values())}
+        return {"loops": len(_loops), "tasks": sum(lt.count for lt in _loops.values()), "awaited": len(_where)}
 
 
 def _set_limit(n: int) -> int:

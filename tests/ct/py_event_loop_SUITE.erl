@@ -31,9 +31,11 @@ init_per_suite(Config) ->
 end_per_suite(_Config) ->
 	py_ct_helper:stop_app().
 
-%% No task is left in flight in the port after a case.
+%% No task is left in flight in the port after a case, nor any record of one.
 end_per_testcase(_, _Config) ->
-	ok = py_ct_helper:eventually(fun() -> tasks_in_flight() =:= 0 end, 5000).
+	ok = py_ct_helper:eventually(fun() -> tasks_in_flight() =:= 0 end, 5000),
+	{ok, #{<<"awaited">> := 0}} = py:call(<<"erlang._tasks">>, stats, []),
+	ok.
 
 tasks_in_flight() ->
 	{ok, #{<<"tasks">> := N}} = py:call(<<"erlang._tasks">>, stats, []),

@@ -98,13 +98,14 @@ def test_cancel_cancels_and_sends_nothing(fake_erlang: FakePort) -> None:
     _tasks.submit(env, 4, WORKER, Pid(2), Ref(6), "__main__", "hold", [], {})
     _tasks.submit(env, 4, WORKER, Pid(2), Ref(7), "__main__", "hold", [], {})
     time.sleep(0.05)
-    assert _tasks.cancel(4, Ref(5))
+    assert _tasks.cancel(Ref(5))
     assert seen.wait(5.0)
     assert _tasks.cancel_owner(4, Pid(2))
     _idle(4)
     time.sleep(0.05)
     assert fake_erlang.sends == []
-    assert not _tasks.cancel(250, Ref(5))  # a loop that never ran a task
+    assert not _tasks.cancel(Ref(5))  # done: nothing to cancel
+    assert _tasks.stats()["awaited"] == 0
 
 
 def test_a_worker_that_is_gone_loses_the_batch(fake_erlang: FakePort) -> None:
