@@ -27,17 +27,8 @@ from _erlang import (
 from . import _eval as _eval
 from ._callbacks import ErlangFunction, whereis
 from ._io import _install_std_streams as _install_std_streams
-# asyncio (issue 9): the event loop, async-aware sleep, spawn_task, async_call.
-from ._loop import (
-    ErlangEventLoop,
-    ErlangEventLoopPolicy,
-    async_call,
-    install,
-    new_event_loop,
-    run,
-    sleep,
-    spawn_task,
-)
+# asyncio (issue 9): the async-aware sleep here; the loop's names (_LAZY) on first use.
+from ._sleep import sleep
 from ._mode import ExecutionMode, detect_mode
 from ._shared_dict import SharedDict
 from ._state import (
@@ -79,6 +70,11 @@ __all__ = [
     "whereis",
 ]
 
+# asyncio names from `_loop.py`, imported on first use (importing asyncio costs ~30 ms at port start).
+_LAZY = frozenset(
+    {"ErlangEventLoop", "ErlangEventLoopPolicy", "async_call", "install", "new_event_loop", "run", "spawn_task"}
+)
+
 # Public submodules (none yet; e.g. a future `erlang.channel`). `__getattr__` imports these instead of
 # turning their names into Erlang functions, so `from erlang import channel` keeps working.
 _SUBMODULES = frozenset(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
@@ -99,6 +95,12 @@ def __getattr__(name: str) -> Any:
     """
     if name.startswith("_"):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name in _LAZY:
+        from . import _loop
+
+        value = getattr(_loop, name)
+        globals()[name] = value
+        return value
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     if not call("_has_function", name):

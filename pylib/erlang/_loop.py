@@ -1,7 +1,8 @@
 # The asyncio event loop of erlang_python (issue 9): `erlang.ErlangEventLoop` and its entry points.
 #
-# Scope: the loop class, `new_event_loop`, `run`, `install` and the policy, the async-aware
-# `erlang.sleep`, `erlang.spawn_task` and `erlang.async_call`. The task service that runs
+# Scope: the loop class, `new_event_loop`, `run`, `install` and the policy, `erlang.spawn_task` and
+# `erlang.async_call` (the async-aware `erlang.sleep` is in `_sleep.py`). The package imports this
+# module on first use of one of these names, so a port that never uses asyncio never imports it. The task service that runs
 # `py_event_loop` tasks lives in `_tasks.py`; both use the background loop threads defined here.
 #
 # Why a selector loop: the port is an ordinary OS process, so the kernel's epoll gives timers, socket
@@ -14,7 +15,6 @@
 # handlers (signals belong to the BEAM): those raise NotImplementedError with the documented reason.
 
 import asyncio
-import math
 import selectors
 import sys
 import threading
@@ -122,30 +122,6 @@ def install() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         asyncio.set_event_loop_policy(ErlangEventLoopPolicy())
-
-
-def _check_seconds(seconds: float) -> float:
-    value = float(seconds)
-    if not math.isfinite(value):
-        raise ValueError("sleep length must be a finite number")
-    if value < 0:
-        raise ValueError("sleep length must be non-negative")
-    return value
-
-
-def sleep(seconds: float) -> Any:
-    """Sleep for `seconds`, in a coroutine or in plain code.
-
-    On a thread whose event loop is running (inside a coroutine, a task, a loop callback) it returns an
-    awaitable: `await erlang.sleep(0.1)` yields to the loop (it is `asyncio.sleep`). Elsewhere it blocks
-    the calling thread without holding the context: the context keeps serving nested requests, and
-    the request's cancel (its deadline) ends the sleep with `erlang.CancelledError` (the port's sleep).
-    So a plain function that a running loop calls directly must use `time.sleep` to block, or be a
-    coroutine: `erlang.sleep` there only makes the awaitable.
-    """
-    if asyncio._get_running_loop() is not None:
-        return asyncio.sleep(_check_seconds(seconds))
-    return _erlang.sleep(seconds)
 
 
 class _LoopThread:

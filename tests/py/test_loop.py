@@ -444,3 +444,16 @@ def test_background_loop_index_is_bounded() -> None:
         _loop.background_loop(_loop._MAX_LOOPS)
     with pytest.raises(ValueError, match="loop index"):
         _loop.background_loop(-1)
+
+
+def test_importing_erlang_does_not_import_asyncio() -> None:
+    # The port imports the package at start-up; asyncio (~30 ms) comes with the first use of the loop.
+    import subprocess
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    code = (
+        "import sys; sys.path.insert(0, %r); import conftest, erlang; "
+        "assert 'asyncio' not in sys.modules, 'eager'; erlang.run; assert 'asyncio' in sys.modules" % str(here)
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
