@@ -164,10 +164,9 @@ spawn_on(Index, Module, Func, Args, Kwargs) ->
 %% py:async_gather/2: every call submitted first (they run concurrently), then awaited in order.
 -spec gather([{py:py_module(), py:py_func(), py:py_args()}], timeout()) -> py:py_result().
 gather(Calls, Timeout) ->
-	Refs = [case Call of
-		{M, F, A} when is_list(A) -> py_event_loop_pool:create_task(M, F, A);
-		_ -> error(badarg, [Calls, Timeout])
-	end || Call <- Calls],
+	%% Checked before any is submitted: a bad item starts nothing.
+	_ = [error(badarg, [Calls, Timeout]) || Call <- Calls, not is_call(Call)],
+	Refs = [py_event_loop_pool:create_task(M, F, A) || {M, F, A} <- Calls],
 	Results = [await(Ref, Timeout) || Ref <- Refs],
 	case [{I, Reason} || {I, {error, Reason}} <- lists:zip(lists:seq(1, length(Results)), Results)] of
 		[] -> {ok, [R || {ok, R} <- Results]};
@@ -175,6 +174,10 @@ gather(Calls, Timeout) ->
 	end.
 
 %% Internal.
+
+is_call({M, F, A}) -> (is_atom(M) orelse is_binary(M) orelse is_list(M))
+	andalso (is_atom(F) orelse is_binary(F) orelse is_list(F)) andalso is_list(A);
+is_call(_) -> false.
 
 task_done(Ref, Result) ->
 	self() ! {async_result, Ref, Result},

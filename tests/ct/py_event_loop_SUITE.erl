@@ -218,7 +218,10 @@ async_gather_failed(_) ->
 	{error, {gather_failed, [{2, {'ModuleNotFoundError', _}}, {3, {'ValueError', _}}]}} =
 		py:async_gather([{math, sqrt, [4.0]}, {no_such_module_xyz, f, []}, {math, sqrt, [-1.0]}]),
 	ok = py:exec(<<"import asyncio\nasync def never2():\n    await asyncio.sleep(30)">>),
-	{error, {gather_failed, [{1, timeout}]}} = py:async_gather([{'__main__', never2, []}], 100).
+	{error, {gather_failed, [{1, timeout}]}} = py:async_gather([{'__main__', never2, []}], 100),
+	%% A malformed item is badarg, and nothing was started.
+	{'EXIT', {badarg, _}} = catch py:async_gather([{math, sqrt, [4.0]}, not_a_call]),
+	nothing_left().
 
 %% 200 tasks sleeping 0.2 s each finish together, far sooner than in sequence (40 s).
 tasks_run_concurrently(_) ->
