@@ -51,7 +51,10 @@
 %% Process dictionary key of a caller: {?WATCHED, Index} => true once loop Index's worker monitors it
 %% (at most one per loop). Nothing is kept per task: a result taken with a plain receive leaves nothing.
 -define(WATCHED, py_event_loop_watched).
--define(SUBMIT, <<"__import__('erlang._tasks')._tasks.submit(globals(), i, w, o, r, m, f, a, k)">>).
+-define(SUBMIT, <<"__import__('erlang._tasks')._tasks.submit(globals(), i, w, o, r, m, f, a, k, y)">>).
+%% Task ids share the callers' request id range (py_request), so the owner routes their final frames.
+-define(REQ_BASE, (1 bsl 48)).
+-define(RESULT, 65).
 -define(TASKS_MODULE, <<"erlang._tasks">>).
 
 %% API.
@@ -122,12 +125,23 @@ submit(Index, Module, Func, Args, Kwargs, Timeout) ->
 			task_done(Ref, {error, event_loop_not_started});
 		Worker ->
 			ok = watch(Index, Worker, Route),
+			%% The task's final frame comes with its own id, routed by the owner to the worker
+			%% (py_inflight, as any request's); a caller bound to an explicit context has no slot here
+			%% and gets its outcome through erlang.send instead (TaskId 0).
+			TaskId = case Route of
+				{slot, Slot, _} ->
+					Id = ?REQ_BASE + erlang:unique_integer([positive]),
+					true = ets:insert(py_inflight, {Id, Worker, Slot}),
+					Id;
+				_ ->
+					0
+			end,
 			Locals = #{i => Index, w => Worker, o => self(), r => Ref, m => name(Module), f => name(Func),
-				a => Args, k => Kwargs},
+				a => Args, k => Kwargs, y => TaskId},
 			case py_request:run(eval, Route, {py_request:env_owner(), ?SUBMIT, Locals}, Timeout, true) of
 				{ok, <<"pending">>} -> ok;
-				{ok, {<<"done">>, Value}} -> task_done(Ref, {ok, Value});
-				{error, _} = Error -> task_done(Ref, Error)
+				{ok, {<<"done">>, Value}} -> forget(TaskId), task_done(Ref, {ok, Value});
+				{error, _} = Error -> forget(TaskId), task_done(Ref, Error)
 			end
 	end,
 	Ref.
@@ -156,7 +170,7 @@ spawn_on(Index, Module, Func, Args, Kwargs) ->
 			ok;
 		Worker ->
 			Locals = #{i => Index, w => Worker, o => none, r => none, m => name(Module), f => name(Func),
-				a => Args, k => Kwargs},
+				a => Args, k => Kwargs, y => 0},
 			_ = py_request:run(eval, route(), {py_request:env_owner(), ?SUBMIT, Locals}, ?DEFAULT_TIMEOUT, true),
 			ok
 	end.
@@ -178,6 +192,10 @@ gather(Calls, Timeout) ->
 is_call({M, F, A}) -> (is_atom(M) orelse is_binary(M) orelse is_list(M))
 	andalso (is_atom(F) orelse is_binary(F) orelse is_list(F)) andalso is_list(A);
 is_call(_) -> false.
+
+%% No final frame will come for a task that did not become pending.
+forget(0) -> ok;
+forget(TaskId) -> true = ets:delete(py_inflight, TaskId), ok.
 
 task_done(Ref, Result) ->
 	self() ! {async_result, Ref, Result},
@@ -204,41 +222,55 @@ name(N) when is_atom(N) -> atom_to_binary(N, utf8);
 name(N) when is_list(N) -> unicode:characters_to_binary(N);
 name(N) when is_binary(N) -> N.
 
-%% gen_server: the loop's worker. State: the loop's index and the callers it monitors
-%% (pid => route), bounded by the live processes that submitted to this loop.
+%% gen_server: the loop's worker. State: the loop's index, the callers it monitors (pid => route),
+%% bounded by the live processes that submitted to this loop, and the application's codec.
 
--spec init(non_neg_integer()) -> {ok, {non_neg_integer(), #{pid() => term()}}}.
+-spec init(non_neg_integer()) -> {ok, {non_neg_integer(), #{pid() => term()}, etf | msgpack}}.
 init(Index) ->
-	{ok, {Index, #{}}}.
+	{ok, {Index, #{}, application:get_env(erlang_python, codec, etf)}}.
 
 -spec handle_call(term(), gen_server:from(), State) -> {reply, term(), State}.
 handle_call(_Request, _From, State) ->
 	{reply, {error, unknown_call}, State}.
 
 -spec handle_cast(term(), State) -> {noreply, State}.
-handle_cast({watch, Pid, Route}, {Index, Callers}) when not is_map_key(Pid, Callers) ->
+handle_cast({watch, Pid, Route}, {Index, Callers, Codec}) when not is_map_key(Pid, Callers) ->
 	_ = erlang:monitor(process, Pid),
-	{noreply, {Index, Callers#{Pid => Route}}};
+	{noreply, {Index, Callers#{Pid => Route}, Codec}};
 handle_cast(_Msg, State) ->
 	{noreply, State}.
 
 -spec handle_info(term(), State) -> {noreply, State}.
+handle_info({py_frame, _Id, ?RESULT, _Ctx, Body}, State = {_, _, Codec}) ->
+	%% A task's final frame, routed here by its id: decoded here, not by the owner that routed it.
+	_ = try py_codec:decode(Codec, Body) of
+		Outcome -> deliver(Outcome)
+	catch
+		_:_ -> ok  % not a task's outcome: nobody to tell
+	end,
+	{noreply, State};
+handle_info({py_frame, _Id, _Kind, _Ctx, _Body}, State) ->
+	%% port_exited (fail_inflight) or a malformed answer: the task is gone with its port; its caller's
+	%% await ends at its deadline.
+	{noreply, State};
 handle_info(Batch, State) when is_list(Batch) ->
-	%% Outcomes from the port: [{Owner, Ref, <<"ok">>, Value} | {Owner, Ref, <<"error">>, {Class, Msg, Tb}}].
+	%% Outcomes sent by the port (callers without a task id): a list of deliver/1's tuples.
 	lists:foreach(fun deliver/1, Batch),
 	{noreply, State};
-handle_info({'DOWN', _, process, Pid, _}, {Index, Callers}) ->
+handle_info({'DOWN', _, process, Pid, _}, {Index, Callers, Codec}) ->
 	case maps:take(Pid, Callers) of
 		{Route, Rest} ->
 			%% Its tasks are cancelled in the port; a cast, so this process never waits for a port.
 			py_request:cast(Route, {undefined, ?TASKS_MODULE, <<"cancel_owner">>, [Index, Pid], #{}}, 5000),
-			{noreply, {Index, Rest}};
+			{noreply, {Index, Rest, Codec}};
 		error ->
-			{noreply, {Index, Callers}}
+			{noreply, {Index, Callers, Codec}}
 	end;
 handle_info(_Msg, State) ->
 	{noreply, State}.
 
+%% {Owner, Ref, <<"ok">>, Value} | {Owner, Ref, <<"error">>, {Class, Msg, Tb}} | {_, _, <<"dropped">>, _}
+%% (a task cancelled from Erlang: its caller no longer waits).
 deliver({Owner, Ref, <<"ok">>, Value}) when is_pid(Owner) ->
 	Owner ! {async_result, Ref, {ok, Value}};
 deliver({Owner, Ref, <<"error">>, {Class, Message, _Tb}}) when is_pid(Owner) ->

@@ -4,10 +4,13 @@
 # thread, in the caller's environment (its `globals()`: what `py:exec` defined there is found for
 # module '__main__'); it calls the function. A plain result is answered at once (the eval's reply).
 # A coroutine goes to the interpreter's background ErlangEventLoop number `index` (_loop.py), where
-# it runs as an asyncio Task; its outcome is sent, batched per loop iteration, to the loop's Erlang
-# worker process, which turns it into `{async_result, Ref, {ok, R} | {error, E}}` for the caller.
-# `cancel` and `cancel_owner` cancel tasks (the caller's timeout, the caller's death): the coroutine
-# gets asyncio.CancelledError and nothing is sent for it.
+# it runs as an asyncio Task; its outcome goes to the loop's Erlang worker process, which turns it into
+# `{async_result, Ref, {ok, R} | {error, E}}` for the caller. With a task id (`y` > 0) the outcome is
+# the task's own final `result` frame, which the Erlang side routes by id, raw, to the worker (nothing
+# waits, nothing in the router decodes it); without one (a caller bound to an explicit context) it is
+# an `erlang.send` to the worker, batched per loop iteration. `cancel` and `cancel_owner` cancel tasks
+# (the caller's timeout, the caller's death): the coroutine gets asyncio.CancelledError and the caller
+# gets nothing (a task id still gets its final frame, tagged "dropped", which the worker ignores).
 #
 # Bounds: at most `_limit` tasks in flight per loop (a submit past it raises RuntimeError); the outbox
 # of a loop holds the outcomes of one loop iteration, so at most the tasks in flight.
@@ -64,7 +67,7 @@ def _resolve(env: dict[str, Any], module: str, function: str) -> Any:
 
 
 def submit(env: dict[str, Any], index: int, worker: Any, owner: Any, ref: Any, module: str, function: str,
-           args: list[Any], kwargs: dict[str, Any]) -> Any:
+           args: list[Any], kwargs: dict[str, Any], task_id: int = 0) -> Any:
     """Start Module.Function(*args, **kwargs) as a task of loop `index`; `("done", R)` or `"pending"`.
 
     A function that returns a plain value is done here (asyncio short-circuits non-coroutines); an
@@ -83,18 +86,21 @@ def submit(env: dict[str, Any], index: int, worker: Any, owner: Any, ref: Any, m
         lt.count += 1
         if owner is not None:
             _where[ref] = lt
-    lt.loop.call_soon_threadsafe(_start, lt, worker, owner, ref, result)
+    lt.loop.call_soon_threadsafe(_start, lt, worker, owner, ref, result, task_id)
     return "pending"
 
 
-def _start(lt: _LoopTasks, worker: Any, owner: Any, ref: Any, awaitable: Coroutine[Any, Any, Any]) -> None:
+def _start(lt: _LoopTasks, worker: Any, owner: Any, ref: Any, awaitable: Coroutine[Any, Any, Any],
+           task_id: int) -> None:
     task = asyncio.ensure_future(awaitable, loop=lt.loop)
     if owner is not None:
         lt.tasks[ref] = (owner, task)
-    task.add_done_callback(lambda t: _done(lt, worker, owner, ref, t))
+    task.add_done_callback(lambda t: _done(lt, worker, owner, ref, t, task_id))
 
 
-def _done(lt: _LoopTasks, worker: Any, owner: Any, ref: Any, task: "asyncio.Task[Any]") -> None:
+def _done(
+    lt: _LoopTasks, worker: Any, owner: Any, ref: Any, task: "asyncio.Task[Any]", task_id: int = 0
+) -> None:
     with _lock:
         lt.count -= 1
         if owner is not None:
@@ -105,7 +111,11 @@ def _done(lt: _LoopTasks, worker: Any, owner: Any, ref: Any, task: "asyncio.Task
     if owner is None:
         return
     if entry is None:
-        return  # cancelled from Erlang (timeout, owner death): the caller no longer waits
+        # Cancelled from Erlang (timeout, owner death): the caller no longer waits. A task id's entry
+        # on the Erlang side still ends with this final frame.
+        if task_id:
+            _erlang._task_done(task_id, (owner, ref, "dropped", None))
+        return
     if task.cancelled():
         outcome: tuple[str, Any] = ("error", ("CancelledError", "task was cancelled", ""))
     elif task.exception() is not None:
@@ -115,6 +125,11 @@ def _done(lt: _LoopTasks, worker: Any, owner: Any, ref: Any, task: "asyncio.Task
         outcome = ("error", (type(exc).__name__, str(exc), tb))
     else:
         outcome = ("ok", task.result())
+    if task_id:
+        if not _erlang._task_done(task_id, (owner, ref, outcome[0], outcome[1])):
+            detail = f"task result of type {type(outcome[1]).__name__!r} has no Erlang form (or is too large)"
+            _erlang._task_done(task_id, (owner, ref, "error", ("TypeError", detail, "")))
+        return
     if not lt.outbox:
         lt.loop.call_soon(_flush, lt, worker)
     lt.outbox.append((owner, ref, outcome[0], outcome[1]))
@@ -176,7 +191,8 @@ def _cancel_owner(lt: _LoopTasks, owner: Any) -> None:
 def stats() -> dict[str, int]:
     """Loops started in this interpreter and tasks in flight on them (for tests and get_stats)."""
     with _lock:
-        return {"loops": len(_loops), "tasks": sum(lt.count for lt in _loops.values()), "awaited": len(_where)}
+        tasks = sum(lt.count for lt in _loops.values())
+        return {"loops": len(_loops), "tasks": tasks, "awaited": len(_where)}
 
 
 def _set_limit(n: int) -> int:

@@ -15,14 +15,15 @@
 	namespace_state_and_dict_keys/1, process_isolation/1, owner_death_cancels/1, pool_api/1,
 	pool_affinity_order/1, async_call_await/1, async_gather/1, async_gather_failed/1,
 	tasks_run_concurrently/1, erlang_async_call_in_task/1, task_bound/1,
-	cancel_wakes_erlang_run/1, no_worker/1]).
+	cancel_wakes_erlang_run/1, no_worker/1, unconvertible_result/1, explicit_context_send_path/1]).
 
 all() ->
 	[run_sync, run_coroutine, run_kwargs_and_timeout_opts, create_task_await, async_result_message,
 	 coroutine_raises, missing_module, missing_function, timeout_cancels_task, spawn_task_fire_and_forget,
 	 get_loop, exec_env_reuse, namespace_state_and_dict_keys, process_isolation, owner_death_cancels,
 	 pool_api, pool_affinity_order, async_call_await, async_gather, async_gather_failed,
-	 tasks_run_concurrently, erlang_async_call_in_task, task_bound, cancel_wakes_erlang_run, no_worker].
+	 tasks_run_concurrently, erlang_async_call_in_task, task_bound, cancel_wakes_erlang_run, no_worker,
+	 unconvertible_result, explicit_context_send_path].
 
 init_per_suite(Config) ->
 	ok = py_ct_helper:start_app([{num_ports, 1}, {contexts_per_port, 2}, {event_loop_pool_size, 4}]),
@@ -35,7 +36,8 @@ end_per_suite(_Config) ->
 end_per_testcase(_, _Config) ->
 	ok = py_ct_helper:eventually(fun() -> tasks_in_flight() =:= 0 end, 5000),
 	{ok, #{<<"awaited">> := 0}} = py:call(<<"erlang._tasks">>, stats, []),
-	ok.
+	%% Every task id's entry ended with its final frame (or was removed at submit).
+	ok = py_ct_helper:eventually(fun() -> ets:info(py_inflight, size) =:= 0 end, 5000).
 
 tasks_in_flight() ->
 	{ok, #{<<"tasks">> := N}} = py:call(<<"erlang._tasks">>, stats, []),
@@ -274,6 +276,32 @@ no_worker(_) ->
 	Ref = py_event_loop:submit(200, math, sqrt, [4.0], #{}, 1000),
 	{error, event_loop_not_started} = py_event_loop:await(Ref, 1000),
 	ok = py_event_loop:spawn_on(200, math, sqrt, [4.0], #{}).
+
+%% A coroutine's result with no Erlang form: the task's error is TypeError (the frame was not sent).
+unconvertible_result(_) ->
+	ok = py:exec(<<"async def mkset():\n    return {1, 2}">>),
+	{error, {'TypeError', Msg}} = py_event_loop:run('__main__', mkset, []),
+	?assertNotEqual(nomatch, string:find(Msg, "set")).
+
+%% A process bound to an explicit context (py_context:new) has no slot route: its outcomes come through
+%% erlang.send to the worker (PROTOCOL.md §3.10), with the same results, errors and cancellation.
+explicit_context_send_path(_) ->
+	{ok, Ctx} = py_context:new(#{}),
+	try
+		ok = py_context_router:bind_context(Ctx),
+		ok = py:exec(Ctx, <<"import asyncio\nasync def twice(x):\n    await asyncio.sleep(0.01)\n    return x * 2\n"
+			"async def mkset():\n    return {1}\nasync def slow():\n    await asyncio.sleep(30)">>),
+		{ok, 42} = py_event_loop:run('__main__', twice, [21]),
+		{error, {'TypeError', _}} = py_event_loop:run('__main__', mkset, []),
+		{error, timeout} = py_event_loop:run('__main__', slow, [], #{timeout => 100}),
+		Refs = [py_event_loop:create_task('__main__', twice, [I]) || I <- lists:seq(1, 50)],
+		Results = [py_event_loop:await(R, 5000) || R <- Refs],
+		Results = [{ok, 2 * I} || I <- lists:seq(1, 50)],
+		ok = py_ct_helper:eventually(fun() -> tasks_in_flight() =:= 0 end, 5000)
+	after
+		py_context_router:unbind_context(),
+		py_context:stop(Ctx)
+	end.
 
 %% Internal.
 

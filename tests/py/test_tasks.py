@@ -174,3 +174,43 @@ def test_unconvertible_outcome_becomes_a_type_error(
     tag, (cls, msg, _) = by_ref[Ref(11)]
     assert (tag, cls) == ("error", "TypeError") and "set" in msg
     _idle(7)
+
+
+def test_task_id_outcomes_are_final_frames(fake_erlang: FakePort, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With a task id the outcome is the task's own final frame (_erlang._task_done), never a send; an
+    # outcome the port cannot encode (False) becomes a TypeError outcome; an Erlang-side cancel still
+    # ends the id with a "dropped" frame.
+    import _erlang
+
+    frames: list[tuple[int, Any]] = []
+    lock = threading.Lock()
+
+    def task_done(task_id: int, outcome: Any) -> bool:
+        if isinstance(outcome[3], set):
+            return False
+        with lock:
+            frames.append((task_id, outcome))
+        return True
+
+    monkeypatch.setattr(_erlang, "_task_done", task_done, raising=False)
+
+    async def value(x: Any) -> Any:
+        await asyncio.sleep(0)
+        return x
+
+    async def hold() -> None:
+        await asyncio.sleep(30)
+
+    env = {"value": value, "hold": hold}
+    _tasks.submit(env, 9, WORKER, OWNER, Ref(20), "__main__", "value", [5], {}, 101)
+    _tasks.submit(env, 9, WORKER, OWNER, Ref(21), "__main__", "value", [{1}], {}, 102)
+    _tasks.submit(env, 9, WORKER, OWNER, Ref(22), "__main__", "hold", [], {}, 103)
+    time.sleep(0.05)
+    _tasks.cancel(Ref(22))
+    _idle(9)
+    by_id = dict(frames)
+    assert by_id[101] == (OWNER, Ref(20), "ok", 5)
+    owner, ref, tag, (cls, msg, _) = by_id[102]
+    assert (owner, ref, tag, cls) == (OWNER, Ref(21), "error", "TypeError") and "set" in msg
+    assert by_id[103] == (OWNER, Ref(22), "dropped", None)
+    assert fake_erlang.sends == []
