@@ -7,10 +7,15 @@
 %% How a task runs (PROTOCOL.md §3.10): the caller submits it itself, with one `eval' on its own context
 %% in its own environment (so functions `py:exec' defined there are found as '__main__'), which calls
 %% the function. A plain result comes back in that reply; a coroutine becomes an asyncio Task on the
-%% port's background ErlangEventLoop number Index, and its outcome is sent by Python, in batches, to the
-%% loop's worker, which hands each caller `{async_result, Ref, {ok, R} | {error, E}}'. The worker only
-%% forwards (Python cannot write atoms) and monitors callers: when one dies, its tasks are cancelled.
-%% Every wait has a deadline: await's timeout (default 5000 ms) cancels the task in Python.
+%% port's background ErlangEventLoop number Index, and its outcome comes to the loop's worker as the
+%% task's own final frame (a task id the caller registers in py_inflight for the worker; the owner
+%% routes it without decoding), which hands each caller `{async_result, Ref, {ok, R} | {error, E}}'.
+%% The worker decodes and forwards (Python cannot write atoms) and monitors callers: when one dies, its
+%% tasks are cancelled. Every wait has a deadline: await's timeout (default 5000 ms) cancels the task.
+%%
+%% The port side of a task never waits for Erlang: a task that calls `erlang.call' blocks its loop
+%% until the answer (use `await erlang.async_call(...)'), and such callbacks run in a fresh process,
+%% not in the caller (the loop thread serves no request).
 %%
 %% Errors are py's: {error, {Class, Message}} for a Python exception (a coroutine that raises, a
 %% missing module or function, ModuleNotFoundError / AttributeError), {error, timeout}.
