@@ -106,6 +106,7 @@ rows() ->
      {"RSS after latency runs", fun row_rss_after/1},
      {"throughput", fun row_throughput/1},
      {"stream throughput", fun row_stream/1},
+     {"asyncio tasks", fun row_asyncio/1},  % aio (issue 9)
      {"CPU-bound parallel speedup", fun row_cpu_parallel/1},
      %% --- modes
      {"execution modes", fun row_modes/1}]
@@ -386,6 +387,61 @@ row_stream(C = #{p := #{tp_secs := Secs}}) ->
           "py:call calls/s, 1 caller", none),
       row("stream items/s, py:stream_start to its consumer, 1 caller", ips, EventsR, Base,
           "py:call calls/s, 1 caller", none)], C}.
+
+%% ---- aio (issue 9): asyncio tasks. BEGIN ----
+%% py_event_loop:run of a sync function and create_task + await of a coroutine (asyncio.sleep(0, 1)),
+%% per round trip from one caller, beside plain py:call from one caller; 20 concurrent submitters
+%% (tasks/s) beside 20 plain py:call callers (calls/s); 10,000 concurrent asyncio.sleep(0.01) tasks in
+%% the port's loop (erlang.run of a gather), wall time. Targets (issue 9): round trip within 2x py:call;
+%% 20 submitters at least the 20 callers' calls/s; the 10,000 sleeps under 200 ms.
+row_asyncio(C = #{p := #{tp_secs := Secs}}) ->
+    Ms = round(Secs * 500),
+    Us = fun(F) -> measure(fun() -> case C of
+                                        #{app_ok := true} -> 1.0e6 / per_second(F, Ms);
+                                        _ -> app_na(C)
+                                    end end) end,
+    Call = fun() -> {ok, 4.0} = py:call(math, sqrt, [16]), 1 end,
+    RunSync = fun() -> {ok, 4.0} = py_event_loop:run(math, sqrt, [16]), 1 end,
+    Task = fun() -> {ok, 1} = py_event_loop:await(py_event_loop:create_task(asyncio, sleep, [0, 1]), 5000), 1 end,
+    [CallUs, RunUs, TaskUs] = [Us(F) || F <- [Call, RunSync, Task]],
+    Par = fun(F) -> measure(fun() -> case C of
+                                         #{app_ok := true} -> concurrent_rate(20, F, Ms);
+                                         _ -> app_na(C)
+                                     end end) end,
+    [Calls20, Tasks20] = [Par(F) || F <- [Call, Task]],
+    Sleeps = measure(fun() -> case C of
+        #{app_ok := true} ->
+            ok = py:exec(<<"import asyncio, erlang, time\n"
+                "async def _aio_bench_sleeps(n):\n"
+                "    t0 = time.perf_counter()\n"
+                "    await asyncio.gather(*(asyncio.sleep(0.01) for _ in range(n)))\n"
+                "    return (time.perf_counter() - t0) * 1000\n">>),
+            {ok, WallMs} = py:eval(<<"erlang.run(_aio_bench_sleeps(10000))">>),
+            WallMs;
+        _ -> app_na(C)
+    end end),
+    {[row("py_event_loop:run(math, sqrt, [16]), 1 caller (us)", us, RunUs, CallUs,
+          "py:call, 1 caller", none),
+      row("create_task + await of a coroutine, 1 caller (us; target <= 2x)", us, TaskUs, CallUs,
+          "py:call, 1 caller", none),
+      row("tasks/s, 20 concurrent submitters (target >= 1x)", cps, Tasks20, Calls20,
+          "py:call calls/s, 20 callers", none),
+      row("10,000 concurrent asyncio.sleep(0.01), wall (ms; target < 200)", ms, Sleeps, blank, "", none)], C}.
+
+%% Calls per second of K processes each running F() until Ms have passed (F returns its count).
+concurrent_rate(K, F, Ms) ->
+    Parent = self(),
+    T0 = erlang:monotonic_time(millisecond),
+    Pids = [spawn_link(fun() -> Parent ! {self(), aio_count(F, T0 + Ms, 0)} end) || _ <- lists:seq(1, K)],
+    Total = lists:sum([receive {P, N} -> N after ?TIMEOUT -> error(aio_caller_stalled) end || P <- Pids]),
+    Total * 1000 / max(1, erlang:monotonic_time(millisecond) - T0).
+
+aio_count(F, Until, N) ->
+    case erlang:monotonic_time(millisecond) >= Until of
+        true -> N;
+        false -> aio_count(F, Until, N + F())
+    end.
+%% ---- aio (issue 9): asyncio tasks. END ----
 
 %% Units of work per second: F() returns how many it did; run until Ms have passed.
 per_second(F, Ms) ->

@@ -103,7 +103,10 @@ init([]) ->
 		#{id => py_context_pool_sup, start => {py_context_pool_sup, start_link, []},
 			type => supervisor, shutdown => infinity},
 		%% Its restart (it re-monitors from the table) restarts nothing else.
-		#{id => py_semaphore, start => {py_semaphore, start_link, []}, type => worker}
+		#{id => py_semaphore, start => {py_semaphore, start_link, []}, type => worker},
+		%% asyncio (issue 9): the event loops' workers; depend on nothing above.
+		#{id => py_event_loop_pool, start => {py_event_loop_pool, start_link, []},
+			type => supervisor, shutdown => infinity}
 	],
 	%% one_for_one: only what depends on a process restarts with it. The ports do not depend on
 	%% py_shared_dict (they read its table, which this supervisor owns, and it monitors the owners

@@ -56,6 +56,14 @@
 -export([stream_start/4]).
 -export([stream_cancel/1]).
 
+%% Async calls on the asyncio event loops (issue 9; py_event_loop, py_event_loop_pool).
+-export([async_call/3]).
+-export([async_call/4]).
+-export([async_await/1]).
+-export([async_await/2]).
+-export([async_gather/1]).
+-export([async_gather/2]).
+
 %% Contexts and pools.
 -export([context/0]).
 -export([context/1]).
@@ -825,3 +833,33 @@ record(stop, Opts) when is_map(Opts) ->
 -spec execution_info() -> [map()].
 execution_info() ->
 	py_modes:execution_info().
+%% Async calls (issue 9): thin wrappers over py_event_loop_pool / py_event_loop.
+
+%% Module.Func(*Args) as a task on the caller's event loop (a coroutine function's coroutine runs
+%% there; a plain function's result is at once); the result comes as {async_result, Ref, Result}.
+-spec async_call(py_module(), py_func(), py_args()) -> py_ref().
+async_call(Module, Function, Args) ->
+	py_event_loop_pool:create_task(Module, Function, Args).
+
+-spec async_call(py_module(), py_func(), py_args(), py_kwargs()) -> py_ref().
+async_call(Module, Function, Args, Kwargs) ->
+	py_event_loop_pool:create_task(Module, Function, Args, Kwargs).
+
+%% The result of an async_call (default timeout 5000 ms; a timeout cancels the task).
+-spec async_await(py_ref()) -> py_result().
+async_await(Ref) ->
+	py_event_loop:await(Ref).
+
+-spec async_await(py_ref(), timeout()) -> py_result().
+async_await(Ref, Timeout) ->
+	py_event_loop:await(Ref, Timeout).
+
+%% Runs the calls concurrently: {ok, [R1, ...]} in input order, or {error, {gather_failed, [{Index,
+%% Reason}]}} (1-based indexes) when any failed. Timeout (default 5000 ms) applies to each call.
+-spec async_gather([{py_module(), py_func(), py_args()}]) -> py_result().
+async_gather(Calls) ->
+	async_gather(Calls, 5000).
+
+-spec async_gather([{py_module(), py_func(), py_args()}], timeout()) -> py_result().
+async_gather(Calls, Timeout) ->
+	py_event_loop:gather(Calls, Timeout).

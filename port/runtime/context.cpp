@@ -3,6 +3,8 @@
 
 #include <pythread.h>
 
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -145,6 +147,9 @@ void Context::cancel_running(uint64_t id) {
     } else {
       // Running Python code: raise CancelledError in that thread at its next bytecode boundary.
       PyThreadState_SetAsyncExc(thread_ident_, rt_.cancelled_error());
+      // asyncio (issue 9): a loop asleep in epoll_wait runs no bytecode; wake it (its self-pipe).
+      int fd = loop_wake_fd_.load();
+      if (fd >= 0) (void)::send(fd, "\0", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
     }
     return;
   }

@@ -139,6 +139,12 @@ class Context {
   // Any thread: id of the innermost request being served (0 if none). Lock-free, for the watchdog.
   uint64_t running_id() const { return running_id_.load(std::memory_order_acquire); }
 
+  // asyncio (issue 9, PROTOCOL.md §3.10): the self-pipe of an event loop running on this context's
+  // thread; cancel_running writes a byte to it after raising CancelledError, so a loop asleep in
+  // epoll_wait wakes and the exception is raised at once. -1: none. An atomic: set by the context's
+  // thread, read by the control thread; no lock. Returns the previous fd.
+  int set_loop_wake_fd(int fd) { return loop_wake_fd_.exchange(fd); }
+
   enum class WaitEnd { Reply, Deadline, Cancelled };
   // Context thread, GIL held on entry and exit (released while idle). Waits for the callback reply
   // `callback_id` (0: none, only the deadline), serving requests meanwhile.
@@ -170,6 +176,7 @@ class Context {
   pthread_t thread_{};
   bool joinable_ = false;
   unsigned long thread_ident_ = 0;
+  std::atomic<int> loop_wake_fd_{-1};  // asyncio: see set_loop_wake_fd
 
   std::mutex mutex_;
   std::condition_variable cv_;

@@ -22,13 +22,14 @@ from _erlang import (
     Term,
     call,
     send,
-    sleep,
 )
 
 from . import _eval as _eval
 from ._callbacks import ErlangFunction, whereis
 from ._io import _install_std_streams as _install_std_streams
 from ._logging import ErlangHandler, setup_logging  # opsa: logging (§3.14)
+# asyncio (issue 9): the async-aware sleep here; the loop's names (_LAZY) on first use.
+from ._sleep import sleep
 from ._mode import ExecutionMode, detect_mode
 from ._schedule import ScheduleMarker, consume_time_slice, schedule, schedule_inline, schedule_py
 from ._shared_dict import SharedDict
@@ -45,6 +46,8 @@ from ._state import (
 __all__ = [
     "CancelledError",
     "ErlangError",
+    "ErlangEventLoop",
+    "ErlangEventLoopPolicy",
     "ErlangFunction",
     "ExecutionMode",
     "Pid",
@@ -53,14 +56,19 @@ __all__ = [
     "ScheduleMarker",
     "SharedDict",
     "Term",
+    "async_call",
     "call",
     "consume_time_slice",
     "detect_mode",
     "schedule",
     "schedule_inline",
     "schedule_py",
+    "install",
+    "new_event_loop",
+    "run",
     "send",
     "sleep",
+    "spawn_task",
     "state_decr",
     "state_delete",
     "state_get",
@@ -74,6 +82,11 @@ __all__ = [
     "setup_logging",
     "trace",
 ]
+
+# asyncio names from `_loop.py`, imported on first use (importing asyncio costs ~30 ms at port start).
+_LAZY = frozenset(
+    {"ErlangEventLoop", "ErlangEventLoopPolicy", "async_call", "install", "new_event_loop", "run", "spawn_task"}
+)
 
 # Public submodules (none yet; e.g. a future `erlang.channel`). `__getattr__` imports these instead of
 # turning their names into Erlang functions, so `from erlang import channel` keeps working.
@@ -95,6 +108,12 @@ def __getattr__(name: str) -> Any:
     """
     if name.startswith("_"):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name in _LAZY:
+        from . import _loop
+
+        value = getattr(_loop, name)
+        globals()[name] = value
+        return value
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     if not call("_has_function", name):
