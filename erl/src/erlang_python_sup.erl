@@ -79,6 +79,7 @@ init([]) ->
 	ok = py_context_router:init_pool_registry(),
 	ok = py_semaphore:init(),
 	ok = py_import:init(),
+	ok = py_chan:init_tab(),  %% chan: channels, byte channels, buffers
 	Layout = #{num_ports := NumPorts, port_opts := PortOpts} = layout(),
 	ok = py_router:set_config(Layout),
 	Children = [
@@ -90,7 +91,9 @@ init([]) ->
 		#{id => py_context_pool_sup, start => {py_context_pool_sup, start_link, []},
 			type => supervisor, shutdown => infinity},
 		%% Its restart (it re-monitors from the table) restarts nothing else.
-		#{id => py_semaphore, start => {py_semaphore, start_link, []}, type => worker}
+		#{id => py_semaphore, start => {py_semaphore, start_link, []}, type => worker},
+		%% chan: watches channel owners and ports (its tables are ours, it re-monitors from them).
+		#{id => py_chan, start => {py_chan, start_link, []}, type => worker}
 	],
 	%% one_for_one: only what depends on a process restarts with it. The ports do not depend on
 	%% py_shared_dict (they read its table, which this supervisor owns, and it monitors the owners

@@ -25,6 +25,10 @@ enum class Kind : uint8_t {
   ContextInit = 13,
   Drain = 14,
   RefOp = 15,
+  // chan: channels, byte channels, buffers (PROTOCOL.md §3.11)
+  ChanOpen = 20,
+  ChanData = 21,
+  ChanCtl = 22,
   // port -> Erlang
   Hello = 64,
   Result = 65,
@@ -38,6 +42,10 @@ enum class Kind : uint8_t {
   StreamEnd = 73,
   Log = 74,
   Requeue = 75,
+  // chan (PROTOCOL.md §3.11)
+  ChanConsumed = 80,
+  ChanClosed = 81,
+  ChanBytes = 82,
 };
 
 // Header flag bits (PROTOCOL.md §1.1). Any other bit set is a protocol error.

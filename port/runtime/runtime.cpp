@@ -5,6 +5,7 @@
 #include <csignal>
 #include <cstring>
 
+#include "chan_module.hpp"
 #include "erlang_module.hpp"
 #include "erlang_types.hpp"
 #include "log.hpp"
@@ -161,6 +162,9 @@ Runtime::~Runtime() = default;
 bool Runtime::init_python() {
   erlang_module_bind(this);
   if (PyImport_AppendInittab("_erlang", &erlang_module_init) != 0) return false;
+  // chan: channels, byte channels, buffers (PROTOCOL.md §3.11)
+  chan_module_bind(this);
+  if (PyImport_AppendInittab("_erlang_chan", &chan_module_init) != 0) return false;
   PyConfig config;
   PyConfig_InitPythonConfig(&config);
   config.install_signal_handlers = 0;  // SIGINT & co. belong to the VM's process group, not to us
@@ -430,6 +434,12 @@ void Runtime::dispatch(std::string payload) {
       return;
     case Kind::OutputAck:
       on_output_ack(h, std::string_view(payload).substr(kHeaderSize));
+      return;
+    // chan: channels, byte channels, buffers (PROTOCOL.md §3.11): applied here, on the loop thread.
+    case Kind::ChanOpen:
+    case Kind::ChanData:
+    case Kind::ChanCtl:
+      chan_dispatch(h, std::move(payload));
       return;
     case Kind::StreamNext: {
       // Queued on its context like a request (§3.9): one pull at a time, between other requests.

@@ -30,6 +30,9 @@ from ._callbacks import ErlangFunction, whereis
 from ._io import _install_std_streams as _install_std_streams
 from ._mode import ExecutionMode, detect_mode
 from ._shared_dict import SharedDict
+
+# chan: byte channels and buffers (channels: erlang.channel.Channel)
+from .channel import ByteChannel, ByteChannelClosed, PyBuffer
 from ._state import (
     state_decr,
     state_delete,
@@ -40,6 +43,9 @@ from ._state import (
 )
 
 __all__ = [
+    "ByteChannel",
+    "ByteChannelClosed",
+    "PyBuffer",
     "CancelledError",
     "ErlangError",
     "ErlangFunction",
