@@ -150,7 +150,8 @@ PyObject* receive(PyObject* m, uint64_t id, bool block, PyObject* empty) {
       if (!c->queue.empty()) break;
       if (c->eof) {
         lock.unlock();
-        if (c->type != Type::Buffer) chan::table().erase(id);  // drained and closed: nothing left to keep
+        // Drained and closed: nothing left to keep (a byte channel keeps its Python -> Erlang side).
+        if (c->type == Type::Channel) chan::table().erase(id);
         PyErr_SetString(closed_error(m, c.get()), "channel closed");
         return nullptr;
       }
@@ -244,11 +245,13 @@ PyObject* m_close(PyObject*, PyObject* arg) {
   {
     std::lock_guard<std::mutex> lock(c->mutex);
     c->eof = true;
+    c->py_closed = true;
     c->queue.clear();
     c->queued_bytes = 0;
     c->notify_locked();
   }
-  chan::table().erase(id);
+  // A byte channel stays until its owner drops it, so its readers keep raising ByteChannelClosed.
+  if (c->type == Type::Channel) chan::table().erase(id);
   std::string out;
   closed_frame(out, id);
   send_frames(out);
@@ -280,14 +283,14 @@ PyObject* m_send_bytes(PyObject* m, PyObject* const* args, Py_ssize_t nargs) {
   }
   auto c = chan::table().find(id);
   if (!c || c->type != Type::Bytes) {
-    PyErr_SetString(closed_error(m, c.get()), "byte channel closed");
+    PyErr_SetString(state_of(m)->byte_channel_closed, "byte channel closed");
     return nullptr;
   }
   {
     std::unique_lock<std::mutex> lock(c->mutex);
     const size_t window = c->max_size ? c->max_size : chan::kDefaultReverseWindow;
     for (;;) {
-      if (c->dropped) {
+      if (c->dropped || c->py_closed) {
         PyErr_SetString(closed_error(m, c.get()), "byte channel closed");
         return nullptr;
       }

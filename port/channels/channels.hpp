@@ -81,7 +81,7 @@ class Chan {
   std::shared_ptr<Block> block;
   size_t write_pos = 0, read_pos = 0;
   uint64_t content_length = 0;  // 0: chunked
-  bool py_closed = false;       // PyBuffer.close()
+  bool py_closed = false;       // closed by Python (Channel/ByteChannel.close())
   // Waiters: contexts blocked in Context::wait, and one-shot eventfds of async waiters.
   std::vector<Context*> ctx_waiters;
   std::vector<int> fd_waiters;
