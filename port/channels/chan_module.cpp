@@ -634,9 +634,27 @@ PyModuleDef module_def = {
     sizeof(ModState), methods, slots, traverse, clear, nullptr,
 };
 
+// A py_buffer handle passed to Python (an argument, a map value) arrives as an erlang.PyBuffer, as the
+// reference docs show (environ['wsgi.input'].read()). Only while this port has buffers; a failure to
+// build one leaves the plain erlang.Ref.
+PyRef buffer_for_ref(std::string_view key) {
+  if (chan::table().buffers() == 0) return PyRef();
+  auto c = chan::table().find_key(key);
+  if (!c || c->type != Type::Buffer) return PyRef();
+  PyRef mod(PyImport_ImportModule("erlang.channel"));
+  PyRef cls(mod ? PyObject_GetAttrString(mod.get(), "PyBuffer") : nullptr);
+  PyRef id(PyLong_FromUnsignedLongLong(c->id));
+  PyRef obj(cls && id ? PyObject_CallMethod(cls.get(), "_from_id", "O", id.get()) : nullptr);
+  if (!obj) PyErr_Clear();
+  return obj;
+}
+
 }  // namespace
 
-void chan_module_bind(Runtime* rt) { g_rt = rt; }
+void chan_module_bind(Runtime* rt) {
+  g_rt = rt;
+  set_ref_hook(&buffer_for_ref);
+}
 
 extern "C" PyObject* chan_module_init() { return PyModuleDef_Init(&module_def); }
 

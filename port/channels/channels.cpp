@@ -49,6 +49,7 @@ Table& table() {
 void Table::open(uint64_t id, Type type, uint64_t max_size, uint64_t hint, std::string key) {
   auto c = std::make_shared<Chan>(id, type, max_size, hint, key);
   std::lock_guard<std::mutex> lock(mutex_);
+  if (type == Type::Buffer) buffers_.fetch_add(1, std::memory_order_relaxed);
   by_key_[std::move(key)] = id;
   by_id_[id] = std::move(c);
 }
@@ -122,6 +123,7 @@ void Table::erase(uint64_t id) {
   std::lock_guard<std::mutex> lock(mutex_);
   auto it = by_id_.find(id);
   if (it == by_id_.end()) return;
+  if (it->second->type == Type::Buffer) buffers_.fetch_sub(1, std::memory_order_relaxed);
   by_key_.erase(it->second->key);
   by_id_.erase(it);
 }

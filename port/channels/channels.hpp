@@ -101,8 +101,11 @@ class Table {
   std::shared_ptr<Chan> find_key(std::string_view key);
   void erase(uint64_t id);
   size_t size();
+  // Buffers alive (read without the lock: the reference decode hook skips its lookup when 0).
+  size_t buffers() const { return buffers_.load(std::memory_order_relaxed); }
 
  private:
+  std::atomic<size_t> buffers_{0};
   std::mutex mutex_;  // "chan table lock"
   std::unordered_map<uint64_t, std::shared_ptr<Chan>> by_id_;
   std::unordered_map<std::string, uint64_t> by_key_;

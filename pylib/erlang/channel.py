@@ -199,6 +199,14 @@ class PyBuffer(_BufferBase):
             self._id = _c.lookup(handle, _TYPE_BUFFER)
         self._closed = False
 
+    @classmethod
+    def _from_id(cls, ident: int) -> PyBuffer:
+        # The port decodes a py_buffer handle as a PyBuffer (through this).
+        buf = cls.__new__(cls)
+        buf._id = ident
+        buf._closed = False
+        return buf
+
     def _check(self) -> None:
         if self._closed:
             raise ValueError("I/O operation on closed PyBuffer")

@@ -54,7 +54,11 @@ docs_quick_start(_) ->
 	{ok, <<"chunk1chunk2">>} = py:call(buffer_helpers, handle_request, [#{<<"input">> => Buf}]),
 	#{size := 12, max_size := 0, closed := true} = py_buffer:info(Buf),
 	#{max_size := 4096, closed := false} = py_buffer:info(Buf2),
-	{ok, _} = py_buffer:new(undefined).
+	{ok, _} = py_buffer:new(undefined),
+	%% A buffer handle decodes as erlang.PyBuffer wherever it is (a channel handle stays an erlang.Ref).
+	{ok, [<<"PyBuffer">>, <<"PyBuffer">>, <<"Ref">>]} = py:eval(
+		<<"[type(b).__name__, type(m['k'][0]).__name__, type(c).__name__]">>,
+		#{b => Buf, m => #{k => [Buf2]}, c => make_ref()}).
 
 %% "HTTP Request Body Handling".
 docs_http_body(_) ->

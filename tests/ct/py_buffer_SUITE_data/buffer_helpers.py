@@ -20,8 +20,8 @@ def read_chunks(ref, size):
 
 
 def handle_request(environ):
-    # Reference docs, Quick Start: environ['input'] is the buffer (passed as a handle, wrapped here).
-    input_buf = PyBuffer(environ["input"])
+    # Reference docs, Quick Start: the handle in the map arrives as a PyBuffer.
+    input_buf = environ["input"]
     return input_buf.read()
 
 
@@ -118,7 +118,7 @@ def process_body_async(environ):
         return b"".join(chunks)
 
     async def main():
-        buf = PyBuffer(environ["body"])
+        buf = environ["body"]
         body = await read_buffer_async(buf)
         return json.loads(body)
 
