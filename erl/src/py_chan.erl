@@ -131,7 +131,12 @@ new(Type, Max, Hint, Opts) ->
 -spec send_term(handle(), term()) -> ok | busy | {error, closed}.
 send_term(Ref, Term) ->
 	case lookup(Ref) of
-		#ch{type = channel, codec = Codec} = Ch -> push(Ch, py_codec:encode(Codec, Term));
+		#ch{type = channel, codec = Codec, counters = C, max = Max} = Ch ->
+			%% Full already: busy without encoding the term.
+			case Max > 0 andalso atomics:get(C, ?SENT) - atomics:get(C, ?CONSUMED) >= Max of
+				true -> case atomics:get(C, ?CLOSED) of 1 -> {error, closed}; _ -> busy end;
+				false -> push(Ch, py_codec:encode(Codec, Term))
+			end;
 		_ -> {error, closed}
 	end.
 
