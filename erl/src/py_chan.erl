@@ -47,6 +47,7 @@
 -define(CHANS, py_chans).
 -define(INBOX, py_chan_inbox).
 -define(WAIT, py_chan_wait).
+-define(OWNED, py_chan_owned).  %% {Owner, Ref}: an owner's death finds its channels without a scan
 
 %% Wire kinds (PROTOCOL.md §3.11).
 -define(CHAN_OPEN, 20).
@@ -94,6 +95,7 @@ init_tab() ->
 	py_chan_ids = ets:new(py_chan_ids, [set, public, named_table, {read_concurrency, true}]),
 	?INBOX = ets:new(?INBOX, [ordered_set, public, named_table, {write_concurrency, true}]),
 	?WAIT = ets:new(?WAIT, [bag, public, named_table, {write_concurrency, true}]),
+	?OWNED = ets:new(?OWNED, [bag, public, named_table, {write_concurrency, true}]),
 	ok.
 
 -spec start_link() -> {ok, pid()} | {error, term()}.
@@ -241,18 +243,19 @@ lookup(Ref) when is_reference(Ref) ->
 lookup(_) ->
 	undefined.
 
-%% gen_server: monitors owners and ports; state #{Monitor => {owner, Pid} | {port, Port}}.
+%% gen_server: monitors owners and ports. State: #{owners := #{pid() => MRef}, ports := #{port() => MRef}}.
 
 -spec init([]) -> {ok, map()}.
 init([]) ->
 	%% After a restart: watch again what the table holds.
-	State = ets:foldl(fun(Ch, S) -> watch(Ch, S) end, #{}, ?CHANS),
+	State = ets:foldl(fun(Ch, S) -> watch(Ch, S) end, #{owners => #{}, ports => #{}}, ?CHANS),
 	{ok, State}.
 
 -spec handle_call(term(), gen_server:from(), map()) -> {reply, term(), map()}.
-handle_call({register, Ch = #ch{ref = Ref, id = Id, counters = C}}, _From, State) ->
+handle_call({register, Ch = #ch{ref = Ref, id = Id, counters = C, owner = Owner}}, _From, State) ->
 	true = ets:insert(?CHANS, Ch),
 	true = ets:insert(py_chan_ids, {Id, Ref, C}),
+	true = ets:insert(?OWNED, {Owner, Ref}),
 	{reply, ok, watch(Ch, State)};
 handle_call(_, _From, State) ->
 	{reply, {error, unknown_call}, State}.
@@ -262,39 +265,44 @@ handle_cast(_, State) ->
 	{noreply, State}.
 
 -spec handle_info(term(), map()) -> {noreply, map()}.
-handle_info({'DOWN', MRef, process, Pid, _}, State) ->
+handle_info({'DOWN', _MRef, process, Pid, _}, State = #{owners := Owners}) ->
 	%% The owner died: its channels and buffers are freed in the port.
-	Chans = ets:match_object(?CHANS, #ch{owner = Pid, _ = '_'}),
+	Chans = [Ch || {_, Ref} <- ets:take(?OWNED, Pid), Ch <- ets:lookup(?CHANS, Ref)],
 	_ = [begin
 		atomics:put(C, ?CLOSED, 1),
 		_ = command(Port, ?CHAN_CTL, Id, py_codec:encode(Codec, <<?CTL_DROP, 0:64>>)),
 		forget(Ch)
 	end || Ch = #ch{port = Port, id = Id, codec = Codec, counters = C} <- Chans],
-	{noreply, maps:remove(MRef, State)};
-handle_info({'DOWN', MRef, port, Port, _}, State) ->
-	%% The port died: every channel in it is gone (a send answers {error, closed}).
+	{noreply, State#{owners := maps:remove(Pid, Owners)}};
+handle_info({'DOWN', _MRef, port, Port, _}, State = #{ports := Ports}) ->
+	%% The port died: every channel in it is gone (a send answers {error, closed}). Rare: a scan.
 	Chans = ets:match_object(?CHANS, #ch{port = Port, _ = '_'}),
-	_ = [begin atomics:put(C, ?CLOSED, 1), atomics:put(C, ?PY_CLOSED, 1), forget(Ch) end
-		|| Ch = #ch{counters = C} <- Chans],
-	{noreply, maps:remove(MRef, State)};
+	_ = [begin
+		atomics:put(C, ?CLOSED, 1),
+		atomics:put(C, ?PY_CLOSED, 1),
+		forget(Ch)
+	end || Ch = #ch{counters = C} <- Chans],
+	{noreply, State#{ports := maps:remove(Port, Ports)}};
 handle_info(_, State) ->
 	{noreply, State}.
 
 %% Internal.
 
-watch(#ch{owner = Owner, port = Port}, State) ->
-	Watched = maps:values(State),
-	S1 = case lists:member({owner, Owner}, Watched) of
-		true -> State;
-		false -> State#{erlang:monitor(process, Owner) => {owner, Owner}}
+%% One monitor per owner and per port, whatever the number of their channels.
+watch(#ch{owner = Owner, port = Port}, State = #{owners := Owners, ports := Ports}) ->
+	Owners1 = case Owners of
+		#{Owner := _} -> Owners;
+		_ -> Owners#{Owner => erlang:monitor(process, Owner)}
 	end,
-	case lists:member({port, Port}, Watched) of
-		true -> S1;
-		false -> S1#{erlang:monitor(port, Port) => {port, Port}}
-	end.
+	Ports1 = case Ports of
+		#{Port := _} -> Ports;
+		_ -> Ports#{Port => erlang:monitor(port, Port)}
+	end,
+	State#{owners := Owners1, ports := Ports1}.
 
-forget(#ch{ref = Ref, id = Id}) ->
+forget(#ch{ref = Ref, id = Id, owner = Owner}) ->
 	true = ets:delete(?CHANS, Ref),
+	true = ets:delete_object(?OWNED, {Owner, Ref}),
 	true = ets:delete(py_chan_ids, Id),
 	true = ets:match_delete(?INBOX, {{Id, '_'}, '_'}),
 	wake(Id).

@@ -150,8 +150,8 @@ PyObject* receive(PyObject* m, uint64_t id, bool block, PyObject* empty) {
       if (!c->queue.empty()) break;
       if (c->eof) {
         lock.unlock();
-        // Drained and closed: nothing left to keep (a byte channel keeps its Python -> Erlang side).
-        if (c->type == Type::Channel) chan::table().erase(id);
+        // The (empty) entry stays until its owner drops it: a reader that comes late still finds the
+        // channel and ends its iteration, rather than failing to open it.
         PyErr_SetString(closed_error(m, c.get()), "channel closed");
         return nullptr;
       }
@@ -250,8 +250,7 @@ PyObject* m_close(PyObject*, PyObject* arg) {
     c->queued_bytes = 0;
     c->notify_locked();
   }
-  // A byte channel stays until its owner drops it, so its readers keep raising ByteChannelClosed.
-  if (c->type == Type::Channel) chan::table().erase(id);
+  // The entry stays until its owner drops it, so later readers see the closed channel.
   std::string out;
   closed_frame(out, id);
   send_frames(out);
