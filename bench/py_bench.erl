@@ -107,6 +107,8 @@ rows() ->
      {"throughput", fun row_throughput/1},
      {"stream throughput", fun row_stream/1},
      {"asyncio tasks", fun row_asyncio/1},  % aio (issue 9)
+     %% chan: channels and byte channels
+     {"channel throughput", fun row_channel/1},
      {"CPU-bound parallel speedup", fun row_cpu_parallel/1},
      %% --- modes
      {"execution modes", fun row_modes/1}]
@@ -442,6 +444,62 @@ aio_count(F, Until, N) ->
         false -> aio_count(F, Until, N + F())
     end.
 %% ---- aio (issue 9): asyncio tasks. END ----
+%% ---- chan: channels and byte channels (py_channel, py_byte_channel) --------------------------------
+%% One Erlang producer, one Python consumer on the same port (a process bound to another context of
+%% the channel's slot): channel messages/s of 64-byte binaries, byte-channel MB/s of 64 KiB chunks,
+%% both with max_size 4 MiB (a busy send retries at once). Timed from the first send to the consumer's
+%% answer (it has read everything). No baseline: the echo port has no channels. BENCH_CHAN_MSGS and
+%% BENCH_CHAN_MB override the amounts (a smoke check with tiny counts).
+row_channel(C = #{quick := Quick}) ->
+    Msgs = env_int("BENCH_CHAN_MSGS", case Quick of true -> 50000; false -> 200000 end),
+    MB = env_int("BENCH_CHAN_MB", case Quick of true -> 64; false -> 256 end),
+    Rate = fun(F) -> measure(fun() -> case C of
+                                          #{app_ok := true} -> F();
+                                          _ -> app_na(C)
+                                      end end) end,
+    MsgRate = Rate(fun() -> chan_run(py_channel, binary:copy(<<"m">>, 64), Msgs,
+                                     <<"sum(1 for _ in __import__('erlang.channel').channel.Channel(ch))">>) / 1 end),
+    Chunk = binary:copy(<<"b">>, 65536),
+    Chunks = max(1, MB * 16),
+    ByteRate = Rate(fun() ->
+                            T = Chunks / chan_run(py_byte_channel, Chunk, Chunks,
+                                                  <<"sum(1 for _ in __import__('erlang').ByteChannel(ch))">>),
+                            Chunks * 65536 / 1.0e6 / T
+                    end),
+    {[row(io_lib:format("channel messages/s, 64 B, ~b messages, 1 producer, 1 consumer", [Msgs]), ips,
+          MsgRate, blank, "", none),
+      row(io_lib:format("byte channel MB/s, 64 KiB chunks, ~b MiB", [MB]), mbs, ByteRate, blank, "", none)], C}.
+
+%% Sends N copies of Item on a new channel of Mod read by Code (an expression counting what it read)
+%% and returns items/s.
+chan_run(Mod, Item, N, Code) ->
+    {ok, Ch} = Mod:new(#{max_size => 4 * ?MiB, slot => 1}),
+    Self = self(),
+    {Pid, MRef} = spawn_monitor(fun() ->
+                                        ok = py_router:bind({1, 1}),
+                                        Self ! {chan_count, self(), py:eval(Code, #{ch => Ch})}
+                                end),
+    T0 = erlang:monotonic_time(microsecond),
+    ok = chan_send(Mod, Ch, Item, N),
+    ok = Mod:close(Ch),
+    Count = receive
+                {chan_count, Pid, {ok, K}} -> K;
+                {chan_count, Pid, Other} -> error({chan_consumer, Other});
+                {'DOWN', MRef, process, Pid, Why} -> error({chan_consumer_died, Why})
+            after ?TIMEOUT -> error(chan_consumer_stalled)
+            end,
+    T = erlang:monotonic_time(microsecond) - T0,
+    erlang:demonitor(MRef, [flush]),
+    N = Count,
+    N * 1.0e6 / max(1, T).
+
+chan_send(_, _, _, 0) -> ok;
+chan_send(Mod, Ch, Item, N) ->
+    case Mod:send(Ch, Item) of
+        ok -> chan_send(Mod, Ch, Item, N - 1);
+        busy -> erlang:yield(), chan_send(Mod, Ch, Item, N)
+    end.
+%% ---- end chan --------------------------------------------------------------------------------------
 
 %% Units of work per second: F() returns how many it did; run until Ms have passed.
 per_second(F, Ms) ->

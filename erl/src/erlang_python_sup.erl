@@ -90,6 +90,7 @@ init([]) ->
 	ok = py_ops:init(),
 	ok = py_stats:init(),
 	_ = py_telemetry:refresh(),
+	ok = py_chan:init_tab(),  %% chan: channels, byte channels, buffers
 	Layout = #{num_ports := NumPorts, port_opts := PortOpts} = layout(),
 	ok = py_router:set_config(Layout),
 	Children = [
@@ -106,7 +107,9 @@ init([]) ->
 		#{id => py_semaphore, start => {py_semaphore, start_link, []}, type => worker},
 		%% asyncio (issue 9): the event loops' workers; depend on nothing above.
 		#{id => py_event_loop_pool, start => {py_event_loop_pool, start_link, []},
-			type => supervisor, shutdown => infinity}
+			type => supervisor, shutdown => infinity},
+		%% chan: watches channel owners and ports (its tables are ours, it re-monitors from them).
+		#{id => py_chan, start => {py_chan, start_link, []}, type => worker}
 	],
 	%% one_for_one: only what depends on a process restarts with it. The ports do not depend on
 	%% py_shared_dict (they read its table, which this supervisor owns, and it monitors the owners

@@ -574,6 +574,9 @@ frame(Kind, Ctx, Id, Body, Port, State) when Id =/= 0, (Kind =:= ?OUTPUT orelse 
 		[] ->
 			guarded(fun() -> orphan(Kind, Ctx, Id, Body, Port, State) end, Kind, Ctx, State)
 	end;
+%% chan: channels, byte channels, buffers (PROTOCOL.md §3.11): a counter or an inbox insert.
+frame(Kind, _, Id, Body, _, State) when Kind >= 80, Kind =< 83 ->
+	guarded(fun() -> ok = py_chan:port_frame(Kind, Id, Body, codec(State)), State end, Kind, 0, State);
 frame(?HELLO, _, 0, Body, Port, State = #state{port = Port}) ->
 	hello(Body, State);
 frame(?CALLBACK, Ctx, 0, Body, Port, State) ->

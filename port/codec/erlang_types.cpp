@@ -270,7 +270,18 @@ PyTypeObject* ref_type() { return g_ref_type; }
 PyTypeObject* term_type() { return g_term_type; }
 
 PyRef make_pid(std::string_view etf_fragment) { return make_opaque(g_pid_type, etf_fragment); }
-PyRef make_ref(std::string_view etf_fragment) { return make_opaque(g_ref_type, etf_fragment); }
+// chan: set by the channels module at start-up; read by every reference decode.
+RefHook g_ref_hook = nullptr;
+
+void set_ref_hook(RefHook hook) { g_ref_hook = hook; }
+
+PyRef make_ref(std::string_view etf_fragment) {
+  if (g_ref_hook) {
+    PyRef special = g_ref_hook(etf_fragment);
+    if (special || PyErr_Occurred()) return special;
+  }
+  return make_opaque(g_ref_type, etf_fragment);
+}
 PyRef make_term(std::string_view etf_fragment) { return make_opaque(g_term_type, etf_fragment); }
 
 bool opaque_bytes(PyObject* obj, std::string_view& out) {

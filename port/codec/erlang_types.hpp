@@ -27,6 +27,12 @@ PyRef make_pid(std::string_view etf_fragment);
 PyRef make_ref(std::string_view etf_fragment);
 PyRef make_term(std::string_view etf_fragment);
 
+// chan (PROTOCOL.md §3.11): a hook make_ref asks first (GIL held). It returns the object a reference
+// stands for (a py_buffer handle decodes as erlang.PyBuffer), or an empty PyRef (no Python error) for
+// an ordinary erlang.Ref. Set once, before Python runs any request.
+using RefHook = PyRef (*)(std::string_view etf_fragment);
+void set_ref_hook(RefHook hook);
+
 // If obj is an erlang.Pid, erlang.Ref or erlang.Term, stores its bytes in `out` and returns true.
 bool opaque_bytes(PyObject* obj, std::string_view& out);
 

@@ -31,6 +31,10 @@ enum class Kind : uint8_t {
   Record = 25,     // opsb, PROTOCOL.md §3.13
   Interrupt = 26,  // opsb, PROTOCOL.md §3.13
   MemoryLimit = 27,  // opsb, PROTOCOL.md §3.13
+  // chan: channels, byte channels, buffers (PROTOCOL.md §3.11)
+  ChanOpen = 20,
+  ChanData = 21,
+  ChanCtl = 22,
   // port -> Erlang
   Hello = 64,
   Result = 65,
@@ -49,6 +53,10 @@ enum class Kind : uint8_t {
   // Internal, never on the wire (dispatch refuses it as unknown): a schedule_inline continuation
   // queued on its context (runtime/schedule.cpp).
   Continue = 255,
+  // chan (PROTOCOL.md §3.11)
+  ChanConsumed = 80,
+  ChanClosed = 81,
+  ChanBytes = 82,
 };
 
 // Header flag bits (PROTOCOL.md §1.1). Any other bit set is a protocol error.

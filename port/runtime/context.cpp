@@ -398,7 +398,14 @@ void Context::serve(Item& item, std::string& out) {
   }
 }
 
-Context::WaitEnd Context::wait(uint64_t callback_id, const Clock::time_point* deadline, std::string& reply) {
+// chan (PROTOCOL.md §3.11): under mutex_, so a wake() after `ready` turned true is never lost.
+void Context::wake() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  cv_.notify_all();
+}
+
+Context::WaitEnd Context::wait(uint64_t callback_id, const Clock::time_point* deadline, std::string& reply,
+                               const std::function<bool()>* ready) {
   ActiveRequest* me = current_request();
   if (me) mark_waiting(me, true);
   if (callback_id != 0) {
@@ -425,6 +432,10 @@ Context::WaitEnd Context::wait(uint64_t callback_id, const Clock::time_point* de
         }
         if (me && me->cancelled.load()) {
           end = WaitEnd::Cancelled;
+          break;
+        }
+        if (ready && (*ready)()) {  // chan: a channel or buffer this thread waits on changed
+          end = WaitEnd::Ready;
           break;
         }
         // Only callback replies and nested requests; the rest waits until this request is done.

@@ -23,6 +23,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -145,10 +146,15 @@ class Context {
   // thread, read by the control thread; no lock. Returns the previous fd.
   int set_loop_wake_fd(int fd) { return loop_wake_fd_.exchange(fd); }
 
-  enum class WaitEnd { Reply, Deadline, Cancelled };
+  enum class WaitEnd { Reply, Deadline, Cancelled, Ready };
   // Context thread, GIL held on entry and exit (released while idle). Waits for the callback reply
   // `callback_id` (0: none, only the deadline), serving requests meanwhile.
-  WaitEnd wait(uint64_t callback_id, const Clock::time_point* deadline, std::string& reply);
+  // chan (PROTOCOL.md §3.11): it also ends (Ready) once `ready` returns true. `ready` is called under
+  // mutex_ and may read only atomics; whoever makes it true calls wake() afterwards.
+  WaitEnd wait(uint64_t callback_id, const Clock::time_point* deadline, std::string& reply,
+               const std::function<bool()>* ready = nullptr);
+  // chan: any thread. Wakes this context's thread if it sleeps in wait(), so it re-checks `ready`.
+  void wake();
 
  private:
   void run();

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "bulk.hpp"
+#include "chan_module.hpp"
 #include "erlang_module.hpp"
 #include "erlang_types.hpp"
 #include "log.hpp"
@@ -167,6 +168,9 @@ bool Runtime::init_python() {
   if (PyImport_AppendInittab("_erlang", &erlang_module_init) != 0) return false;
   ops_module_bind(this, 1024);  // opsa: logging and tracing (§3.14)
   if (PyImport_AppendInittab("_erlang_ops", &ops_module_init) != 0) return false;
+  // chan: channels, byte channels, buffers (PROTOCOL.md §3.11)
+  chan_module_bind(this);
+  if (PyImport_AppendInittab("_erlang_chan", &chan_module_init) != 0) return false;
   PyConfig config;
   PyConfig_InitPythonConfig(&config);
   config.install_signal_handlers = 0;  // SIGINT & co. belong to the VM's process group, not to us
@@ -466,6 +470,12 @@ void Runtime::dispatch(std::string payload) {
       return;
     case Kind::OpsAck:
       ops_on_ack(*this, h, std::string_view(payload).substr(kHeaderSize));
+      return;
+    // chan: channels, byte channels, buffers (PROTOCOL.md §3.11): applied here, on the loop thread.
+    case Kind::ChanOpen:
+    case Kind::ChanData:
+    case Kind::ChanCtl:
+      chan_dispatch(h, std::move(payload));
       return;
     case Kind::StreamNext: {
       // Queued on its context like a request (§3.9): one pull at a time, between other requests.

@@ -34,6 +34,9 @@ from ._mode import ExecutionMode, detect_mode
 from ._schedule import ScheduleMarker, consume_time_slice, schedule, schedule_inline, schedule_py
 from ._shared_dict import SharedDict
 from ._tracing import Span, trace  # opsa: tracing (§3.14)
+
+# chan: byte channels and buffers (channels: erlang.channel.Channel)
+from .channel import ByteChannel, ByteChannelClosed, PyBuffer
 from ._state import (
     state_decr,
     state_delete,
@@ -44,6 +47,9 @@ from ._state import (
 )
 
 __all__ = [
+    "ByteChannel",
+    "ByteChannelClosed",
+    "PyBuffer",
     "CancelledError",
     "ErlangError",
     "ErlangEventLoop",
