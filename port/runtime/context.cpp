@@ -147,18 +147,10 @@ void Context::cancel_running(uint64_t id) {
   // Not running: between two steps of a schedule_inline chain (PROTOCOL.md §3.17) the request's
   // continuation is queued, or popped and about to start. Without this the cancel would be lost
   // whenever it is delivered between two steps.
-  bool removed = false;
-  {
+  bool removed = take_queued_continue(id);
+  if (!removed) {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (auto it = queue_.begin(); it != queue_.end(); ++it) {
-      if (it->h.id == id && static_cast<Kind>(it->h.kind) == Kind::Continue) {
-        queue_.erase(it);
-        queued_.fetch_sub(1, std::memory_order_relaxed);
-        removed = true;
-        break;
-      }
-    }
-    if (!removed && starting_id_.load() == id) {
+    if (starting_id_.load() == id) {
       cancelled_ids_.push_back(id);  // serve() refuses it (and drops its continuation)
       if (cancelled_ids_.size() > 64) cancelled_ids_.pop_front();
       cancelled_count_.store(cancelled_ids_.size());
@@ -170,6 +162,18 @@ void Context::cancel_running(uint64_t id) {
     rt_.error_frame(out, id_, id, "CancelledError", "request cancelled between two scheduled steps", "");
     rt_.output().write(out);
   }
+}
+
+bool Context::take_queued_continue(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+    if (it->h.id == id && static_cast<Kind>(it->h.kind) == Kind::Continue) {
+      queue_.erase(it);
+      queued_.fetch_sub(1, std::memory_order_relaxed);
+      return true;
+    }
+  }
+  return false;
 }
 
 void Context::request_stop(uint64_t destroy_id, bool abandon) {
@@ -360,6 +364,14 @@ void Context::serve(Item& item, std::string& out) {
     // A cancel that arrived as the request finished must not hit the next one.
     PyThreadState_SetAsyncExc(thread_ident_, nullptr);
     PyErr_Clear();
+    // Delivered after this step queued its schedule_inline continuation (schedule.cpp checks the flag
+    // before it queues) but before the step left the active stack: code that ran in between (the
+    // marker's finalizers, a GC pass) let the control thread in. cancel_running then only set the
+    // flag, so the chain stops here; otherwise its next step would run as if never cancelled.
+    if (out.empty() && take_queued_continue(item.h.id)) {
+      rt_.drop_continuation(serial_, item.h.id);
+      rt_.error_frame(out, id_, item.h.id, "CancelledError", "request cancelled", "");
+    }
   }
   active_.pop_back();
   running_id_.store(active_.empty() ? 0 : active_.back()->id, std::memory_order_release);

@@ -139,6 +139,7 @@ class Context {
   // GIL held: serves one request and returns with the GIL held; frames to send are appended to `out`.
   void serve(Item& item, std::string& out);
   bool take_cancelled_id(uint64_t id);
+  bool take_queued_continue(uint64_t id);  // removes request id's queued Continue item, if any
   void popped(const Item& item);  // under mutex_: note the request about to start
 
   static void* thread_main(void* self);

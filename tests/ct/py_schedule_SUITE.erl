@@ -249,7 +249,11 @@ inline_chain_cancelled(_) ->
 	ok = py:exec(<<"
 import erlang
 
+spun = 0
+
 def spin(n):
+    global spun
+    spun = n
     x = 0
     for i in range(20000):
         x += i
@@ -258,7 +262,12 @@ def spin(n):
 	Gen = py_ct_helper:generation(1),
 	{error, timeout} = py:call('__main__', spin, [0], #{}, 300),
 	{ok, 2} = py:eval(<<"1 + 1">>),
+	%% The chain has stopped: it makes no more steps (a lost cancel would go on until the port's
+	%% cancel grace, 2 s, ran out, which the generation check alone would not see this early).
+	{ok, Spun} = py:eval(<<"spun">>),
+	?assert(Spun > 0),
 	timer:sleep(500),
+	{ok, Spun} = py:eval(<<"spun">>),
 	{ok, 3} = py:eval(<<"1 + 2">>),
 	?assertEqual(Gen, py_ct_helper:generation(1)).
 
@@ -341,3 +350,4 @@ time_slice_errors(_) ->
 %% Only the direct result is a marker: inside a container it is an object without an Erlang form.
 marker_in_container_is_an_object(_) ->
 	{error, {'TypeError', _}} = py:eval(<<"[erlang.schedule('compute', 1)]">>).
+
