@@ -265,6 +265,12 @@ void Context::run() {
   // took the GIL for a whole switch interval, and each retake counts as a switch), and the control
   // thread's cancels would never get in between the steps of a chain.
   bool holding = false;
+  // Bound on a hold: C code (a cast of a builtin) never reaches CPython's eval breaker, so a thread
+  // waiting for the GIL would otherwise wait until the queue is empty. A hold ends after two switch
+  // intervals (the default 5 ms each): a waiter then has seen one whole interval without a switch and
+  // asked for the GIL, so the release hands it over (FORCE_SWITCHING) before this thread retakes it.
+  constexpr auto kMaxHold = std::chrono::milliseconds(10);
+  Clock::time_point hold_since{};
   for (;;) {
     Item item;
     bool got = false;
@@ -315,8 +321,12 @@ void Context::run() {
     if (!holding) PyEval_RestoreThread(ts);
     serve(item, out);
     if (out.empty() && queued_.load(std::memory_order_acquire) > 0) {
-      holding = true;
-      continue;
+      auto now = Clock::now();
+      if (!holding) hold_since = now;
+      if (now - hold_since < kMaxHold) {
+        holding = true;
+        continue;
+      }
     }
     ts = PyEval_SaveThread();
     holding = false;
