@@ -388,7 +388,10 @@ ref_result(_, _, _, Result) ->
 scheduled({callback, Name, Args}, _Place, _Body, Deadline, Req) when is_list(Args) ->
 	case run_callback(fun() -> py_callback:reply(Name, Args) end, Deadline, Req) of
 		{ok, {ok, Value}} -> {ok, Value};
-		{ok, {error, _Class, Text}} -> {error, {'ErlangError', text(Text)}};
+		{ok, {error, _Class, Text}} ->
+			%% No Python exception: an earlier one's traceback must not stand for it (py_traceback).
+			ok = py_traceback:clear(),
+			{error, {'ErlangError', text(Text)}};
 		timeout -> {error, timeout}
 	end;
 scheduled({call, Module, Function, Args, Kwargs}, Place, Body, Deadline, _Req) when is_list(Args),

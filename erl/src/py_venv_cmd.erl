@@ -34,7 +34,15 @@ run(Exe, Args, Step, Opts) ->
 		Watchdog ! {done, Caller}
 	end.
 
+%% The deadline is checked before each message: a receive's `after' never fires while output keeps
+%% coming, so a command that writes faster than this loop reads would otherwise never time out.
 collect(Port, OsPid, Step, Deadline, Meta, Tail, Partial) ->
+	case remaining(Deadline) of
+		0 -> timed_out(Port, OsPid, Step, Meta);
+		Left -> collect(Port, OsPid, Step, Deadline, Meta, Tail, Partial, Left)
+	end.
+
+collect(Port, OsPid, Step, Deadline, Meta, Tail, Partial, Left) ->
 	receive
 		{Port, {data, {noeol, Part}}} ->
 			collect(Port, OsPid, Step, Deadline, Meta, Tail, <<Partial/binary, Part/binary>>);
@@ -48,11 +56,24 @@ collect(Port, OsPid, Step, Deadline, Meta, Tail, Partial) ->
 			logger:error("erlang_python: venv ~ts failed with exit status ~b:~n~ts",
 				[Step, Status, output(Tail)], Meta),
 			{error, {Step, Status, output(Tail)}}
-	after remaining(Deadline) ->
-		kill_group(OsPid),
-		_ = catch port_close(Port),
-		logger:error("erlang_python: venv ~ts did not finish in time; killed", [Step], Meta),
-		{error, {timeout, Step}}
+	after Left ->
+		timed_out(Port, OsPid, Step, Meta)
+	end.
+
+%% Kills the command and drops what it wrote that was not read: nothing of it stays in the caller's
+%% mailbox (a closed port sends no more messages).
+timed_out(Port, OsPid, Step, Meta) ->
+	kill_group(OsPid),
+	_ = catch port_close(Port),
+	flush(Port),
+	logger:error("erlang_python: venv ~ts did not finish in time; killed", [Step], Meta),
+	{error, {timeout, Step}}.
+
+flush(Port) ->
+	receive
+		{Port, _} -> flush(Port)
+	after 0 ->
+		ok
 	end.
 
 %% The last ?TAIL_LINES lines, newest first, each cut to ?LINE_BYTES.
@@ -77,10 +98,11 @@ watchdog(Caller, OsPid) ->
 	end.
 
 %% SIGKILL to the process group OsPid leads, then to OsPid itself (in case it left the group). os:cmd
-%% waits for kill(1) and leaves no message behind; its only arguments are integers.
+%% waits for kill(1) and leaves no message behind; its only arguments are integers. `-s KILL': dash's
+%% kill (Debian's /bin/sh) refuses `-KILL --' ("Illegal number") and then kills nothing.
 kill_group(OsPid) ->
 	Pid = integer_to_list(OsPid),
-	_ = os:cmd("kill -KILL -- -" ++ Pid ++ " " ++ Pid ++ " 2>/dev/null"),
+	_ = os:cmd("kill -s KILL -- -" ++ Pid ++ " " ++ Pid ++ " 2>/dev/null"),
 	ok.
 
 to_list(B) when is_binary(B) -> unicode:characters_to_list(B);

@@ -156,18 +156,10 @@ void Context::cancel_running(uint64_t id) {
   // Not running: between two steps of a schedule_inline chain (PROTOCOL.md §3.17) the request's
   // continuation is queued, or popped and about to start. Without this the cancel would be lost
   // whenever it is delivered between two steps.
-  bool removed = false;
-  {
+  bool removed = take_queued_continue(id);
+  if (!removed) {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (auto it = queue_.begin(); it != queue_.end(); ++it) {
-      if (it->h.id == id && static_cast<Kind>(it->h.kind) == Kind::Continue) {
-        queue_.erase(it);
-        queued_.fetch_sub(1, std::memory_order_relaxed);
-        removed = true;
-        break;
-      }
-    }
-    if (!removed && starting_id_.load() == id) {
+    if (starting_id_.load() == id) {
       cancelled_ids_.push_back(id);  // serve() refuses it (and drops its continuation)
       if (cancelled_ids_.size() > 64) cancelled_ids_.pop_front();
       cancelled_count_.store(cancelled_ids_.size());
@@ -192,6 +184,18 @@ void Context::leave_wait(ActiveRequest* me, bool cancel_seen) {
   // A cancel that came while this request was marked waiting only woke cv_; if the wait ended for
   // another reason (reply, deadline) it would be lost: deliver it as cancel_running would have.
   if (mark_waiting(me, false) && !cancel_seen) PyThreadState_SetAsyncExc(thread_ident_, rt_.cancelled_error());
+}
+
+bool Context::take_queued_continue(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+    if (it->h.id == id && static_cast<Kind>(it->h.kind) == Kind::Continue) {
+      queue_.erase(it);
+      queued_.fetch_sub(1, std::memory_order_relaxed);
+      return true;
+    }
+  }
+  return false;
 }
 
 void Context::request_stop(uint64_t destroy_id, bool abandon) {
@@ -283,6 +287,12 @@ void Context::run() {
   // took the GIL for a whole switch interval, and each retake counts as a switch), and the control
   // thread's cancels would never get in between the steps of a chain.
   bool holding = false;
+  // Bound on a hold: C code (a cast of a builtin) never reaches CPython's eval breaker, so a thread
+  // waiting for the GIL would otherwise wait until the queue is empty. A hold ends after two switch
+  // intervals (the default 5 ms each): a waiter then has seen one whole interval without a switch and
+  // asked for the GIL, so the release hands it over (FORCE_SWITCHING) before this thread retakes it.
+  constexpr auto kMaxHold = std::chrono::milliseconds(10);
+  Clock::time_point hold_since{};
   for (;;) {
     Item item;
     bool got = false;
@@ -333,8 +343,12 @@ void Context::run() {
     if (!holding) PyEval_RestoreThread(ts);
     serve(item, out);
     if (out.empty() && queued_.load(std::memory_order_acquire) > 0) {
-      holding = true;
-      continue;
+      auto now = Clock::now();
+      if (!holding) hold_since = now;
+      if (now - hold_since < kMaxHold) {
+        holding = true;
+        continue;
+      }
     }
     ts = PyEval_SaveThread();
     holding = false;
@@ -395,6 +409,14 @@ void Context::serve(Item& item, std::string& out) {
     // A cancel that arrived as the request finished must not hit the next one.
     PyThreadState_SetAsyncExc(thread_ident_, nullptr);
     PyErr_Clear();
+    // Delivered after this step queued its schedule_inline continuation (schedule.cpp checks the flag
+    // before it queues) but before the step left the active stack: code that ran in between (the
+    // marker's finalizers, a GC pass) let the control thread in. cancel_running then only set the
+    // flag, so the chain stops here; otherwise its next step would run as if never cancelled.
+    if (out.empty() && take_queued_continue(item.h.id)) {
+      rt_.drop_continuation(serial_, item.h.id);
+      rt_.error_frame(out, id_, item.h.id, "CancelledError", "request cancelled", "");
+    }
   }
 }
 

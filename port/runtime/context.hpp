@@ -165,6 +165,7 @@ class Context {
   bool mark_waiting(ActiveRequest* me, bool waiting);
   // Context thread, attached, leaving a wait: a cancel the wait did not see is raised asynchronously.
   void leave_wait(ActiveRequest* me, bool cancel_seen);
+  bool take_queued_continue(uint64_t id);  // removes request id's queued Continue item, if any
   void popped(const Item& item);  // under mutex_: note the request about to start
 
   static void* thread_main(void* self);

@@ -18,7 +18,8 @@ from typing import Any
 
 # The audit events of the documented operations (os.fork, os.forkpty, os.system, os.exec*, os.spawn*,
 # os.posix_spawn*, subprocess.Popen and what wraps it: subprocess.run/call/check_output, os.popen,
-# asyncio.create_subprocess_*, multiprocessing's fork start method).
+# asyncio.create_subprocess_*, multiprocessing's fork start method); the spawn and forkserver start
+# methods go through _posixsubprocess.fork_exec, blocked below.
 BLOCKED_EVENTS = frozenset(
     {
         "os.fork",
@@ -56,6 +57,26 @@ def _make_hook() -> Any:
     return _erlang_python_sandbox
 
 
+# `_posixsubprocess.fork_exec` starts a child without an audit event of its own: subprocess.Popen raises
+# its event first, but multiprocessing's spawn and forkserver start methods (multiprocessing.util.
+# spawnv_passfds) call it directly. Both look it up on the module at each call, so replacing the
+# module's attribute stops them too.
+FORK_EXEC = "_posixsubprocess.fork_exec"
+
+
+def _block_fork_exec() -> None:
+    try:
+        import _posixsubprocess
+    except ImportError:  # not POSIX: nothing to block
+        return
+    message = blocked_message
+
+    def fork_exec(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(message(FORK_EXEC))
+
+    _posixsubprocess.fork_exec = fork_exec  # type: ignore[attr-defined]
+
+
 def install() -> None:
     """Installs the sandbox's audit hook in this interpreter (idempotent; it cannot be removed)."""
     global _installed
@@ -63,6 +84,7 @@ def install() -> None:
         if _installed:
             return
         sys.addaudithook(_make_hook())
+        _block_fork_exec()
         _installed = True
 
 

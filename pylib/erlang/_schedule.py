@@ -3,7 +3,7 @@
 # Scope: `schedule`, `schedule_py`, `schedule_inline`, the `ScheduleMarker` they return, and
 # `consume_time_slice`. The port looks at a request's result: when it is a ScheduleMarker (exactly this
 # type), the request's Python frame has ended and the context is free; the request continues with the
-# marker's call (PROTOCOL.md §3.15):
+# marker's call (PROTOCOL.md §3.17):
 #   - `schedule(name, *args)`: the waiting Erlang caller runs the registered Erlang function `name` and
 #     that function's return value is the request's result;
 #   - `schedule_py(module, func, args, kwargs)`: the Erlang caller sends `module.func(*args, **kwargs)`

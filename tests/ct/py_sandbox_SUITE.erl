@@ -79,7 +79,13 @@ blocked_messages_exact(_) ->
 		{<<"import os\nos.spawnv(os.P_WAIT, '/bin/true', ['true'])">>, "os.fork"},
 		{<<"import os\nos.posix_spawn('/bin/true', ['true'], os.environ)">>, "os.posix_spawn"},
 		{<<"import os\nos.posix_spawnp('true', ['true'], os.environ)">>, "os.posix_spawn"},
-		{<<"import multiprocessing as m\nm.get_context('fork').Process(target=print).start()">>, "os.fork"}
+		{<<"import multiprocessing as m\nm.get_context('fork').Process(target=print).start()">>, "os.fork"},
+		%% The spawn and forkserver start methods start their interpreter with
+		%% _posixsubprocess.fork_exec, which raises no audit event.
+		{<<"import multiprocessing as m\nm.get_context('spawn').Process(target=print).start()">>,
+			"_posixsubprocess.fork_exec"},
+		{<<"import multiprocessing.util as u, sys\nu.spawnv_passfds(sys.executable, [sys.executable, '-c', ''], [])">>,
+			"_posixsubprocess.fork_exec"}
 	],
 	[{Code, Expected} = {Code, py:eval(Ctx, Code)} || {Code, What} <- Cases, Expected <- [blocked(What)]],
 	{ok, 2} = py:eval(Ctx, <<"1 + 1">>).

@@ -13,14 +13,14 @@
 	docs_marker_propagates/1, eval_returns_marker/1, schedule_without_name_yields/1,
 	schedule_py_frees_context/1, schedule_inline_frees_context/1, deadline_covers_chain/1,
 	inline_chain_cancelled/1, nested_inline_continuation/1, errors/1, time_slice_errors/1,
-	marker_in_container_is_an_object/1]).
+	marker_in_container_is_an_object/1, gil_shared_under_cast_flood/1]).
 
 all() ->
 	[docs_schedule_callback, docs_schedule_py, docs_schedule_inline, docs_consume_time_slice,
 	 docs_process_batch, docs_must_return_marker, docs_marker_propagates, eval_returns_marker,
 	 schedule_without_name_yields, schedule_py_frees_context, schedule_inline_frees_context,
 	 deadline_covers_chain, inline_chain_cancelled, nested_inline_continuation, errors,
-	 time_slice_errors, marker_in_container_is_an_object].
+	 time_slice_errors, marker_in_container_is_an_object, gil_shared_under_cast_flood].
 
 init_per_suite(Config) ->
 	ok = py_ct_helper:start_app([{num_ports, 1}, {contexts_per_port, 2}]),
@@ -249,7 +249,11 @@ inline_chain_cancelled(_) ->
 	ok = py:exec(<<"
 import erlang
 
+spun = 0
+
 def spin(n):
+    global spun
+    spun = n
     x = 0
     for i in range(20000):
         x += i
@@ -258,7 +262,12 @@ def spin(n):
 	Gen = py_ct_helper:generation(1),
 	{error, timeout} = py:call('__main__', spin, [0], #{}, 300),
 	{ok, 2} = py:eval(<<"1 + 1">>),
+	%% The chain has stopped: it makes no more steps (a lost cancel would go on until the port's
+	%% cancel grace, 2 s, ran out, which the generation check alone would not see this early).
+	{ok, Spun} = py:eval(<<"spun">>),
+	?assert(Spun > 0),
 	timer:sleep(500),
+	{ok, Spun} = py:eval(<<"spun">>),
 	{ok, 3} = py:eval(<<"1 + 2">>),
 	?assertEqual(Gen, py_ct_helper:generation(1)).
 
@@ -341,3 +350,27 @@ time_slice_errors(_) ->
 %% Only the direct result is a marker: inside a container it is an object without an Erlang form.
 marker_in_container_is_an_object(_) ->
 	{error, {'TypeError', _}} = py:eval(<<"[erlang.schedule('compute', 1)]">>).
+
+%% A context thread keeps the GIL from one item to the next (casts, inline steps) only for a bounded
+%% time: a flood of casts of a C function (no bytecode runs, so CPython's eval breaker never hands the
+%% GIL over) on one context does not keep another context's request waiting until the flood is over.
+gil_shared_under_cast_flood(_) ->
+	{ok, A} = py_context:new(#{}),
+	{ok, B} = py_context:new(#{}),
+	try
+		{ok, 1} = py_context:eval(B, <<"1">>),
+		T0 = erlang:monotonic_time(millisecond),
+		[ok = py:cast(A, math, factorial, [20000]) || _ <- lists:seq(1, 200)],
+		timer:sleep(50),
+		{ok, 2} = py_context:eval(B, <<"1 + 1">>, #{}, 60000),
+		QuickMs = erlang:monotonic_time(millisecond) - T0,
+		%% Queued behind the casts: answered when the flood is over.
+		{ok, 3} = py_context:eval(A, <<"1 + 2">>, #{}, 60000),
+		FloodMs = erlang:monotonic_time(millisecond) - T0,
+		ct:pal("other context answered after ~b ms; the flood took ~b ms", [QuickMs, FloodMs]),
+		?assert(FloodMs >= 600),
+		?assert(QuickMs < FloodMs div 2)
+	after
+		ok = py_context:destroy(A),
+		ok = py_context:destroy(B)
+	end.

@@ -7,11 +7,12 @@
 -export([all/0, init_per_suite/1, end_per_suite/1]).
 -export([undefined_before_any_error/1, traceback_of_eval_error/1, traceback_of_call_error/1,
 	overwritten_by_next_error/1, kept_after_success/1, per_process/1, context_call/1,
-	unconvertible_result/1]).
+	unconvertible_result/1, scheduled_callback_failure/1]).
 
 all() ->
 	[undefined_before_any_error, traceback_of_eval_error, traceback_of_call_error,
-	 overwritten_by_next_error, kept_after_success, per_process, context_call, unconvertible_result].
+	 overwritten_by_next_error, kept_after_success, per_process, context_call, unconvertible_result,
+	 scheduled_callback_failure].
 
 init_per_suite(Config) ->
 	ok = py_ct_helper:start_app([{num_ports, 1}, {contexts_per_port, 2}]),
@@ -77,3 +78,15 @@ unconvertible_result(_) ->
 	?assertEqual(undefined, py:last_traceback()),
 	{error, {'TypeError', _}} = py:eval(<<"{1, 2}">>),
 	?assert(is_binary(py:last_traceback())).
+
+%% An erlang.schedule callback that fails is an Erlang failure (no Python exception, no traceback):
+%% the traceback of an earlier Python error must not be passed off as its own (Py.Error carries it).
+scheduled_callback_failure(_) ->
+	ok = py_callback:register(<<"tb_crash">>, fun([_]) -> error(boom) end),
+	try
+		{error, {'ZeroDivisionError', _}} = py:eval(<<"1/0">>),
+		{error, {'ErlangError', _}} = py:eval(<<"erlang.schedule('tb_crash', 1)">>),
+		?assertEqual(undefined, py:last_traceback())
+	after
+		py_callback:unregister_function(<<"tb_crash">>)
+	end.

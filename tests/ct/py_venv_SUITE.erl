@@ -14,7 +14,8 @@
 	deactivate_restores_sys_path/1, activate_errors/1, ensure_option_errors/1, ensure_install_failure/1,
 	ensure_timeout_kills_installer/1, caller_death_kills_installer/1, force_recreates/1,
 	install_outside_call_timeout/1, pyproject_editable_with_extras/1, pool_option_errors/1,
-	stop_pool_stops_its_ports/1, app_env_venv_at_start/1, uv_installer/1, concurrent_ensures_serialise/1]).
+	stop_pool_stops_its_ports/1, app_env_venv_at_start/1, uv_installer/1, concurrent_ensures_serialise/1,
+	command_flood_meets_deadline/1]).
 
 all() ->
 	[ensure_installs_from_pypi, second_ensure_is_up_to_date, pool_with_venv_sees_it,
@@ -22,7 +23,8 @@ all() ->
 	 deactivate_restores_sys_path, activate_errors, ensure_option_errors, ensure_install_failure,
 	 ensure_timeout_kills_installer, caller_death_kills_installer, force_recreates,
 	 install_outside_call_timeout, pyproject_editable_with_extras, pool_option_errors,
-	 stop_pool_stops_its_ports, app_env_venv_at_start, uv_installer, concurrent_ensures_serialise].
+	 stop_pool_stops_its_ports, app_env_venv_at_start, uv_installer, concurrent_ensures_serialise,
+	 command_flood_meets_deadline].
 
 %% A tiny pure-Python package; pinned, so every run installs the same thing.
 -define(PACKAGE, "idna==3.7").
@@ -403,3 +405,22 @@ is_under(Path, Dir) when is_binary(Path) ->
 procs_naming(Path) ->
 	Out = os:cmd("pgrep -f -- '" ++ Path ++ "'"),
 	[L || L <- string:lexemes(Out, "\n"), L =/= ""].
+
+%% A command that writes faster than its output is read still ends at its deadline (a receive's
+%% `after' never fires while messages keep coming), is killed, and leaves none of its output in the
+%% caller's mailbox; its whole process group is gone. The flood is bounded (a million lines), so a
+%% regression fails instead of filling the memory; the sleep keeps the command alive after it.
+command_flood_meets_deadline(Config) ->
+	PgidFile = filename:join(?config(root, Config), "flood.pgid"),
+	T0 = erlang:monotonic_time(millisecond),
+	{error, {timeout, flood}} = py_venv_cmd:run("/bin/sh",
+		["-c", "echo $$ > \"$0\"; yes | head -n 1000000; sleep 60", PgidFile], flood, #{deadline => T0 + 300}),
+	Ms = erlang:monotonic_time(millisecond) - T0,
+	ct:pal("returned after ~b ms", [Ms]),
+	?assert(Ms < 3000),
+	timer:sleep(100),
+	{messages, Left} = process_info(self(), messages),
+	?assertEqual([], [M || M = {P, _} <- Left, is_port(P)]),
+	{ok, Pgid} = file:read_file(PgidFile),
+	InGroup = fun() -> string:trim(os:cmd("pgrep -g " ++ integer_to_list(binary_to_integer(string:trim(Pgid))))) end,
+	ok = py_ct_helper:eventually(fun() -> InGroup() =:= "" end, 5000).

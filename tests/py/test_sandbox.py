@@ -72,6 +72,8 @@ def test_blocked_operations_and_their_messages() -> None:
         async def child():
             await asyncio.create_subprocess_exec("true")
         attempt("asyncio.create_subprocess_exec", lambda: asyncio.run(child()))
+        import multiprocessing.util
+        attempt("spawnv_passfds", lambda: multiprocessing.util.spawnv_passfds(sys.executable, [sys.executable, "-c", ""], []))
         attempt("open", lambda: open(os.devnull).close())
         """
     )
@@ -93,6 +95,8 @@ def test_blocked_operations_and_their_messages() -> None:
         "os.spawnv": "os.fork is blocked in Erlang VM context.\n" + TAIL,
         "os.posix_spawn": "os.posix_spawn is blocked in Erlang VM context.\n" + TAIL,
         "os.posix_spawnp": "os.posix_spawn is blocked in Erlang VM context.\n" + TAIL,
+        # multiprocessing's spawn and forkserver start methods: no audit event of their own.
+        "spawnv_passfds": "_posixsubprocess.fork_exec is blocked in Erlang VM context.\n" + TAIL,
     }
     assert out == expected
 
