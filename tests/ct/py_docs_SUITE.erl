@@ -9,12 +9,12 @@
 -export([all/0, init_per_suite/1, end_per_suite/1, init_per_testcase/2, end_per_testcase/2]).
 -export([every_page_is_listed/1, checker_catches_a_wrong_result/1, commands_exist/1]).
 -export([getting_started/1, types/1, contexts_and_pools/1, callbacks_and_messaging/1, streaming/1,
-	errors_and_timeouts/1, protocol/1, migration/1, examples/1, operations/1, index/1]).
+	errors_and_timeouts/1, protocol/1, migration/1, examples/1, operations/1, channels/1, index/1]).
 
 -define(PAGES, [{index, "README.md"}, {getting_started, "getting-started.md"}, {types, "types.md"},
 	{contexts_and_pools, "contexts-and-pools.md"}, {callbacks_and_messaging, "callbacks-and-messaging.md"},
 	{streaming, "streaming.md"}, {errors_and_timeouts, "errors-and-timeouts.md"}, {protocol, "protocol.md"},
-	{migration, "migration.md"}, {examples, "examples.md"}, {operations, "operations.md"}]).
+	{migration, "migration.md"}, {examples, "examples.md"}, {operations, "operations.md"}, {channels, "channels.md"}]).
 
 all() ->
 	[every_page_is_listed, checker_catches_a_wrong_result, commands_exist] ++ [Case || {Case, _} <- ?PAGES].
@@ -47,6 +47,7 @@ protocol(Config) -> page(Config, protocol).
 migration(Config) -> page(Config, migration).
 examples(Config) -> page(Config, examples).
 operations(Config) -> page(Config, operations).
+channels(Config) -> page(Config, channels).
 index(Config) -> page(Config, index).
 
 page(Config, Case) ->
