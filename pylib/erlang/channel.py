@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio  # imported when a coroutine first waits (importing erlang must not cost asyncio's 30 ms)
 
 try:
     import _erlang_chan as _c
@@ -59,6 +61,8 @@ def _wake(fut: asyncio.Future[None]) -> None:
 
 async def _wait_event(ident: int) -> None:
     """Waits, without polling, until channel `ident` has data, is closed or freed."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     fd = _c.waiter(ident)
     fut = loop.create_future()
