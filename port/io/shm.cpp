@@ -211,10 +211,15 @@ bool ShmDir::divert(const std::string& frames, std::string& scratch, std::vector
     if (pos + 4 + len > frames.size() || len < 16) break;  // not ours to judge: written as it is
     uint8_t kind = static_cast<uint8_t>(f[4]);
     uint8_t flags = static_cast<uint8_t>(f[5]);
+    uint32_t ctx = static_cast<uint32_t>(be(f + 8, 4));
     uint64_t id = be(f + 12, 8);
     std::string_view body(f + 20, len - 16);
     ShmDesc d;
-    if (diverted_kind(kind) && id != 0 && !(flags & kFlagShm) && body.size() >= opts_.threshold && put(body, d)) {
+    // ctx 0 with an id: an asyncio task's final frame (§3.10), which the owner routes raw to the
+    // loop's worker. That process has no port to read a region of nor to release it to: a region
+    // there would lose the outcome and stay in use for the port's life. Such frames take the pipe.
+    if (diverted_kind(kind) && id != 0 && ctx != 0 && !(flags & kFlagShm) && body.size() >= opts_.threshold &&
+        put(body, d)) {
       if (pos > plain_from) spans.push_back({false, plain_from, pos - plain_from});
       size_t at = scratch.size();
       put_be(scratch, 16 + kShmDescSize, 4);
