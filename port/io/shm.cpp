@@ -196,6 +196,37 @@ int ShmDir::out_in_use() {
   return n;
 }
 
+bool ShmDir::inline_out(const std::string& frames, std::string& out) {
+  if (!enabled_) return false;
+  bool any = false;
+  size_t pos = 0, plain_from = 0;
+  // Bounded by the buffer: each step consumes one frame.
+  while (pos + 4 + 16 <= frames.size()) {
+    const char* f = frames.data() + pos;
+    size_t len = static_cast<size_t>(be(f, 4));
+    if (pos + 4 + len > frames.size() || len < 16) break;
+    ShmDesc d;
+    if ((static_cast<uint8_t>(f[5]) & kFlagShm) && parse_shm_desc(std::string_view(f + 20, len - 16), d)) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (d.region < out_.size() && out_[d.region].busy && out_[d.region].map &&
+          d.offset + d.length <= out_[d.region].map->size && 16 + d.length <= 0xFFFFFFFFu) {
+        if (!any) out.clear();
+        out.append(frames, plain_from, pos - plain_from);
+        put_be(out, 16 + d.length, 4);
+        size_t at = out.size();
+        out.append(f + 4, 16);
+        out[at + 1] = static_cast<char>(static_cast<uint8_t>(f[5]) & ~kFlagShm);
+        out.append(out_[d.region].map->addr + d.offset, d.length);
+        plain_from = pos + 4 + len;
+        any = true;
+      }
+    }
+    pos += 4 + len;
+  }
+  if (any) out.append(frames, plain_from, std::string::npos);
+  return any;
+}
+
 bool ShmDir::divert(const std::string& frames, std::string& scratch, std::vector<Piece>& pieces) {
   if (!enabled_ || frames.size() < opts_.threshold) return false;
   struct Span {

@@ -5,21 +5,27 @@
 -include_lib("common_test/include/ct.hrl").
 -include_lib("stdlib/include/assert.hrl").
 
--export([all/0, init_per_suite/1, end_per_suite/1]).
--export([big_task_result_through_pipe/1]).
+-export([all/0, init_per_testcase/2, end_per_testcase/2]).
+-export([big_task_result_through_pipe/1, recording_of_shm_bodies_replays/1]).
 
 all() ->
-	[big_task_result_through_pipe].
+	[big_task_result_through_pipe, recording_of_shm_bodies_replays].
 
-init_per_suite(Config) ->
+init_per_testcase(Case, Config) ->
 	Base = filename:join(?config(priv_dir, Config), "shm"),
 	ok = filelib:ensure_path(Base),
+	Rec = filename:join(?config(priv_dir, Config), "rec"),
+	ok = filelib:ensure_path(Rec),
+	Extra = case Case of
+		recording_of_shm_bodies_replays -> [{record, #{dir => Rec, max_bytes => 64 bsl 20}}];
+		_ -> []
+	end,
 	%% Shared memory on, with a low threshold so that a modest body takes a region.
 	ok = py_ct_helper:start_app([{num_ports, 1}, {contexts_per_port, 2}, {shm_dir, Base},
-		{shm_threshold, 64 bsl 10}, {shm_regions, 2}]),
+		{shm_threshold, 64 bsl 10}, {shm_regions, 2}] ++ Extra),
 	Config.
 
-end_per_suite(_Config) ->
+end_per_testcase(_, _Config) ->
 	py_ct_helper:stop_app().
 
 %% aio x bulk: a task's outcome is its own final `result` frame (ctx 0), which the owner routes raw to
@@ -39,3 +45,39 @@ big_task_result_through_pipe(_) ->
 	#{replies := Replies} = py_shm:stats(),
 	?assert(Replies >= 1),
 	ok = py_ct_helper:eventually(fun() -> ets:info(py_inflight, size) =:= 0 end, 5000).
+
+%% opsb x bulk: a recording keeps every body inline (PROTOCOL.md §3.12, record and replay), also a bytes
+%% result the port wrote straight into a reply region (bulk.cpp), which Output::write sees already as a
+%% descriptor: that one was recorded as a descriptor, and replay refused the whole recording. Replay
+%% then runs without shared memory (its options are not passed on) and every frame matches.
+recording_of_shm_bodies_replays(_) ->
+	#{generation := Gen} = py_port:info(1),
+	File = py_record:file(1, Gen),
+	N = 256 bsl 10,
+	{ok, Bytes} = py:eval(<<"b'b' * n">>, #{n => N}),        %% bytes: straight into a region
+	?assertEqual(N, byte_size(Bytes)),
+	{ok, Str} = py:eval(<<"'s' * n">>, #{n => N}),           %% str: diverted as Output writes it
+	?assertEqual(N, byte_size(Str)),
+	{ok, N} = py:call(builtins, len, [binary:copy(<<"r">>, N)]),  %% a request body in a region
+	#{requests := Rq, replies := Rp} = py_shm:stats(),
+	?assert(Rq >= 1 andalso Rp >= 2),
+	py_ct_helper:stop_app(),
+	{0, Dump} = port_tool(["dump", File]),
+	nomatch = binary:match(Dump, <<"shm(flag 0x02)">>),
+	{Status, Replay} = port_tool(["replay", File]),
+	ct:log("~ts", [Replay]),
+	?assertEqual(0, Status),
+	?assertNotEqual(nomatch, binary:match(Replay, <<"replay: all frames match">>)).
+
+port_tool(Args) ->
+	P = open_port({spawn_executable, py_record:executable()},
+		[{args, Args}, exit_status, binary, stderr_to_stdout, use_stdio]),
+	collect(P, <<>>).
+
+collect(P, Acc) ->
+	receive
+		{P, {data, D}} -> collect(P, <<Acc/binary, D/binary>>);
+		{P, {exit_status, S}} -> {S, Acc}
+	after 120000 ->
+		error({port_tool_timeout, Acc})
+	end.
