@@ -6,10 +6,10 @@
 -include_lib("stdlib/include/assert.hrl").
 
 -export([all/0, init_per_testcase/2, end_per_testcase/2]).
--export([big_task_result_through_pipe/1, recording_of_shm_bodies_replays/1]).
+-export([big_task_result_through_pipe/1, recording_of_shm_bodies_replays/1, own_ports_pool_started_twice/1]).
 
 all() ->
-	[big_task_result_through_pipe, recording_of_shm_bodies_replays].
+	[big_task_result_through_pipe, recording_of_shm_bodies_replays, own_ports_pool_started_twice].
 
 init_per_testcase(Case, Config) ->
 	Base = filename:join(?config(priv_dir, Config), "shm"),
@@ -81,3 +81,28 @@ collect(P, Acc) ->
 	after 120000 ->
 		error({port_tool_timeout, Acc})
 	end.
+
+%% Two processes start the same pool with ports of its own at once (py_pool_ports, merged from two
+%% branches): one gets it, the other {error, {already_started, Pool}}, and the loser must not take the
+%% winner's slots away (it deleted the pool's row on its way out: the pool lived on, but its slots were
+%% gone from py:stats/0, and a member restarted after that would find no port of its pool).
+own_ports_pool_started_twice(_) ->
+	Self = self(),
+	lists:foreach(fun(I) ->
+		Pool = list_to_atom("rv2_twice_" ++ integer_to_list(I)),
+		Go = make_ref(),
+		Pids = [spawn_link(fun() ->
+			receive Go -> ok after 5000 -> ok end,
+			Self ! {self(), py_context_router:start_pool(Pool, 1, #{ports => 1})}
+		end) || _ <- [1, 2]],
+		_ = [P ! Go || P <- Pids],
+		Results = [receive {P, R} -> R after 60000 -> ct:fail({no_start_result, P}) end || P <- Pids],
+		ct:log("~p: ~p", [Pool, Results]),
+		[{ok, [Member]}] = [R || {ok, _} = R <- Results],
+		[{error, {already_started, Pool}}] = [R || {error, _} = R <- Results],
+		[Slot] = py_pool_ports:slots(Pool),
+		?assert(lists:member(Slot, py_pool_ports:all_slots())),
+		{ok, 2} = py:eval(Member, <<"1 + 1">>),
+		ok = py_context_router:stop_pool(Pool),
+		[] = py_pool_ports:slots(Pool)
+	end, lists:seq(1, 3)).
