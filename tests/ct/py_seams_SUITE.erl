@@ -6,10 +6,12 @@
 -include_lib("stdlib/include/assert.hrl").
 
 -export([all/0, init_per_testcase/2, end_per_testcase/2]).
--export([big_task_result_through_pipe/1, recording_of_shm_bodies_replays/1, own_ports_pool_started_twice/1]).
+-export([big_task_result_through_pipe/1, recording_of_shm_bodies_replays/1, own_ports_pool_started_twice/1,
+	owner_death_cancels_after_worker_restart/1]).
 
 all() ->
-	[big_task_result_through_pipe, recording_of_shm_bodies_replays, own_ports_pool_started_twice].
+	[big_task_result_through_pipe, recording_of_shm_bodies_replays, own_ports_pool_started_twice,
+	 owner_death_cancels_after_worker_restart].
 
 init_per_testcase(Case, Config) ->
 	Base = filename:join(?config(priv_dir, Config), "shm"),
@@ -106,3 +108,40 @@ own_ports_pool_started_twice(_) ->
 		ok = py_context_router:stop_pool(Pool),
 		[] = py_pool_ports:slots(Pool)
 	end, lists:seq(1, 3)).
+
+%% aio: a caller's tasks are cancelled when it dies, because the loop's worker monitors it. A caller
+%% remembered only that it had asked (a `true' in its dictionary), so once the worker restarted (a
+%% crash, or the application started again under a long-lived process) nobody monitored it, and the
+%% tasks of a dead caller ran to their end.
+owner_death_cancels_after_worker_restart(_) ->
+	_ = py:state_remove(rv2_cancelled),
+	Parent = self(),
+	{Pid, MRef} = spawn_monitor(fun() ->
+		%% In this process's own environment (where '__main__' tasks are looked up).
+		ok = py:exec(<<"async def hold_rv2():\n    import asyncio, erlang\n    try:\n        await asyncio.sleep(30)\n"
+		"    except asyncio.CancelledError:\n        erlang.state_set('rv2_cancelled', True)\n        raise">>),
+		%% First a task while the first worker runs: this process is now watched by it.
+		{ok, 4.0} = py_event_loop:run(math, sqrt, [16.0]),
+		Parent ! {self(), first},
+		receive go -> ok after 10000 -> exit(no_go) end,
+		_ = py_event_loop:create_task('__main__', hold_rv2, []),
+		Parent ! {self(), submitted},
+		receive stop -> ok end
+	end),
+	receive {Pid, first} -> ok after 10000 -> ct:fail(no_first) end,
+	Old = whereis(py_event_loop_0),
+	exit(Old, kill),
+	ok = py_ct_helper:eventually(fun() ->
+		case whereis(py_event_loop_0) of undefined -> false; Old -> false; _ -> true end
+	end, 5000),
+	Pid ! go,
+	receive {Pid, submitted} -> ok after 10000 -> ct:fail(not_submitted) end,
+	ok = py_ct_helper:eventually(fun() -> tasks_in_flight() =:= 1 end, 5000),
+	exit(Pid, kill),
+	receive {'DOWN', MRef, process, Pid, _} -> ok after 5000 -> ct:fail(no_down) end,
+	ok = py_ct_helper:eventually(fun() -> py:state_fetch(<<"rv2_cancelled">>) =:= {ok, true} end, 5000),
+	ok = py_ct_helper:eventually(fun() -> tasks_in_flight() =:= 0 end, 5000).
+
+tasks_in_flight() ->
+	{ok, #{<<"tasks">> := N}} = py:call(<<"erlang._tasks">>, stats, []),
+	N.
