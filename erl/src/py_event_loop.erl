@@ -53,8 +53,8 @@
 -type loop() :: {py_event_loop, non_neg_integer()}.
 
 -define(DEFAULT_TIMEOUT, 5000).
-%% Process dictionary key of a caller: {?WATCHED, Index} => true once loop Index's worker monitors it
-%% (at most one per loop). Nothing is kept per task: a result taken with a plain receive leaves nothing.
+%% Process dictionary key of a caller: {?WATCHED, Index} => the pid of loop Index's worker once that
+%% worker monitors it (at most one per loop). Nothing is kept per task: a result taken with a plain receive leaves nothing.
 -define(WATCHED, py_event_loop_watched).
 -define(SUBMIT, <<"__import__('erlang._tasks')._tasks.submit(globals(), i, w, o, r, m, f, a, k, y)">>).
 %% Task ids share the callers' request id range (py_request), so the owner routes their final frames.
@@ -214,12 +214,14 @@ route() ->
 		{Slot, CtxIndex} -> {slot, Slot, CtxIndex}
 	end.
 
+%% Keyed by the worker's pid, not just `asked': a worker that restarted (or a new application under a
+%% long-lived caller) has no monitor of the caller, which must ask again.
 watch(Index, Worker, Route) ->
 	case get({?WATCHED, Index}) of
-		true -> ok;
-		undefined ->
+		Worker -> ok;
+		_ ->
 			gen_server:cast(Worker, {watch, self(), Route}),
-			_ = put({?WATCHED, Index}, true),
+			_ = put({?WATCHED, Index}, Worker),
 			ok
 	end.
 

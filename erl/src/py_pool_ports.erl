@@ -148,8 +148,12 @@ start_own(Pool, Size, Mode, #{venv := Venv, sandbox := Sandbox, ports := NumPort
 				#{port_executable := Exe} -> PortOpts0#{port_executable => Exe};
 				_ -> PortOpts0
 			end,
-			true = ets:insert(?TAB, {?KEY(Pool), Slots, PortOpts}),
-			case py_context_pool_sup:start_pool(Pool, Size, Mode) of
+			%% insert_new: of two starts of Pool at once, only the first owns the row; the other must
+			%% neither replace it (the first pool's supervisor reads it) nor delete it on its way out.
+			case ets:insert_new(?TAB, {?KEY(Pool), Slots, PortOpts}) andalso
+					py_context_pool_sup:start_pool(Pool, Size, Mode) of
+				false ->
+					{error, {already_started, Pool}};
 				{ok, _} ->
 					logger:notice("erlang_python: pool ~p: ~b contexts on ports ~w of its own (venv ~ts, sandbox ~p, port ~ts)",
 						[Pool, Size, Slots, case Venv of none -> <<"none">>; _ -> Venv end, Sandbox,

@@ -25,6 +25,7 @@ class Output {
 
  private:
   void write_raw(const char* p, size_t left);
+  void record_out(const std::string& frames);  // under mutex_
   int fd_;
   ShmDir* shm_ = nullptr;
   std::mutex mutex_;

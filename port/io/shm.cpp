@@ -196,6 +196,37 @@ int ShmDir::out_in_use() {
   return n;
 }
 
+bool ShmDir::inline_out(const std::string& frames, std::string& out) {
+  if (!enabled_) return false;
+  bool any = false;
+  size_t pos = 0, plain_from = 0;
+  // Bounded by the buffer: each step consumes one frame.
+  while (pos + 4 + 16 <= frames.size()) {
+    const char* f = frames.data() + pos;
+    size_t len = static_cast<size_t>(be(f, 4));
+    if (pos + 4 + len > frames.size() || len < 16) break;
+    ShmDesc d;
+    if ((static_cast<uint8_t>(f[5]) & kFlagShm) && parse_shm_desc(std::string_view(f + 20, len - 16), d)) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (d.region < out_.size() && out_[d.region].busy && out_[d.region].map &&
+          d.offset + d.length <= out_[d.region].map->size && 16 + d.length <= 0xFFFFFFFFu) {
+        if (!any) out.clear();
+        out.append(frames, plain_from, pos - plain_from);
+        put_be(out, 16 + d.length, 4);
+        size_t at = out.size();
+        out.append(f + 4, 16);
+        out[at + 1] = static_cast<char>(static_cast<uint8_t>(f[5]) & ~kFlagShm);
+        out.append(out_[d.region].map->addr + d.offset, d.length);
+        plain_from = pos + 4 + len;
+        any = true;
+      }
+    }
+    pos += 4 + len;
+  }
+  if (any) out.append(frames, plain_from, std::string::npos);
+  return any;
+}
+
 bool ShmDir::divert(const std::string& frames, std::string& scratch, std::vector<Piece>& pieces) {
   if (!enabled_ || frames.size() < opts_.threshold) return false;
   struct Span {
@@ -211,10 +242,15 @@ bool ShmDir::divert(const std::string& frames, std::string& scratch, std::vector
     if (pos + 4 + len > frames.size() || len < 16) break;  // not ours to judge: written as it is
     uint8_t kind = static_cast<uint8_t>(f[4]);
     uint8_t flags = static_cast<uint8_t>(f[5]);
+    uint32_t ctx = static_cast<uint32_t>(be(f + 8, 4));
     uint64_t id = be(f + 12, 8);
     std::string_view body(f + 20, len - 16);
     ShmDesc d;
-    if (diverted_kind(kind) && id != 0 && !(flags & kFlagShm) && body.size() >= opts_.threshold && put(body, d)) {
+    // ctx 0 with an id: an asyncio task's final frame (§3.10), which the owner routes raw to the
+    // loop's worker. That process has no port to read a region of nor to release it to: a region
+    // there would lose the outcome and stay in use for the port's life. Such frames take the pipe.
+    if (diverted_kind(kind) && id != 0 && ctx != 0 && !(flags & kFlagShm) && body.size() >= opts_.threshold &&
+        put(body, d)) {
       if (pos > plain_from) spans.push_back({false, plain_from, pos - plain_from});
       size_t at = scratch.size();
       put_be(scratch, 16 + kShmDescSize, 4);

@@ -83,6 +83,11 @@ class ShmDir {
   bool release(uint32_t k);
   // For tests and the bound: how many o-regions are in use.
   int out_in_use();
+  // For the recorder (§3.12, record and replay): `frames` (whole frames, each with its 4-byte length)
+  // into `out` with every frame that names one of our o-regions replaced by the same frame with its body
+  // inline and the flag clear. False (out untouched) if no frame names one. Only before those frames
+  // are written: until Erlang has them nobody releases their regions, so the bytes are still there.
+  bool inline_out(const std::string& frames, std::string& out);
 
   // Rewrites `frames` (whole frames, back to back, each with its 4-byte length) into pieces to write:
   // every result/callback/stream_chunk frame with an id whose body is at least `threshold` long goes

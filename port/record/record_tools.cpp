@@ -249,6 +249,9 @@ int replay_main(int argc, char** argv) {
       continue;
     }
     if (r.type == Type::Out && skipped_ids.count(be(r.payload, 8, 8))) continue;
+    // shm_release (§3.12): names a region of the recorded port; the replayed one has none (every body
+    // is inline), so it would answer protocol_error bad_shm. It has no answer to skip.
+    if (r.type == Type::In && kind == 24) continue;
     if (r.type == Type::In) {
       sends.emplace_back(i + 1, r.payload);
       windows.emplace_back();
@@ -259,12 +262,17 @@ int replay_main(int argc, char** argv) {
   }
   // Begun at run time (no hello): frames before the first E frame answer frames sent before it.
   if (!recorded_hello) windows[0].clear();
-  // The port's command line: the recorded one without the recording and crash-file options, then ours.
+  // The port's command line: the recorded one without the recording, crash-file and shared-memory
+  // options, then ours.
   std::vector<std::string> args;
   auto rec_args = args_of(f);
   for (size_t i = 1; i < rec_args.size(); ++i) {
     const std::string& a = rec_args[i];
-    if ((a == "--record" || a == "--record-max" || a == "--crash-file") && i + 1 < rec_args.size()) {
+    // Nor shared memory (§3.12): the recording has every body inline, and the replayed port must not
+    // make region files in (or next to) the recorded VM's directory, nor answer with descriptors.
+    if ((a == "--record" || a == "--record-max" || a == "--crash-file" || a == "--shm-dir" ||
+         a == "--shm-threshold" || a == "--shm-regions" || a == "--shm-keep") &&
+        i + 1 < rec_args.size()) {
       ++i;
       continue;
     }

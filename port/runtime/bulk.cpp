@@ -6,7 +6,8 @@
 namespace ep {
 
 bool shm_bytes_result(ShmDir* shm, CodecKind codec, std::string& out, uint32_t ctx, uint64_t id, PyObject* value) {
-  if (!shm || !shm->enabled() || !PyBytes_CheckExact(value)) return false;
+  // ctx 0: a task's outcome (§3.10), which must take the pipe (ShmDir::divert says why).
+  if (!shm || !shm->enabled() || ctx == 0 || !PyBytes_CheckExact(value)) return false;
   const size_t n = static_cast<size_t>(PyBytes_GET_SIZE(value));
   if (n > 0xFFFFFFFFu) return false;  // the codecs refuse it; the encoder says so
   // The header the encoder would write for this one value, byte for byte: ETF 131, BINARY_EXT, length;

@@ -6,14 +6,24 @@
 namespace ep {
 
 bool Context::interrupt_running() {
-  if (active_.empty()) return false;
-  // The outermost request: the call made on this context (a nested one belongs to its callback).
-  ActiveRequest* ar = active_.front();
-  ar->interrupted.store(true);
-  cancel_running(ar->id);
+  uint64_t id;
+  {
+    // Under the active mutex, as cancel_running reads the stack: the control thread's GIL does not
+    // stop this context's thread on a free-threaded build, which may push or pop (its entries live
+    // on that thread's stack) meanwhile.
+    std::lock_guard<AttachedMutex> active(active_mutex_);
+    if (active_.empty()) return false;
+    // The outermost request: the call made on this context (a nested one belongs to its callback).
+    ActiveRequest* ar = active_.front();
+    ar->interrupted.store(true);
+    id = ar->id;
+  }
+  // By id: if the request ended in between, nothing else is hit (ids are never reused).
+  cancel_running(id);
   return true;
 }
 
+// On the context's own thread (its error frame): only that thread changes the stack.
 bool Context::is_interrupted(uint64_t id) const {
   for (ActiveRequest* ar : active_)
     if (ar->id == id) return ar->interrupted.load();
@@ -27,9 +37,9 @@ void Runtime::on_interrupt(const Header& h) {
     return;
   }
   std::shared_ptr<Context> c = it->second;  // held: the context may be destroyed meanwhile
-  // On the control thread, with the GIL: the context thread cannot start or end a request meanwhile,
-  // so "running" is decided and acted on in one step (an interrupt never reaches the next request:
-  // Context::serve clears a pending asynchronous exception of a cancelled request as it ends).
+  // On the control thread, with the GIL (attached, on a free-threaded build): the stack is read under
+  // the active mutex and the cancel goes by id, so an interrupt never reaches the next request
+  // (Context::serve clears a pending asynchronous exception of a cancelled request as it ends).
   control_->post([this, c, h] {
     bool running;
     {
