@@ -100,7 +100,9 @@ docs_node_status(Config) ->
 		contexts => rpc:call(Node, py_context_router, num_contexts, []),
 		load => rpc:call(Node, py_semaphore, current, []),
 		max_load => rpc:call(Node, py_semaphore, max_concurrent, [])},
-	#{execution_mode := worker, contexts := 4, load := 0, max_load := 1024} = Status.
+	%% free_threaded where the node's ports run a free-threaded build with the GIL off (py:execution_mode/0).
+	#{execution_mode := Mode, contexts := 4, load := 0, max_load := 1024} = Status,
+	true = lists:member(Mode, [worker, free_threaded]).
 
 %% erlang.send from the remote Python reaches a pid, and a registered name, on this node.
 python_sends_to_origin(Config) ->
