@@ -10,11 +10,13 @@
 -export([every_page_is_listed/1, checker_catches_a_wrong_result/1, commands_exist/1]).
 -export([getting_started/1, types/1, contexts_and_pools/1, callbacks_and_messaging/1, streaming/1,
 	errors_and_timeouts/1, protocol/1, migration/1, examples/1, operations/1, channels/1, index/1]).
+-export([execution_modes/1, asyncio/1, venvs_and_sandbox/1]).
 
 -define(PAGES, [{index, "README.md"}, {getting_started, "getting-started.md"}, {types, "types.md"},
 	{contexts_and_pools, "contexts-and-pools.md"}, {callbacks_and_messaging, "callbacks-and-messaging.md"},
 	{streaming, "streaming.md"}, {errors_and_timeouts, "errors-and-timeouts.md"}, {protocol, "protocol.md"},
-	{migration, "migration.md"}, {examples, "examples.md"}, {operations, "operations.md"}, {channels, "channels.md"}]).
+	{migration, "migration.md"}, {examples, "examples.md"}, {operations, "operations.md"}, {channels, "channels.md"},
+	{execution_modes, "execution-modes.md"}, {asyncio, "asyncio.md"}, {venvs_and_sandbox, "venvs-and-sandbox.md"}]).
 
 all() ->
 	[every_page_is_listed, checker_catches_a_wrong_result, commands_exist] ++ [Case || {Case, _} <- ?PAGES].
@@ -49,6 +51,9 @@ examples(Config) -> page(Config, examples).
 operations(Config) -> page(Config, operations).
 channels(Config) -> page(Config, channels).
 index(Config) -> page(Config, index).
+execution_modes(Config) -> page(Config, execution_modes).
+asyncio(Config) -> page(Config, asyncio).
+venvs_and_sandbox(Config) -> page(Config, venvs_and_sandbox).
 
 page(Config, Case) ->
 	{Case, File} = lists:keyfind(Case, 1, ?PAGES),
