@@ -183,7 +183,16 @@ bool Context::mark_waiting(ActiveRequest* me, bool waiting) {
 void Context::leave_wait(ActiveRequest* me, bool cancel_seen) {
   // A cancel that came while this request was marked waiting only woke cv_; if the wait ended for
   // another reason (reply, deadline) it would be lost: deliver it as cancel_running would have.
-  if (mark_waiting(me, false) && !cancel_seen) PyThreadState_SetAsyncExc(thread_ident_, rt_.cancelled_error());
+  bool cancelled = mark_waiting(me, false);
+  if (cancelled && !cancel_seen) {
+    PyThreadState_SetAsyncExc(thread_ident_, rt_.cancelled_error());
+  } else if (cancel_seen) {
+    // The wait reports the cancel itself (its caller raises CancelledError). A cancel delivered just
+    // before the wait began (the request still ran bytecode, so cancel_running raised it
+    // asynchronously) is still pending: raised again inside the handler of the first, it would replace
+    // what the handler does (CPython 3.13 checks for it at more points than 3.11 did).
+    PyThreadState_SetAsyncExc(thread_ident_, nullptr);
+  }
 }
 
 bool Context::take_queued_continue(uint64_t id) {
