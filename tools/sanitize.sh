@@ -41,7 +41,7 @@ log="$top/$build/ct.txt"
 # and ASan checks memory accesses by instrumentation, not by its SIGSEGV handler.
 ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:halt_on_error=1:handle_segv=0:handle_sigbus=0:handle_sigfpe=0:handle_abort=0:allow_user_segv_handler=1:log_path=$reports/asan" \
 UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$reports/ubsan" \
-PYTHONMALLOC=malloc EP_TEST_CODEC=etf EP_TEST_PORT="$top/$build/erlang_python_port" \
+EP_SANITIZE_RUN=1 PYTHONMALLOC=malloc EP_TEST_CODEC=etf EP_TEST_PORT="$top/$build/erlang_python_port" \
   rebar3 ct --dir tests/ct >"$log" 2>&1
 grep -vE '^\s*$' "$log" | tail -n 8
 ctp=$(grep -oE 'Passed [0-9]+ tests' "$log" | grep -oE '[0-9]+' | tail -n 1)
