@@ -14,6 +14,8 @@ all() -> [our_domains_pass_the_default_handler, removed_at_stop, opt_out].
 init_per_testcase(_, Config) ->
 	case logger:get_handler_config(default) of
 		{ok, _} -> Config;
+		%% These cases are about OTP's stock `default' handler; a node started without it (-kernel
+		%% logger [{handler, default, undefined}]) has nothing to test. CT's and tools/test.sh's nodes have it.
 		_ -> {skip, "no default handler in this node"}
 	end.
 

@@ -72,6 +72,9 @@ mode_matches_build(_Config) ->
 gil_coming_back_is_reported(Config) ->
 	#{build := Build} = py_port:info(1),
 	Cc = os:find_executable("cc"),
+	%% Only a free-threaded build can turn the GIL back on; tools/test.sh runs this suite against the
+	%% 3.13t port too, where it runs. The extension is compiled here, so it needs cc (tools/setup.sh
+	%% installs g++, which provides it).
 	if
 		Build =/= free_threaded -> {skip, "needs a free-threaded build"};
 		Cc =:= false -> {skip, "no C compiler (cc)"};

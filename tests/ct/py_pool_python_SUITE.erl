@@ -32,6 +32,8 @@ init_per_testcase(Case, Config) ->
 			end,
 			ok = py_ct_helper:start_app([{num_ports, 1} | Extra]),
 			Config;
+		%% A machine without the extra Pythons (a developer's, before tools/pythons.sh): tools/setup.sh
+		%% installs them and builds their ports, so on CI these cases run.
 		{_, {error, {python_not_built, _, Exe}}} ->
 			{skip, lists:flatten(io_lib:format("~s not built (tools/pythons.sh build)", [Exe]))}
 	end.
