@@ -186,31 +186,11 @@ ordered(Kind) ->
 %% Context index 0 of each: every context of a port shares its interpreter.
 apply_running(Code, Locals) ->
 	Slots = [Slot || Slot <- py_pool_ports:all_slots(), is_up(py_port:info(Slot))],
-	Body = {undefined, Code, Locals},
-	Parent = self(),
-	Tag = make_ref(),
-	Workers = [spawn_monitor(fun() ->
-		Parent ! {Tag, self(), py_request:run(eval, {slot, Slot, 0}, Body, ?APPLY_TIMEOUT, true)}
-	end) || Slot <- Slots],
-	collect(Tag, Workers, ok).
-
-%% One result per worker; each worker's request has its own deadline, so each one answers or dies.
-collect(_, [], Acc) ->
-	Acc;
-collect(Tag, [{Pid, MRef} | Rest], Acc) ->
-	Result = receive
-		{Tag, Pid, R} -> erlang:demonitor(MRef, [flush]), R;
-		{'DOWN', MRef, process, Pid, Why} -> {error, {apply_failed, Why}}
-	after ?APPLY_TIMEOUT + 5000 ->
-		exit(Pid, kill),
-		erlang:demonitor(MRef, [flush]),
-		{error, timeout}
-	end,
-	Acc1 = case {Acc, Result} of
-		{ok, {error, _}} -> Result;
-		_ -> Acc
-	end,
-	collect(Tag, Rest, Acc1).
+	Results = py_request:eval_on_slots(Slots, {undefined, Code, Locals}, ?APPLY_TIMEOUT, true),
+	case [E || {error, _} = E <- Results] of
+		[] -> ok;
+		[First | _] -> First
+	end.
 
 is_up(#{status := up}) -> true;
 is_up(_) -> false.

@@ -28,6 +28,7 @@
 %% API.
 -export([run/5]).
 -export([run_pinned/6]).
+-export([eval_on_slots/4]).
 -export([cast/3]).
 -export([any_info/0]).
 -export([control/6]).
@@ -121,6 +122,31 @@ run(Kind, Route, Body, Timeout, Retry) ->
 			%% opsa: per-port/per-pool counters and telemetry events of the request (py_stats).
 			Started = py_stats:request_start(Kind, Slot),
 			py_stats:request_stop(Started, Kind, Slot, Chooser, send(Kind, Place, Body, Deadline, Retry, 0))
+	end.
+
+%% Runs eval Body on context index 0 of each of Slots, all at once (every context of a port shares its
+%% interpreter), and returns their results in the order of Slots. Each request has Timeout as its own
+%% deadline, so each worker answers or dies; a worker that does neither within Timeout + 5 s is killed
+%% ({error, timeout}); one that dies is {error, {apply_failed, Why}}. For changes every port must see
+%% (py_import's registry, py_venv's activation).
+-spec eval_on_slots([pos_integer()], term(), timeout(), boolean()) -> [term()].
+eval_on_slots(Slots, Body, Timeout, Retry) ->
+	Parent = self(),
+	Tag = make_ref(),
+	Workers = [spawn_monitor(fun() ->
+		Parent ! {Tag, self(), run(eval, {slot, Slot, 0}, Body, Timeout, Retry)}
+	end) || Slot <- Slots],
+	[slot_result(Tag, W, Timeout) || W <- Workers].
+
+slot_result(Tag, {Pid, MRef}, Timeout) ->
+	receive
+		{Tag, Pid, R} -> erlang:demonitor(MRef, [flush]), R;
+		{'DOWN', MRef, process, Pid, Why} -> {error, {apply_failed, Why}}
+	after Timeout + 5000 ->
+		exit(Pid, kill),
+		erlang:demonitor(MRef, [flush]),
+		receive {Tag, Pid, _} -> ok after 0 -> ok end,
+		{error, timeout}
 	end.
 
 %% Fire and forget: writes a cast frame, waits for nothing. Returns ok even when no port is up (the

@@ -404,34 +404,17 @@ apply_default(Code, Locals) ->
 		0 ->
 			{error, not_started};
 		N ->
-			Parent = self(),
-			Tag = make_ref(),
-			Workers = [spawn_monitor(fun() ->
-				Parent ! {Tag, self(), py_request:run(eval, {slot, Slot, 0}, {undefined, Code, Locals},
-					?APPLY_TIMEOUT, true)}
-			end) || Slot <- lists:seq(1, N)],
-			collect(Tag, Workers, ok)
+			Results = py_request:eval_on_slots(lists:seq(1, N), {undefined, Code, Locals}, ?APPLY_TIMEOUT, true),
+			case [E || E <- lists:map(fun outcome/1, Results), E =/= ok] of
+				[] -> ok;
+				[First | _] -> First
+			end
 	end.
 
-%% One result per worker; each request has its own deadline, so each worker answers or dies.
-collect(_, [], Acc) ->
-	Acc;
-collect(Tag, [{Pid, MRef} | Rest], Acc) ->
-	Result = receive
-		{Tag, Pid, R} -> erlang:demonitor(MRef, [flush]), R;
-		{'DOWN', MRef, process, Pid, Why} -> {error, {apply_failed, Why}}
-	after ?APPLY_TIMEOUT + 5000 ->
-		exit(Pid, kill),
-		erlang:demonitor(MRef, [flush]),
-		{error, timeout}
-	end,
-	Outcome = case Result of
-		{ok, {<<"error">>, Reason, Detail}} -> {error, venv_error(Reason, Detail)};
-		{ok, _} -> ok;
-		ok -> ok;
-		{error, _} = Error -> Error
-	end,
-	collect(Tag, Rest, case Acc of ok -> Outcome; _ -> Acc end).
+outcome({ok, {<<"error">>, Reason, Detail}}) -> {error, venv_error(Reason, Detail)};
+outcome({ok, _}) -> ok;
+outcome(ok) -> ok;
+outcome({error, _} = Error) -> Error.
 
 venv_error(<<"not_a_venv">>, [Path]) -> {not_a_venv, Path};
 venv_error(<<"python_version_mismatch">>, [Venv, Port]) -> {python_version_mismatch, Venv, Port};

@@ -2,17 +2,6 @@
 
 namespace ep {
 
-namespace {
-uint64_t be(const char* p, int n) {
-  uint64_t v = 0;
-  for (int i = 0; i < n; ++i) v = (v << 8) | static_cast<unsigned char>(p[i]);
-  return v;
-}
-void put_be(std::string& out, uint64_t v, int n) {
-  for (int i = n - 1; i >= 0; --i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-}  // namespace
-
 Header parse_header(const char* p) {
   Header h;
   h.kind = static_cast<uint8_t>(p[0]);

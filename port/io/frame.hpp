@@ -75,6 +75,17 @@ struct Header {
   uint64_t id = 0;
 };
 
+// Big-endian unsigned integers of n bytes (n <= 8): the header fields, the {packet,4} length, the
+// shared-memory descriptor (§1.1, §3.12).
+inline uint64_t be(const char* p, int n) {
+  uint64_t v = 0;
+  for (int i = 0; i < n; ++i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+inline void put_be(std::string& out, uint64_t v, int n) {
+  for (int i = n - 1; i >= 0; --i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+
 // Reads a header from the first 16 bytes of a frame payload (caller checks the size).
 Header parse_header(const char* p);
 

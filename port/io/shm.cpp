@@ -1,5 +1,7 @@
 #include "shm.hpp"
 
+#include "frame.hpp"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -12,14 +14,6 @@
 namespace ep {
 
 namespace {
-uint64_t be(const char* p, int n) {
-  uint64_t v = 0;
-  for (int i = 0; i < n; ++i) v = (v << 8) | static_cast<unsigned char>(p[i]);
-  return v;
-}
-void put_be(std::string& out, uint64_t v, int n) {
-  for (int i = n - 1; i >= 0; --i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
 bool diverted_kind(uint8_t kind) {
   // result, callback, stream_chunk: the frames that carry values to a waiting caller (§3.12).
   return kind == 65 || kind == 67 || kind == 72;

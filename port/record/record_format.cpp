@@ -4,19 +4,13 @@
 #include <cstdio>
 #include <cstring>
 
+#include "frame.hpp"
+
 namespace ep::rec {
 
 namespace {
 
-uint64_t be(std::string_view s, size_t at, size_t n) {
-  uint64_t v = 0;
-  for (size_t i = 0; i < n; ++i) v = (v << 8) | static_cast<unsigned char>(s[at + i]);
-  return v;
-}
-
-void put_be(std::string& out, uint64_t v, int n) {
-  for (int i = n - 1; i >= 0; --i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
+uint64_t be(std::string_view s, size_t at, size_t n) { return ep::be(s.data() + at, static_cast<int>(n)); }
 
 // Bounded by the input: every step consumes bytes, and nesting is capped like the port's codecs.
 constexpr int kMaxDepth = 1000;

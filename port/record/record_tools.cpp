@@ -1,5 +1,7 @@
 #include "record_tools.hpp"
 
+#include "frame.hpp"
+
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -35,11 +37,7 @@ bool read_file(const char* path, std::string& out) {
   return true;
 }
 
-uint64_t be(std::string_view s, size_t at, size_t n) {
-  uint64_t v = 0;
-  for (size_t i = 0; i < n; ++i) v = (v << 8) | static_cast<unsigned char>(s[at + i]);
-  return v;
-}
+uint64_t be(std::string_view s, size_t at, size_t n) { return ep::be(s.data() + at, static_cast<int>(n)); }
 
 std::string end_text(const ParsedFile& f) {
   if (f.torn_tail) return "the last record is incomplete (the port died while writing it)";
