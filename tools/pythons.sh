@@ -44,6 +44,7 @@ case "${1:-}" in
       # every other suite runs against this port.
       suites=$(ls tests/ct/*_SUITE.erl | xargs -n1 basename | sed 's/\.erl$//' | grep -vx py_docs_SUITE | paste -sd, -)
       EP_TEST_CODEC=etf EP_TEST_PORT=$exe rebar3 ct --dir tests/ct --suite "$suites" 2>&1 | tee "$log/ct-$n.txt" | grep -vE '^\s*$' | tail -n 8
+      tools/ct_failures.sh "$log/ct-$n.txt"
       p=$(grep -oE 'Passed [0-9]+ tests' "$log/ct-$n.txt" | grep -oE '[0-9]+' | tail -n 1)
       f=$(grep -oE 'Failed [0-9]+ tests' "$log/ct-$n.txt" | grep -oE '[0-9]+' | tail -n 1)
       all=$(grep -oE 'All [0-9]+ tests passed' "$log/ct-$n.txt" | grep -oE '[0-9]+' | tail -n 1)

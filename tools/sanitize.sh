@@ -44,6 +44,7 @@ UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$reports/ubsan" \
 EP_SANITIZE_RUN=1 PYTHONMALLOC=malloc EP_TEST_CODEC=etf EP_TEST_PORT="$top/$build/erlang_python_port" \
   rebar3 ct --dir tests/ct >"$log" 2>&1
 grep -vE '^\s*$' "$log" | tail -n 8
+tools/ct_failures.sh "$log"
 ctp=$(grep -oE 'Passed [0-9]+ tests' "$log" | grep -oE '[0-9]+' | tail -n 1)
 ctf=$(grep -oE 'Failed [0-9]+ tests' "$log" | grep -oE '[0-9]+' | tail -n 1)
 all=$(grep -oE 'All [0-9]+ tests passed' "$log" | grep -oE '[0-9]+' | tail -n 1)

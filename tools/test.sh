@@ -46,6 +46,7 @@ add "${p:-0}" "${f:-0}"
 for codec in etf msgpack; do
   echo "== Erlang (Common Test, $codec codec)"
   EP_TEST_CODEC=$codec rebar3 ct --dir tests/ct 2>&1 | tee "$log/ct-$codec.txt" | grep -vE '^\s*$' | tail -n 15
+  tools/ct_failures.sh "$log/ct-$codec.txt"
   ctp=$(grep -oE 'Passed [0-9]+ tests' "$log/ct-$codec.txt" | grep -oE '[0-9]+' | tail -n 1)
   ctf=$(grep -oE 'Failed [0-9]+ tests' "$log/ct-$codec.txt" | grep -oE '[0-9]+' | tail -n 1)
   all=$(grep -oE 'All [0-9]+ tests passed' "$log/ct-$codec.txt" | grep -oE '[0-9]+' | tail -n 1)
@@ -99,7 +100,7 @@ fi
 # the CT runs above: rebar3 ct in one project shares _build/test and the CT log directory.
 echo "== Erlang (Common Test, etf codec) against the 3.13 and 3.13t ports"
 if wait "$pythons_build"; then
-  tools/pythons.sh ct 2>&1 | tee "$log/pythons.txt" | grep -E '^(==|skip|pythons:)|Failed|passed'
+  tools/pythons.sh ct 2>&1 | tee "$log/pythons.txt" | grep -E '^(==|skip|pythons:)|Failed|passed|^   \| '
   line=$(grep -E '^pythons: [0-9]+ passed, [0-9]+ failed' "$log/pythons.txt" | tail -n 1)
   if [ -n "$line" ]; then
     add "$(echo "$line" | sed -E 's/^pythons: ([0-9]+) passed.*/\1/')" "$(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')"
