@@ -2,7 +2,7 @@
 //
 //   erlang_python_port [--codec etf|msgpack] [--contexts N] [--pylib DIR] [--crash-file PATH]
 //                      [--max-frame BYTES] [--spin-us N] [--cancel-stuck-ms N] [--max-contexts N]
-//                      [--output-window BYTES] [--max-out-frame BYTES]
+//                      [--output-window BYTES] [--max-out-frame BYTES] [--memory-limit BYTES]
 //                      [--record PATH] [--record-max BYTES]
 //                      [--shm-dir DIR] [--shm-threshold BYTES] [--shm-regions N] [--shm-keep BYTES]
 //                      [--pipe-size BYTES]
@@ -20,6 +20,8 @@
 #include <uv.h>
 
 #include <csignal>
+#include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -42,6 +44,17 @@ constexpr int kExitPython = 3;
 std::string g_record_path;
 uint64_t g_record_max = 0;
 
+// A whole decimal number within [lo, hi]; atoi/strtoull would take "12abc" as 12 and "x" as 0.
+template <typename T>
+bool number(const std::string& v, unsigned long long lo, unsigned long long hi, T& out) {
+  if (v.empty() || v.size() > 20 || v.find_first_not_of("0123456789") != std::string::npos) return false;
+  errno = 0;
+  unsigned long long n = std::strtoull(v.c_str(), nullptr, 10);
+  if (errno != 0 || n < lo || n > hi) return false;
+  out = static_cast<T>(n);
+  return true;
+}
+
 bool parse_args(int argc, char** argv, ep::Options& o) {
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -56,50 +69,39 @@ bool parse_args(int argc, char** argv, ep::Options& o) {
       else if (v == "msgpack") o.codec = ep::CodecKind::Msgpack;
       else return false;
     } else if (a == "--contexts" && value(v)) {
-      o.contexts = std::atoi(v.c_str());
-      if (o.contexts < 1 || o.contexts > 1024) return false;
+      if (!number(v, 1, 1024, o.contexts)) return false;
     } else if (a == "--max-contexts" && value(v)) {
-      o.max_contexts = std::atoi(v.c_str());
-      if (o.max_contexts < 1 || o.max_contexts > 65536) return false;
+      if (!number(v, 1, 65536, o.max_contexts)) return false;
     } else if (a == "--pylib" && value(v)) {
       o.pylib = v;
     } else if (a == "--crash-file" && value(v)) {
       o.crash_file = v;
     } else if (a == "--max-frame" && value(v)) {
-      o.max_frame = std::strtoull(v.c_str(), nullptr, 10);
-      if (o.max_frame < ep::kHeaderSize) return false;
+      if (!number(v, ep::kHeaderSize, UINT32_MAX, o.max_frame)) return false;
     } else if (a == "--cancel-stuck-ms" && value(v)) {
-      o.cancel_stuck_ms = std::atoi(v.c_str());
-      if (o.cancel_stuck_ms < 1) return false;
+      if (!number(v, 1, INT32_MAX, o.cancel_stuck_ms)) return false;
     } else if (a == "--output-window" && value(v)) {
-      o.output_window = std::strtoull(v.c_str(), nullptr, 10);
-      if (o.output_window < 1) return false;
+      if (!number(v, 1, UINT64_MAX >> 1, o.output_window)) return false;
     } else if (a == "--max-out-frame" && value(v)) {
-      o.max_out_frame = std::strtoull(v.c_str(), nullptr, 10);
-      if (o.max_out_frame < 1024 || o.max_out_frame > ep::kMaxOutFrame) return false;
+      if (!number(v, 1024, ep::kMaxOutFrame, o.max_out_frame)) return false;
     } else if (a == "--memory-limit" && value(v)) {  // opsb
-      o.memory_limit = std::strtoll(v.c_str(), nullptr, 10);
-      if (o.memory_limit < 0) return false;
+      if (!number(v, 0, INT64_MAX, o.memory_limit)) return false;
     } else if (a == "--record" && value(v)) {
       g_record_path = v;
     } else if (a == "--record-max" && value(v)) {
-      g_record_max = std::strtoull(v.c_str(), nullptr, 10);
+      if (!number(v, 1, UINT64_MAX >> 1, g_record_max)) return false;
     } else if (a == "--shm-dir" && value(v)) {  // bulk (PROTOCOL.md §3.12)
       o.shm.dir = v;
     } else if (a == "--shm-threshold" && value(v)) {
-      o.shm.threshold = std::strtoull(v.c_str(), nullptr, 10);
-      if (o.shm.threshold < 1) return false;
+      if (!number(v, 1, UINT64_MAX >> 1, o.shm.threshold)) return false;
     } else if (a == "--shm-regions" && value(v)) {
-      o.shm.regions = std::atoi(v.c_str());
-      if (o.shm.regions < 1 || o.shm.regions > 1024) return false;
+      if (!number(v, 1, 1024, o.shm.regions)) return false;
     } else if (a == "--shm-keep" && value(v)) {
-      o.shm.keep = std::strtoull(v.c_str(), nullptr, 10);
+      if (!number(v, 0, UINT64_MAX >> 1, o.shm.keep)) return false;
     } else if (a == "--pipe-size" && value(v)) {
-      o.pipe_size = std::atoi(v.c_str());
-      if (o.pipe_size < 0) return false;
+      if (!number(v, 0, INT32_MAX, o.pipe_size)) return false;
     } else if (a == "--spin-us" && value(v)) {
-      o.spin_us = std::atoi(v.c_str());
-      if (o.spin_us < 0) return false;
+      if (!number(v, 0, INT32_MAX, o.spin_us)) return false;
     } else {
       return false;
     }
@@ -194,7 +196,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "usage: erlang_python_port [--codec etf|msgpack] [--contexts N] [--pylib DIR] "
                  "[--crash-file PATH] [--max-frame BYTES] [--spin-us N] [--cancel-stuck-ms N] "
-                 "[--max-contexts N] [--output-window BYTES] [--max-out-frame BYTES] [--record PATH] "
+                 "[--max-contexts N] [--output-window BYTES] [--max-out-frame BYTES] [--memory-limit BYTES] "
+                 "[--record PATH] "
                  "[--record-max BYTES] [--shm-dir DIR] [--shm-threshold BYTES] [--shm-regions N] "
                  "[--shm-keep BYTES] [--pipe-size BYTES]\n       erlang_python_port dump FILE [--full]\n"
                  "       erlang_python_port replay FILE [--timeout-ms N] [--port EXE] [PORT OPTIONS...]\n");
