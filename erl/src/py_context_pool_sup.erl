@@ -43,8 +43,9 @@ stop_pool(Pool) ->
 	%% The default pool's spec stays, for restart_pool/1.
 	_ = Pool =/= default andalso (catch supervisor:delete_child(?MODULE, Pool)),
 	_ = (catch ets:delete(?TAB, {pool, Pool})),
-	%% A pool with ports of its own (py_pool_ports): its slots go with it.
-	_ = (catch ets:delete(?TAB, {pool_ports, Pool})),
+	%% A pool with ports of its own (py_pool_ports): its slots (their owners stopped above) are free
+	%% for the next such pool.
+	ok = py_pool_ports:release(Pool),
 	ok.
 
 %% Starts the default pool again after stop_pool(default) took it down (its child spec is kept).

@@ -25,6 +25,7 @@
 -export([slots/1]).
 -export([all_slots/0]).
 -export([slot_of/1]).
+-export([release/1]).
 -export([python_of/2]).
 -export([executable/1]).
 
@@ -137,9 +138,7 @@ start_own(Pool, Size, Mode, #{venv := Venv, sandbox := Sandbox, ports := NumPort
 		undefined ->
 			{error, not_started};
 		_ ->
-			Last = ets:update_counter(?TAB, next_pool_slot, {2, NumPorts},
-				{next_pool_slot, py_router:num_slots()}),
-			Slots = lists:seq(Last - NumPorts + 1, Last),
+			Slots = take_slots(NumPorts),
 			#{port_opts := Base} = erlang_python_sup:layout(),
 			%% One start-up context per port (the members are explicit contexts): index 0 serves
 			%% py_import's registry updates.
@@ -153,6 +152,7 @@ start_own(Pool, Size, Mode, #{venv := Venv, sandbox := Sandbox, ports := NumPort
 			case ets:insert_new(?TAB, {?KEY(Pool), Slots, PortOpts}) andalso
 					py_context_pool_sup:start_pool(Pool, Size, Mode) of
 				false ->
+					free(Slots),
 					{error, {already_started, Pool}};
 				{ok, _} ->
 					logger:notice("erlang_python: pool ~p: ~b contexts on ports ~w of its own (venv ~ts, sandbox ~p, port ~ts)",
@@ -161,9 +161,49 @@ start_own(Pool, Size, Mode, #{venv := Venv, sandbox := Sandbox, ports := NumPort
 						#{domain => [erlang_python]}),
 					{ok, py_context_router:contexts(Pool)};
 				{error, _} = Error ->
-					_ = ets:delete(?TAB, ?KEY(Pool)),
+					ok = release(Pool),
 					Error
 			end
+	end.
+
+%% Pool's slots go back to be reused by the next pool with ports of its own (py_context_pool_sup calls
+%% this once the pool's port owners have stopped). Reuse bounds what a node that starts and stops such
+%% pools for ever accumulates per slot number (a persistent_term key, py_stats counters, a ctx-id row)
+%% by the most slots in use at once.
+-spec release(atom()) -> ok.
+release(Pool) ->
+	case catch ets:take(?TAB, ?KEY(Pool)) of
+		[{_, Slots, _}] -> free(Slots);
+		_ -> ok
+	end.
+
+free(Slots) ->
+	true = ets:insert(?TAB, [{{free_pool_slot, Slot}} || Slot <- Slots]),
+	ok.
+
+%% N slots: free ones first (lowest first; ets:take decides between two pools starting at once), then
+%% new numbers after the last ever given. A reused slot's counters start again from zero; its ctx-id row
+%% is kept, so context ids are still never reused on a slot.
+take_slots(N) ->
+	Free = lists:sort(ets:select(?TAB, [{{{free_pool_slot, '$1'}}, [], ['$1']}])),
+	Reused = take_free(Free, N, []),
+	lists:foreach(fun py_stats:reset_slot/1, Reused),
+	case N - length(Reused) of
+		0 ->
+			Reused;
+		Fresh ->
+			Last = ets:update_counter(?TAB, next_pool_slot, {2, Fresh}, {next_pool_slot, py_router:num_slots()}),
+			Reused ++ lists:seq(Last - Fresh + 1, Last)
+	end.
+
+take_free(_, 0, Acc) ->
+	lists:reverse(Acc);
+take_free([], _, Acc) ->
+	lists:reverse(Acc);
+take_free([Slot | Rest], N, Acc) ->
+	case ets:take(?TAB, {free_pool_slot, Slot}) of
+		[_] -> take_free(Rest, N - 1, [Slot | Acc]);
+		[] -> take_free(Rest, N, Acc)
 	end.
 
 validate([], Size, Acc) ->

@@ -20,6 +20,7 @@
 -export([port_exit/4]).
 -export([port_restart/2]).
 -export([slot_stats/1]).
+-export([reset_slot/1]).
 -export([pool_stats/0]).
 -export([percentile/2]).
 -export([bucket/1]).
@@ -107,6 +108,12 @@ slot_stats(Slot) ->
 	(summary(group({slot, Slot})))#{restarts => counters:get(group({slot, Slot}), ?RESTARTS),
 		log_dropped => counters:get(group({slot, Slot}), ?LOG_DROPPED),
 		spans_dropped => counters:get(group({slot, Slot}), ?SPANS_DROPPED)}.
+
+%% Zeroes the counters of Slot (py_pool_ports: a stopped pool's slot given to a new pool).
+-spec reset_slot(pos_integer()) -> ok.
+reset_slot(Slot) ->
+	Ref = group({slot, Slot}),
+	lists:foreach(fun(I) -> counters:put(Ref, I, 0) end, lists:seq(1, ?SIZE)).
 
 %% The counters of every pool that has served a request: default (py:call/eval/exec without a
 %% context, and the default pool's contexts), each named pool, and explicit (contexts of no pool).

@@ -7,11 +7,11 @@
 
 -export([all/0, init_per_testcase/2, end_per_testcase/2]).
 -export([big_task_result_through_pipe/1, recording_of_shm_bodies_replays/1, own_ports_pool_started_twice/1,
-	owner_death_cancels_after_worker_restart/1]).
+	owner_death_cancels_after_worker_restart/1, own_ports_slots_reused/1]).
 
 all() ->
 	[big_task_result_through_pipe, recording_of_shm_bodies_replays, own_ports_pool_started_twice,
-	 owner_death_cancels_after_worker_restart].
+	 owner_death_cancels_after_worker_restart, own_ports_slots_reused].
 
 init_per_testcase(Case, Config) ->
 	Base = filename:join(?config(priv_dir, Config), "shm"),
@@ -145,3 +145,35 @@ owner_death_cancels_after_worker_restart(_) ->
 tasks_in_flight() ->
 	{ok, #{<<"tasks">> := N}} = py:call(<<"erlang._tasks">>, stats, []),
 	N.
+
+%% A stopped pool's slots are reused by the next pool with ports of its own, so a node that starts and
+%% stops such pools for ever keeps a bounded set of slot numbers (each has a persistent_term key, stats
+%% counters and a ctx-id row); a reused slot's counters start from zero.
+own_ports_slots_reused(_) ->
+	{ok, _} = py_context_router:start_pool(reuse_a, 2, #{ports => 2}),
+	SlotsA = py_pool_ports:slots(reuse_a),
+	2 = length(SlotsA),
+	[First | _] = lists:sort(SlotsA),
+	ok = py_context_router:stop_pool(reuse_a),
+	Cycle = fun(I) ->
+		Pool = list_to_atom("reuse_" ++ integer_to_list(I)),
+		{ok, [Member]} = py_context_router:start_pool(Pool, 1, #{ports => 1}),
+		[Slot] = py_pool_ports:slots(Pool),
+		#{requests := 0} = py_stats:slot_stats(Slot),
+		{ok, 2} = py:eval(Member, <<"1 + 1">>),
+		#{requests := 1} = py_stats:slot_stats(Slot),
+		ok = py_context_router:stop_pool(Pool),
+		Slot
+	end,
+	Used = [Cycle(I) || I <- lists:seq(1, 5)],
+	[First, First, First, First, First] = Used,
+	%% Two at once: the other freed slot and then a new number.
+	{ok, _} = py_context_router:start_pool(reuse_b, 1, #{ports => 1}),
+	{ok, _} = py_context_router:start_pool(reuse_c, 2, #{ports => 2}),
+	Together = lists:sort(py_pool_ports:slots(reuse_b) ++ py_pool_ports:slots(reuse_c)),
+	3 = length(Together),
+	true = lists:all(fun(S) -> lists:member(S, Together) end, SlotsA),
+	ok = py_context_router:stop_pool(reuse_b),
+	ok = py_context_router:stop_pool(reuse_c),
+	AllSlots = py_pool_ports:all_slots(),
+	?assertEqual(AllSlots, lists:usort(AllSlots)).
