@@ -58,11 +58,18 @@ docs_remote_execution(Config) ->
 	Remote = [P || #{os_pid := P} <- rpc:call(Node, py, stats, [])],
 	true = lists:member(RemotePid, Remote).
 
+%% rpc:yield with a deadline (the docs' rpc:yield/1 waits forever).
+yield(Key) ->
+	case rpc:nb_yield(Key, 30000) of
+		{value, V} -> V;
+		timeout -> ct:fail(rpc_yield_timeout)
+	end.
+
 %% rpc:async_call + rpc:yield, several in flight at once.
 docs_async_calls(Config) ->
 	Node = ?config(node, Config),
 	Keys = [rpc:async_call(Node, py, call, [math, sqrt, [N * N]]) || N <- lists:seq(1, 8)],
-	Results = [rpc:yield(Key) || Key <- Keys],
+	Results = [yield(Key) || Key <- Keys],
 	Results = [{ok, float(N)} || N <- lists:seq(1, 8)].
 
 %% The docs' map-reduce pattern over the nodes we have (the peer twice: two partitions).
@@ -72,7 +79,7 @@ docs_parallel_map(Config) ->
 	{A, B} = lists:split(5, Items),
 	Keys = [rpc:async_call(N, py, eval, [<<"[x * 2 for x in batch]">>, #{batch => Batch}])
 		|| {N, Batch} <- [{Node, A}, {Node, B}]],
-	Results = [rpc:yield(K) || K <- Keys],
+	Results = [yield(K) || K <- Keys],
 	[2, 4, 6, 8, 10, 12, 14, 16, 18, 20] = lists:flatten([R || {ok, R} <- Results]).
 
 %% Errors come back as the same terms as locally.

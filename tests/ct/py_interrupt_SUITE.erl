@@ -68,9 +68,14 @@ finally_runs_checks() ->
 	{ok, Ctx} = py_context:new(#{}),
 	{ok, Env} = py_context:create_local_env(Ctx),
 	ok = py_context:exec(Ctx, <<"done = False">>, Env),
+	_ = py:state_remove(<<"finally_runs_inside">>),
 	Wait = async(fun() ->
-		py_context:exec(Ctx, <<"try:\n    n = 0\n    while True:\n        n += 1\nfinally:\n    done = True\n">>, Env)
+		py_context:exec(Ctx, <<"try:\n    erlang.state_set('finally_runs_inside', True)\n    n = 0\n"
+			"    while True:\n        n += 1\nfinally:\n    done = True\n">>, Env)
 	end),
+	%% Only once the code is inside the try: an interrupt that lands before it (the request is running
+	%% from the moment it is on the context's stack) has no finally to run.
+	ok = py_ct_helper:eventually(fun() -> py:state_fetch(<<"finally_runs_inside">>) =:= {ok, true} end, 10000),
 	interrupt_when_running(Ctx),
 	{error, interrupted} = Wait(),
 	{ok, true} = py_context:eval(Ctx, <<"done">>, #{}, 5000, Env),
