@@ -356,7 +356,14 @@ many_streams_no_leak(_) ->
 	[{ok, _} = py:stream_start(builtins, range, [100000], #{owner => O}) || O <- Owners],
 	[exit(O, kill) || O <- Owners],
 	{ok, L} = py:stream_eval(<<"iter(range(10))">>),
-	10 = length(L).
+	10 = length(L),
+	%% Nothing is left: no iterator in the port, no stream process, nothing in flight (the same checks
+	%% as end_per_testcase, but failing this case, with a deadline for a loaded machine).
+	T0 = erlang:monotonic_time(millisecond),
+	ok = py_ct_helper:eventually(fun() -> objects() =:= 0 end, 20000),
+	ok = py_ct_helper:eventually(fun() -> ets:info(py_streams, size) =:= 0 end, 20000),
+	ok = py_ct_helper:eventually(fun() -> ets:info(py_inflight, size) =:= 0 end, 20000),
+	ct:log("all freed after ~b ms", [erlang:monotonic_time(millisecond) - T0]).
 
 %% The stream runs in its caller's environment: when the caller exits (and the owner is another
 %% process), env_drop frees the iterator and the owner's stream ends with KeyError.
