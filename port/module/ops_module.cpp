@@ -2,6 +2,8 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
+#include <mutex>
 
 #include "context.hpp"
 #include "runtime.hpp"
@@ -10,13 +12,18 @@ namespace ep {
 
 namespace {
 
-// Port-wide, shared by every thread that logs and by the loop thread (acks): atomics only, no lock.
-// Not Python state, so one per process even when the module is loaded in several interpreters.
+// Port-wide, shared by every thread that logs and by the loop thread (acks). Not Python state, so one
+// per process even when the module is loaded in several interpreters.
 struct OpsState {
   Runtime* rt = nullptr;
-  size_t window = 1024;              // log + span frames the Erlang side may have unacknowledged
-  std::atomic<bool> tracing{false};  // ops_config `tracing`: erlang.Span sends nothing while false
-  std::atomic<size_t> unacked{0};    // frames sent and not acknowledged (ops_ack)
+  size_t window = 1024;                       // log + span frames the Erlang side may have unacknowledged
+  size_t window_bytes = size_t{8} << 20;      // ... and their bytes (one bigger frame may go alone)
+  std::atomic<bool> tracing{false};           // ops_config `tracing`: erlang.Span sends nothing while false
+  // window_mutex guards the unacknowledged frames' sizes, oldest first (acks come in frame order, so an
+  // ack of N gives back the first N), and their sum. Bounded by `window` entries.
+  std::mutex window_mutex;
+  std::deque<size_t> unacked_sizes;
+  size_t unacked_bytes = 0;
   std::atomic<uint64_t> log_sent{0}, log_dropped{0}, span_sent{0}, span_dropped{0};
   // Dropped since the last frame of that kind went out: the next one carries the count (its last
   // element), so the Erlang side logs and counts every drop.
@@ -37,12 +44,15 @@ struct KindCounters {
 // NULL with an exception if an argument has no Erlang form or the frame is too big.
 PyObject* send_ops_frame(KindCounters k, PyObject* const* args, Py_ssize_t nargs) {
   if (Runtime::in_forked_child() || g_ops.rt == nullptr) Py_RETURN_FALSE;
-  // Bounded: a frame is written only while fewer than `window` are unacknowledged.
-  if (g_ops.unacked.fetch_add(1) >= g_ops.window) {
-    g_ops.unacked.fetch_sub(1);
+  auto drop = [&] {
     k.dropped.fetch_add(1);
     k.unreported.fetch_add(1);
     Py_RETURN_FALSE;
+  };
+  {
+    // The count first, before the encoding is paid for (the bytes are checked once it is known).
+    std::lock_guard<std::mutex> lock(g_ops.window_mutex);
+    if (g_ops.unacked_sizes.size() >= g_ops.window) return drop();
   }
   Context* c = Context::current_thread_context();
   uint64_t report = k.unreported.exchange(0);
@@ -64,9 +74,21 @@ PyObject* send_ops_frame(KindCounters k, PyObject* const* args, Py_ssize_t nargs
     }
   }
   if (!ok) {
-    g_ops.unacked.fetch_sub(1);
     k.unreported.fetch_add(report);
     return nullptr;
+  }
+  {
+    // Bounded by frames and by bytes: a frame goes out only while fewer than `window` frames and, with
+    // it, at most `window_bytes` are unacknowledged (a bigger one only when nothing else is).
+    std::lock_guard<std::mutex> lock(g_ops.window_mutex);
+    size_t n = frame.size() - start;
+    if (g_ops.unacked_sizes.size() >= g_ops.window ||
+        (!g_ops.unacked_sizes.empty() && g_ops.unacked_bytes + n > g_ops.window_bytes)) {
+      k.unreported.fetch_add(report);
+      return drop();
+    }
+    g_ops.unacked_sizes.push_back(n);
+    g_ops.unacked_bytes += n;
   }
   {
     GilRelease unlocked;  // a pipe write; other threads run meanwhile
@@ -103,11 +125,19 @@ PyObject* ops_tracing(PyObject*, PyObject*) { return PyBool_FromLong(g_ops.traci
 
 // _erlang_ops.counters() -> dict, for tests and diagnostics.
 PyObject* ops_counters(PyObject*, PyObject*) {
-  return Py_BuildValue("{s:K,s:K,s:K,s:K,s:n,s:n}", "log_sent", (unsigned long long)g_ops.log_sent.load(),
+  size_t unacked, unacked_bytes;
+  {
+    std::lock_guard<std::mutex> lock(g_ops.window_mutex);
+    unacked = g_ops.unacked_sizes.size();
+    unacked_bytes = g_ops.unacked_bytes;
+  }
+  return Py_BuildValue("{s:K,s:K,s:K,s:K,s:n,s:n,s:n,s:n}", "log_sent", (unsigned long long)g_ops.log_sent.load(),
                        "log_dropped", (unsigned long long)g_ops.log_dropped.load(), "span_sent",
                        (unsigned long long)g_ops.span_sent.load(), "span_dropped",
-                       (unsigned long long)g_ops.span_dropped.load(), "unacked",
-                       static_cast<Py_ssize_t>(g_ops.unacked.load()), "window", static_cast<Py_ssize_t>(g_ops.window));
+                       (unsigned long long)g_ops.span_dropped.load(), "unacked", static_cast<Py_ssize_t>(unacked),
+                       "window", static_cast<Py_ssize_t>(g_ops.window), "unacked_bytes",
+                       static_cast<Py_ssize_t>(unacked_bytes), "window_bytes",
+                       static_cast<Py_ssize_t>(g_ops.window_bytes));
 }
 
 PyMethodDef methods[] = {
@@ -170,12 +200,17 @@ void ops_on_ack(Runtime& rt, const Header& h, std::string_view body) {
     rt.protocol_error(h.ctx, h.id, "bad_body", "ops_ack body must be a non-negative integer");
     return;
   }
-  if (n == 0) {  // reset: the Erlang side's consumer restarted, what it had is consumed or lost
-    g_ops.unacked.store(0);
+  std::lock_guard<std::mutex> lock(g_ops.window_mutex);
+  // 0 resets: the Erlang side's consumer restarted, what it had is consumed or lost. More than are
+  // outstanding empties the window too.
+  if (n == 0 || n >= g_ops.unacked_sizes.size()) {
+    g_ops.unacked_sizes.clear();
+    g_ops.unacked_bytes = 0;
     return;
   }
-  size_t cur = g_ops.unacked.load();
-  while (!g_ops.unacked.compare_exchange_weak(cur, cur - std::min<size_t>(cur, static_cast<size_t>(n)))) {
+  for (uint64_t i = 0; i < n; ++i) {
+    g_ops.unacked_bytes -= g_ops.unacked_sizes.front();
+    g_ops.unacked_sizes.pop_front();
   }
 }
 

@@ -10,13 +10,13 @@
 -export([doc_quick_start/1, metadata_of_a_module_function/1, level_mapping/1, level_filtered_in_port/1,
 	format_option/1, string_format/1, setup_logging_from_python/1, erlang_handler_on_own_logger/1,
 	invalid_options/1, bad_python_format_keeps_old/1, config_reaches_restarted_port/1,
-	window_drops_and_counts/1, python_does_not_wait/1, sink_restart_reopens_window/1, ops_ack_counts/1,
+	window_drops_and_counts/1, window_bounds_bytes/1, python_does_not_wait/1, sink_restart_reopens_window/1, ops_ack_counts/1,
 	thread_outside_requests/1, ops_ack_bad_body/1, ops_config_bad_body/1]).
 
 all() ->
 	[doc_quick_start, metadata_of_a_module_function, level_mapping, level_filtered_in_port, format_option,
 	 string_format, setup_logging_from_python, erlang_handler_on_own_logger, invalid_options,
-	 bad_python_format_keeps_old, config_reaches_restarted_port, window_drops_and_counts,
+	 bad_python_format_keeps_old, config_reaches_restarted_port, window_drops_and_counts, window_bounds_bytes,
 	 python_does_not_wait, sink_restart_reopens_window, ops_ack_counts, thread_outside_requests, ops_ack_bad_body, ops_config_bad_body].
 
 init_per_suite(Config) ->
@@ -241,6 +241,36 @@ window_drops_and_counts(_) ->
 	[#{log_dropped := SlotAfter} | _] = py:stats(),
 	Dropped = SlotAfter - SlotBefore,
 	no_more_logs().
+
+%% The window bounds bytes too: big records stop going out once 8 MiB are unacknowledged, well before
+%% 1024 frames (a frame is at most max_out_frame bytes: 1024 of them could be gigabytes).
+window_bounds_bytes(_) ->
+	ok = py:configure_logging(#{level => info}),
+	Slot = 1,
+	ok = sys:suspend(py_ops_sink),
+	Counters = fun() ->
+		{ok, C} = py_ct_helper:on(Slot, 0, fun() -> py:eval(<<"__import__('_erlang_ops').counters()">>) end),
+		C
+	end,
+	#{<<"log_sent">> := S0, <<"log_dropped">> := D0, <<"window_bytes">> := WindowBytes} = Counters(),
+	8388608 = WindowBytes,
+	{ok, _} = py_ct_helper:on(Slot, 0, fun() ->
+		py:eval(<<"[__import__('logging').info('big %d %s', i, 'x' * (1 << 20)) for i in range(40)] and None">>)
+	end),
+	#{<<"log_sent">> := S1, <<"log_dropped">> := D1, <<"unacked_bytes">> := Bytes, <<"unacked">> := Frames} = Counters(),
+	Sent = S1 - S0,
+	40 = Sent + (D1 - D0),
+	ct:log("sent ~b, dropped ~b, unacked ~b frames, ~b bytes", [Sent, D1 - D0, Frames, Bytes]),
+	true = Sent >= 1 andalso Sent =< 8,
+	true = Bytes =< WindowBytes andalso Bytes > 0,
+	Sent = Frames,
+	ok = sys:resume(py_ops_sink),
+	Big = [next_log() || _ <- lists:seq(1, Sent)],
+	true = lists:all(fun({info, <<"big ", _/binary>>, _}) -> true; (_) -> false end, Big),
+	ok = py_ct_helper:eventually(fun() ->
+		maps:with([<<"unacked">>, <<"unacked_bytes">>], Counters()) =:= #{<<"unacked">> => 0, <<"unacked_bytes">> => 0}
+	end, 10000),
+	flush_logs().
 
 %% Python never waits for Erlang to log: with the sink suspended (nothing is acknowledged, nothing
 %% logged) 20000 records take about as long as without any handler, well within seconds.
