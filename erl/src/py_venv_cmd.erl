@@ -24,7 +24,7 @@ run(Exe, Args, Step, Opts) ->
 	Meta = #{domain => [erlang_python, venv], venv => maps:get(venv, Opts, undefined), step => Step},
 	logger:info("erlang_python: venv: running ~ts ~ts", [Exe, lists:join(" ", [to_list(A) || A <- Args])], Meta),
 	Port = open_port({spawn_executable, Exe}, [{args, Args}, {env, maps:get(env, Opts, [])}, exit_status,
-		stderr_to_stdout, binary, {line, ?LINE_BYTES}, hide, in]),
+		stderr_to_stdout, binary, hide, in]),
 	{os_pid, OsPid} = erlang:port_info(Port, os_pid),
 	Caller = self(),
 	Watchdog = spawn(fun() -> watchdog(Caller, OsPid) end),
@@ -44,21 +44,33 @@ collect(Port, OsPid, Step, Deadline, Meta, Tail, Partial) ->
 
 collect(Port, OsPid, Step, Deadline, Meta, Tail, Partial, Left) ->
 	receive
-		{Port, {data, {noeol, Part}}} ->
-			collect(Port, OsPid, Step, Deadline, Meta, Tail, <<Partial/binary, Part/binary>>);
-		{Port, {data, {eol, Part}}} ->
-			Line = <<Partial/binary, Part/binary>>,
-			logger:info("erlang_python: venv ~ts: ~ts", [Step, Line], Meta),
-			collect(Port, OsPid, Step, Deadline, Meta, keep(Line, Tail), <<>>);
-		{Port, {exit_status, 0}} ->
-			{ok, output(Tail)};
+		{Port, {data, Data}} ->
+			%% Raw chunks, split here: the port's {line, N} mode drops a last line that has no newline
+			%% after it, which is often the installer's error message.
+			{Lines, Rest} = split_lines(<<Partial/binary, Data/binary>>),
+			Tail1 = lists:foldl(fun(Line, T) ->
+				logger:info("erlang_python: venv ~ts: ~ts", [Step, Line], Meta),
+				keep(Line, T)
+			end, Tail, Lines),
+			%% A line longer than ?LINE_BYTES: only its first ?LINE_BYTES are kept (the rest of it is
+			%% dropped as it comes), so a command that never writes a newline cannot grow this process.
+			collect(Port, OsPid, Step, Deadline, Meta, Tail1, Rest);
 		{Port, {exit_status, Status}} ->
-			logger:error("erlang_python: venv ~ts failed with exit status ~b:~n~ts",
-				[Step, Status, output(Tail)], Meta),
-			{error, {Step, Status, output(Tail)}}
+			%% The last line, if the command ended without a newline after it, is output too.
+			Tail1 = case Partial of
+				<<>> -> Tail;
+				_ -> logger:info("erlang_python: venv ~ts: ~ts", [Step, Partial], Meta), keep(Partial, Tail)
+			end,
+			exited(Step, Status, output(Tail1), Meta)
 	after Left ->
 		timed_out(Port, OsPid, Step, Meta)
 	end.
+
+exited(_Step, 0, Output, _Meta) ->
+	{ok, Output};
+exited(Step, Status, Output, Meta) ->
+	logger:error("erlang_python: venv ~ts failed with exit status ~b:~n~ts", [Step, Status, Output], Meta),
+	{error, {Step, Status, Output}}.
 
 %% Kills the command and drops what it wrote that was not read: nothing of it stays in the caller's
 %% mailbox (a closed port sends no more messages).
@@ -75,6 +87,13 @@ flush(Port) ->
 	after 0 ->
 		ok
 	end.
+
+%% The complete lines of Bin, and what follows the last newline (at most ?LINE_BYTES of it; a line cut
+%% there stays cut: the bytes after its first ?LINE_BYTES are dropped as they come, up to its newline).
+split_lines(Bin) ->
+	Parts = binary:split(Bin, <<"\n">>, [global]),
+	{Lines, [Last]} = lists:split(length(Parts) - 1, Parts),
+	{[cut(L) || L <- Lines], cut(Last)}.
 
 %% The last ?TAIL_LINES lines, newest first, each cut to ?LINE_BYTES.
 keep(Line, {N, Lines}) when N < ?TAIL_LINES ->

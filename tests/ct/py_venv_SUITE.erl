@@ -15,7 +15,7 @@
 	ensure_timeout_kills_installer/1, caller_death_kills_installer/1, force_recreates/1,
 	install_outside_call_timeout/1, pyproject_editable_with_extras/1, pool_option_errors/1,
 	stop_pool_stops_its_ports/1, app_env_venv_at_start/1, uv_installer/1, concurrent_ensures_serialise/1,
-	command_flood_meets_deadline/1]).
+	command_flood_meets_deadline/1, last_line_without_newline/1]).
 
 all() ->
 	[ensure_installs_from_pypi, second_ensure_is_up_to_date, pool_with_venv_sees_it,
@@ -24,7 +24,7 @@ all() ->
 	 ensure_timeout_kills_installer, caller_death_kills_installer, force_recreates,
 	 install_outside_call_timeout, pyproject_editable_with_extras, pool_option_errors,
 	 stop_pool_stops_its_ports, app_env_venv_at_start, uv_installer, concurrent_ensures_serialise,
-	 command_flood_meets_deadline].
+	 command_flood_meets_deadline, last_line_without_newline].
 
 %% A tiny pure-Python package; pinned, so every run installs the same thing.
 -define(PACKAGE, "idna==3.7").
@@ -425,3 +425,15 @@ command_flood_meets_deadline(Config) ->
 	{ok, Pgid} = file:read_file(PgidFile),
 	InGroup = fun() -> string:trim(os:cmd("pgrep -g " ++ integer_to_list(binary_to_integer(string:trim(Pgid))))) end,
 	ok = py_ct_helper:eventually(fun() -> InGroup() =:= "" end, 5000).
+
+%% The command's last line is in its output (and in an installer error) even without a newline after
+%% it; a line longer than the kept length, newline or not, is cut to it.
+last_line_without_newline(_Config) ->
+	T0 = erlang:monotonic_time(millisecond),
+	{error, {fails, 3, <<"first\nERROR: no such package">>}} = py_venv_cmd:run("/bin/sh",
+		["-c", "echo first; printf 'ERROR: no such package'; exit 3"], fails, #{deadline => T0 + 30000}),
+	{ok, <<"only">>} = py_venv_cmd:run("/bin/sh", ["-c", "printf only"], quiet, #{deadline => T0 + 30000}),
+	{ok, Long} = py_venv_cmd:run("/bin/sh", ["-c", "head -c 3000000 /dev/zero | tr '\\0' x"], long,
+		#{deadline => T0 + 30000}),
+	1024 = byte_size(Long),
+	?assertEqual(<<>>, binary:replace(Long, <<"x">>, <<>>, [global])).
