@@ -88,13 +88,17 @@ ensure(Path0, DepsFile0, Opts) when is_list(Opts) ->
 %% {python_version_mismatch, VenvVersion, PortVersion}, {no_site_packages, Path, PortVersion}.
 -spec activate(file:filename_all()) -> ok | {error, term()}.
 activate(Path0) ->
+	activate(Path0, ?APPLY_TIMEOUT).
+
+%% Timeout: for each step in every port (ensure passes what is left of its own deadline).
+activate(Path0, Timeout) ->
 	Path = abs_path(Path0),
-	case check(Path) of
+	case check(Path, Timeout) of
 		{ok, _} ->
 			Previous = default_venv(),
 			ok = set_default(Path),
 			Keep = py_import:all_paths(),
-			case apply_default(?ACTIVATE_CODE, #{path => Path, keep => Keep}) of
+			case apply_default(?ACTIVATE_CODE, #{path => Path, keep => Keep}, Timeout) of
 				ok ->
 					log(notice, "activated ~ts in the default pool", [Path], Path),
 					ok;
@@ -153,8 +157,11 @@ info(Pool) when is_atom(Pool) ->
 %% {ok, AbsolutePath} or the error of activate/1.
 -spec check(file:filename_all()) -> {ok, binary()} | {error, term()}.
 check(Path0) ->
+	check(Path0, ?APPLY_TIMEOUT).
+
+check(Path0, Timeout) ->
 	Path = abs_path(Path0),
-	case py_request:run(eval, {slot, 1, 0}, {undefined, ?CHECK_CODE, #{path => Path}}, ?APPLY_TIMEOUT, true) of
+	case py_request:run(eval, {slot, 1, 0}, {undefined, ?CHECK_CODE, #{path => Path}}, Timeout, true) of
 		{ok, {<<"ok">>, Abs}} -> {ok, Abs};
 		{ok, {<<"error">>, Reason, Detail}} -> {error, venv_error(Reason, Detail)};
 		{error, _} = Error -> Error
@@ -195,7 +202,12 @@ ensure_locked(Path, DepsFile, O = #{force := Force}, Deadline) ->
 		fun(_) -> install_if_changed(Path, DepsFile, O, Deadline) end,
 		fun(_) ->
 			case maps:get(activate, O) of
-				true -> activate(Path);
+				%% Within the ensure's own deadline (its timeout covers the whole operation).
+				true ->
+					case Deadline - erlang:monotonic_time(millisecond) of
+						Left when Left > 0 -> activate(Path, min(Left, ?APPLY_TIMEOUT));
+						_ -> {error, {timeout, activate}}
+					end;
 				false -> ok
 			end
 		end
@@ -400,11 +412,14 @@ env_venv() ->
 %% would otherwise miss the change if it read its environment before it); the first error, if any.
 %% Context index 0 of each: every context of a port shares its sys.path.
 apply_default(Code, Locals) ->
+	apply_default(Code, Locals, ?APPLY_TIMEOUT).
+
+apply_default(Code, Locals, Timeout) ->
 	case py_router:num_slots() of
 		0 ->
 			{error, not_started};
 		N ->
-			Results = py_request:eval_on_slots(lists:seq(1, N), {undefined, Code, Locals}, ?APPLY_TIMEOUT, true),
+			Results = py_request:eval_on_slots(lists:seq(1, N), {undefined, Code, Locals}, Timeout, true),
 			case [E || E <- lists:map(fun outcome/1, Results), E =/= ok] of
 				[] -> ok;
 				[First | _] -> First

@@ -15,7 +15,7 @@
 	ensure_timeout_kills_installer/1, caller_death_kills_installer/1, force_recreates/1,
 	install_outside_call_timeout/1, pyproject_editable_with_extras/1, pool_option_errors/1,
 	stop_pool_stops_its_ports/1, app_env_venv_at_start/1, uv_installer/1, concurrent_ensures_serialise/1,
-	command_flood_meets_deadline/1, last_line_without_newline/1]).
+	command_flood_meets_deadline/1, last_line_without_newline/1, activation_within_ensure_deadline/1]).
 
 all() ->
 	[ensure_installs_from_pypi, second_ensure_is_up_to_date, pool_with_venv_sees_it,
@@ -24,7 +24,7 @@ all() ->
 	 ensure_timeout_kills_installer, caller_death_kills_installer, force_recreates,
 	 install_outside_call_timeout, pyproject_editable_with_extras, pool_option_errors,
 	 stop_pool_stops_its_ports, app_env_venv_at_start, uv_installer, concurrent_ensures_serialise,
-	 command_flood_meets_deadline, last_line_without_newline].
+	 command_flood_meets_deadline, last_line_without_newline, activation_within_ensure_deadline].
 
 %% A tiny pure-Python package; pinned, so every run installs the same thing.
 -define(PACKAGE, "idna==3.7").
@@ -437,3 +437,19 @@ last_line_without_newline(_Config) ->
 		#{deadline => T0 + 30000}),
 	1024 = byte_size(Long),
 	?assertEqual(<<>>, binary:replace(Long, <<"x">>, <<>>, [global])).
+
+%% ensure_venv's timeout covers its activation too: with the venv up to date and the port that checks
+%% it busy, the ensure ends at its own deadline (the activation used to get 30 s of its own after it).
+activation_within_ensure_deadline(Config) ->
+	Venv = ?config(venv, Config),
+	ok = py:ensure_venv(Venv, ?config(req, Config), [{activate, false}]),
+	Self = self(),
+	Busy = spawn(fun() -> Self ! {busy_done, py_ct_helper:on(1, 0, fun() -> py:eval(<<"__import__('time').sleep(6)">>) end)} end),
+	timer:sleep(1000),  %% the sleep has started (it has 5 s more to go)
+	T0 = erlang:monotonic_time(millisecond),
+	{error, _} = Result = py:ensure_venv(Venv, ?config(req, Config), [{timeout, 1500}]),
+	Ms = erlang:monotonic_time(millisecond) - T0,
+	ct:log("~p after ~b ms", [Result, Ms]),
+	?assert(Ms < 4500),
+	receive {busy_done, _} -> ok after 20000 -> ct:fail({busy_never_done, Busy}) end,
+	{ok, none} = py:venv_info().
