@@ -182,25 +182,32 @@ first_item_not_held_back(_) ->
 	?assert(py_ct_helper:elapsed_ms(T0) < 2000),
 	[{data, 3}, done] = events(Ref).
 
-%% stream_cancel closes the generator: its finally runs (observed with erlang.send); nothing of the
-%% stream reaches the owner after stream_cancel returns.
+%% stream_cancel closes the generator: its except/finally run; nothing of the stream reaches the owner
+%% after stream_cancel returns. The generator is suspended at a yield (GeneratorExit) or, when the
+%% cancel lands while the port is pulling the items it may send ahead, running (CancelledError): both
+%% end it (on 3.13t, with no GIL, the second is common). What the handler saw is kept in the caller's
+%% environment, not sent: in a cancelled request every wait for Erlang (erlang.send is a round trip)
+%% raises CancelledError at once (README, Streams).
 cancel_closes_generator(_) ->
 	ok = py:exec(<<"
-import erlang
-def endless(pid):
+closed = []
+def endless():
     try:
         i = 0
         while True:
             yield i
             i += 1
-    except GeneratorExit:
-        erlang.send(pid, ('closed', 'GeneratorExit'))
+    except BaseException as e:
+        closed.append(type(e).__name__)
         raise
 ">>),
-	{ok, Ref} = py:stream_start('__main__', endless, [self()]),
+	{ok, Ref} = py:stream_start('__main__', endless, []),
 	receive {py_stream, Ref, {data, 0}} -> ok after 5000 -> ct:fail(no_item) end,
 	ok = py:stream_cancel(Ref),
-	receive {<<"closed">>, <<"GeneratorExit">>} -> ok after 5000 -> ct:fail(generator_not_closed) end,
+	ok = py_ct_helper:eventually(fun() -> py:eval(<<"len(closed)">>) =:= {ok, 1} end, 5000),
+	{ok, [How]} = py:eval(<<"closed">>),
+	ct:log("closed by ~s", [How]),
+	true = lists:member(How, [<<"GeneratorExit">>, <<"CancelledError">>]),
 	flush_stream(Ref),
 	receive {py_stream, Ref, _} = M -> ct:fail({after_cancel, M}) after 300 -> ok end.
 
