@@ -36,7 +36,8 @@ end_per_suite(_Config) ->
 end_per_testcase(_, _Config) ->
 	ok = py_ct_helper:eventually(fun() -> tasks_in_flight() =:= 0 end, 5000),
 	{ok, #{<<"awaited">> := 0}} = py:call(<<"erlang._tasks">>, stats, []),
-	%% Every task id's entry ended with its final frame (or was removed at submit).
+	%% Every task's entry ended with its outcome, its await's timeout or its port.
+	ok = py_ct_helper:eventually(fun() -> ets:info(py_tasks, size) =:= 0 end, 5000),
 	ok = py_ct_helper:eventually(fun() -> ets:info(py_inflight, size) =:= 0 end, 5000).
 
 tasks_in_flight() ->
