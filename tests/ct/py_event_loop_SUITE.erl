@@ -17,7 +17,7 @@
 	tasks_run_concurrently/1, erlang_async_call_in_task/1, task_bound/1,
 	cancel_wakes_erlang_run/1, no_worker/1, unconvertible_result/1, explicit_context_send_path/1,
 	outcomes_batched_per_frame/1, big_outcomes/1, many_submitters/1, bound_frees_on_cancel/1,
-	bad_task_frames/1, await_infinity_port_death/1]).
+	bad_task_frames/1, channel_receive_cancelled/1, await_infinity_port_death/1]).
 
 all() ->
 	[run_sync, run_coroutine, run_kwargs_and_timeout_opts, create_task_await, async_result_message,
@@ -26,7 +26,7 @@ all() ->
 	 pool_api, pool_affinity_order, async_call_await, async_gather, async_gather_failed,
 	 tasks_run_concurrently, erlang_async_call_in_task, task_bound, cancel_wakes_erlang_run, no_worker,
 	 unconvertible_result, explicit_context_send_path, outcomes_batched_per_frame, big_outcomes,
-	 many_submitters, bound_frees_on_cancel, bad_task_frames,
+	 many_submitters, bound_frees_on_cancel, bad_task_frames, channel_receive_cancelled,
 	 %% Last: it kills the port.
 	 await_infinity_port_death].
 
@@ -398,6 +398,31 @@ bad_task_frames(_) ->
 		ets:delete(py_inflight, 300),
 		ets:delete(py_inflight, 5)
 	end.
+
+%% A task waiting in a channel's async_receive is cancelled by its await's timeout (CancelledError at
+%% the await), and so is an erlang.run(async_receive) inside a py:call by the call's timeout: the
+%% port is not restarted (its cancel grace passes) and the contexts are free at once.
+channel_receive_cancelled(_) ->
+	Pid = py_ct_helper:os_pid(1),
+	{ok, Ch} = py_channel:new(),
+	ok = py:exec(<<"import asyncio, erlang\nfrom erlang.channel import Channel\nchan_state = {}\n"
+		"async def wait_msg(ch, key):\n    try:\n        return await Channel(ch).async_receive()\n"
+		"    except asyncio.CancelledError:\n        chan_state[key] = True\n        raise\n"
+		"def run_wait(ch):\n    return erlang.run(wait_msg(ch, 'call'))">>),
+	{error, timeout} = py_event_loop:run('__main__', wait_msg, [Ch, <<"task">>], #{timeout => 200}),
+	ok = py_ct_helper:eventually(fun() -> py:eval(<<"chan_state.get('task', False)">>) =:= {ok, true} end, 5000),
+	{error, timeout} = py:call('__main__', run_wait, [Ch], #{}, 200),
+	T0 = erlang:monotonic_time(millisecond),
+	{ok, 2} = py:eval(<<"1 + 1">>),
+	?assert(erlang:monotonic_time(millisecond) - T0 < 1500),
+	ok = py_ct_helper:eventually(fun() -> py:eval(<<"chan_state.get('call', False)">>) =:= {ok, true} end, 5000),
+	%% The channel still works for a reader that waits for its message.
+	Ref = py_event_loop:create_task('__main__', wait_msg, [Ch, <<"third">>]),
+	ok = py_channel:send(Ch, <<"hello">>),
+	{ok, <<"hello">>} = py_event_loop:await(Ref, 5000),
+	timer:sleep(2500),  % past the cancel grace (2000 ms): a cancel that was not honoured kills the port
+	Pid = py_ct_helper:os_pid(1),
+	ok = py_channel:close(Ch).
 
 %% await(Ref, infinity) ends when the port dies: {error, {port_exited, Reason}}, and the task's entry
 %% is gone.
