@@ -28,6 +28,8 @@ from typing import Any
 
 from ._loop import background_loop
 
+_EAGER: dict[str, bool] = {"eager_start": True} if sys.version_info >= (3, 12) else {}
+
 _native: Any = None  # the `_erlang_loop` module (the tests put a fake here)
 
 
@@ -118,11 +120,13 @@ def _submit(lt: _LoopTasks, ref: bytes | None, owner: bytes, env: dict[str, Any]
         _outcome(lt, ref, owner, True, result)
         return
     try:
-        task = lt.loop.create_task(_run(lt, ref, owner, result))
+        # Python 3.12+: the task's first step runs now (eager_start), so a coroutine that finishes
+        # without suspending costs no loop iteration; on 3.11 it starts at the next one.
+        task = asyncio.Task(_run(lt, ref, owner, result), loop=lt.loop, **_EAGER)
     except Exception as exc:
         _outcome(lt, ref, owner, False, (type(exc).__name__, str(exc)))
         return
-    if ref is not None:
+    if ref is not None and not task.done():
         lt.tasks[ref] = (owner, task)
 
 
