@@ -265,14 +265,17 @@ PyRef submission(Loop& loop, const Entry& e, std::string& errs) {
       error_item(errs, ref, "TypeError", "task environment must be a pid, a reference or undefined");
       return PyRef();
     }
-    std::lock_guard<std::mutex> lock(loop.mutex);
-    ++loop.owners[key];
+    if (!key.empty()) {
+      std::lock_guard<std::mutex> lock(loop.mutex);
+      ++loop.owners[key];
+    }
   }
   globals = g_rt->task_env(e.serial, env, key);
   if (!globals) {
     PyErr_Clear();
     std::lock_guard<std::mutex> lock(loop.mutex);
-    if (--loop.owners[key] == 0) loop.owners.erase(key);
+    auto it = loop.owners.find(key);
+    if (it != loop.owners.end() && --it->second == 0) loop.owners.erase(it);
     error_item(errs, ref, "RuntimeError", "the task's environment is gone");
     return PyRef();
   }
