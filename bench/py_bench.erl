@@ -24,6 +24,7 @@
 %%                        override the app env num_ports, contexts_per_port, codec, spin_us
 %%   BENCH_ECHO_SPIN_US   the echo port's spin window (default: the app's spin_us, else the port's)
 %%   BENCH_OUT            where to write the table (default bench/results/latest.txt)
+%%   BENCH_ROWS           only the rows whose names contain one of these (comma-separated), e.g. asyncio
 %% and, read by bench/run.sh: BENCH_NO_BUILD=1 (no rebar3 compile), BENCH_APP_DIR (measure an app
 %% built elsewhere: the directory holding its ebin/ and priv/), BENCH_ERL_FLAGS (extra flags for erl).
 -module(py_bench).
@@ -78,7 +79,7 @@ run() ->
                             progress("~s done in ~.1f s",
                                      [Name, (erlang:monotonic_time(millisecond) - T0) / 1000]),
                             {Acc ++ Rs, C1}
-                    end, {[], Ctx0}, rows()),
+                    end, {[], Ctx0}, selected_rows()),
     Text = [header(Ctx), "\n", format_table(Rows), footnotes(Rows)],
     io:put_chars(Text),
     Out = os:getenv("BENCH_OUT", filename:join(Root, "bench/results/latest.txt")),
@@ -89,6 +90,15 @@ run() ->
     end,
     stop_app(Ctx),
     ok.
+
+%% aio: BENCH_ROWS=name,name (substrings of the row names below) runs only those rows (and the
+%% application start they need), e.g. BENCH_ROWS=asyncio for a brief look at one area.
+selected_rows() ->
+    case string:lexemes(os:getenv("BENCH_ROWS", ""), ",") of
+        [] -> rows();
+        Wanted -> [R || R = {Name, _} <- rows(), Name =:= "application start"
+                        orelse lists:any(fun(W) -> string:find(Name, W) =/= nomatch end, Wanted)]
+    end.
 
 %% The rows, in order. Each function takes the context and returns {Rows, Context}.
 rows() ->

@@ -91,6 +91,7 @@ init([]) ->
 	ok = py_stats:init(),
 	_ = py_telemetry:refresh(),
 	ok = py_chan:init_tab(),  %% chan: channels, byte channels, buffers
+	ok = py_event_loop:init_tab(),  %% aio: asyncio tasks awaited (PROTOCOL.md §3.10)
 	Layout = #{num_ports := NumPorts, port_opts := PortOpts} = layout(),
 	ok = py_router:set_config(Layout),
 	Children = [
@@ -105,9 +106,6 @@ init([]) ->
 			type => supervisor, shutdown => infinity},
 		%% Its restart (it re-monitors from the table) restarts nothing else.
 		#{id => py_semaphore, start => {py_semaphore, start_link, []}, type => worker},
-		%% asyncio (issue 9): the event loops' workers; depend on nothing above.
-		#{id => py_event_loop_pool, start => {py_event_loop_pool, start_link, []},
-			type => supervisor, shutdown => infinity},
 		%% chan: watches channel owners and ports (its tables are ours, it re-monitors from them).
 		#{id => py_chan, start => {py_chan, start_link, []}, type => worker}
 	],

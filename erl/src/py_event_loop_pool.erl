@@ -1,12 +1,11 @@
-%% A pool of asyncio event loops with process affinity (issue 9), and the supervisor of the loops' workers.
+%% A pool of asyncio event loops with process affinity (issue 9).
 %%
 %% Scope: the py_event_loop calls on N loops: a process's tasks always go to loop
 %% erlang:phash2(self(), N) (so they start in the order it submitted them, on one loop), and
 %% py_event_loop's own calls use loop 0. N is the `event_loop_pool_size' application key (default
 %% erlang:system_info(schedulers), at most 256). Each loop is an ErlangEventLoop thread in every port
-%% that runs tasks (started there on first use) and one py_event_loop worker here.
+%% that runs tasks (started there on its first task); nothing runs for it on the Erlang side.
 -module(py_event_loop_pool).
--behaviour(supervisor).
 
 %% API.
 -export([run/3]).
@@ -20,10 +19,6 @@
 -export([get_loop/0]).
 -export([get_stats/0]).
 -export([size/0]).
--export([start_link/0]).
-
-%% supervisor.
--export([init/1]).
 
 -define(MAX_LOOPS, 256).
 -define(DEFAULT_TIMEOUT, 5000).
@@ -79,19 +74,6 @@ size() ->
 		N when is_integer(N), N > 0 -> min(N, ?MAX_LOOPS);
 		_ -> erlang:system_info(schedulers)
 	end.
-
--spec start_link() -> {ok, pid()} | {error, term()}.
-start_link() ->
-	supervisor:start_link({local, ?MODULE}, ?MODULE, []).
-
-%% supervisor.
-
--spec init([]) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
-init([]) ->
-	N = size(),
-	Children = [#{id => {py_event_loop, I}, start => {py_event_loop, start_link, [I]}, type => worker}
-		|| I <- lists:seq(0, N - 1)],
-	{ok, {#{strategy => one_for_one, intensity => 5, period => 10}, Children}}.
 
 %% Internal.
 

@@ -125,6 +125,7 @@
 -define(REQUEUE, 75).
 -define(SCHEDULE, 94).
 -define(SPAN, 88).  %% opsa (§3.14)
+-define(TASK_RESULT, 76).  %% aio (§3.10)
 
 %% The port exits with 5 when a cancelled request holds the GIL and cannot even be interrupted
 %% (its --cancel-stuck-ms watchdog): like our grace timer expiring, so reported the same way.
@@ -611,6 +612,10 @@ frame(?ENV_CREATED, _, 0, Body, _, State = #state{envs = Envs, callees = Callees
 		%% An explicit environment (a reference): its context process frees it (py_context).
 		_ -> State
 	end;
+%% aio: asyncio task outcomes (PROTOCOL.md §3.10), each sent to its caller by py_event_loop.
+frame(?TASK_RESULT, 0, 0, Body, _, State) ->
+	ok = py_event_loop:route_outcomes(Body),
+	State;
 %% opsa: Python log records and spans (PROTOCOL.md §3.14) go undecoded to py_ops_sink (one send).
 frame(Kind, _, 0, Body, Port, State) when Kind =:= ?LOG; Kind =:= ?SPAN ->
 	ok = py_ops_sink:forward(State#state.slot, Port, codec(State), Kind, Body),
@@ -878,7 +883,7 @@ fail_inflight(Slot, Reason) ->
 		[{_, Pid, _}] -> Pid ! {py_frame, Id, port_exited, 0, Reason};
 		[] -> ok
 	end || Id <- Ids],
-	ok.
+	ok = py_event_loop:port_exited(Slot, Reason).  %% aio: tasks in flight there
 
 %% Restart at once, unless the port keeps dying of its own accord within a second of its start, or
 %% keeps failing to start: then the delays are 0, 100 ms, 200 ms, ... up to 5 s. A minute of health

@@ -44,6 +44,8 @@
 -export([stream_cancel_pull/1]).
 -export([stream_frame/4]).
 -export([stream_forget/1]).
+%% aio (py_event_loop, PROTOCOL.md §3.10): where a task frame of the caller goes.
+-export([target/2]).
 
 -export_type([route/0]).
 -export_type([stream/0]).
@@ -289,6 +291,22 @@ stream_frame({py_stream_req, Req, _, _, _}, Kind, Ctx, Body) ->
 stream_forget({py_stream_req, Req = #req{id = Id}, _, _, _}) ->
 	_ = ets:delete(py_inflight, Id),
 	flush(Req).
+
+%% aio: the port (its published info), slot and context id a request routed by Route would go to
+%% now, waiting until Timeout for the slot to be up (as a request would). For frames that are not
+%% requests (py_event_loop's task_submit), which the caller writes itself.
+-spec target(route(), timeout()) -> {ok, py_port:info(), pos_integer(), non_neg_integer()} | {error, term()}.
+target(Route, Timeout) ->
+	target_place(place(Route), deadline(Timeout)).
+
+target_place({error, _} = Error, _Deadline) ->
+	Error;
+target_place(Place, Deadline) ->
+	case ready(Place, 0, Deadline) of
+		{ok, Info} -> {ok, Info, Place#place.slot, ctx_id(Place, Info)};
+		{moved, Place1} -> target_place(Place1, Deadline);
+		{error, _} = Error -> Error
+	end.
 
 %% Internal: sending.
 

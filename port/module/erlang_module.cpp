@@ -239,34 +239,6 @@ PyObject* erl_set_loop_wakeup_fd(PyObject*, PyObject* arg) {
   return PyLong_FromLong(c ? c->set_loop_wake_fd(static_cast<int>(fd)) : -1);
 }
 
-// asyncio (issue 9): _task_done(id, outcome) -> bool. Writes the final `result` frame (ctx 0, `id`)
-// of a task whose outcome the Erlang side routes by id to the loop's worker (PROTOCOL.md §3.10),
-// without waiting for anything. False, and nothing sent, if the outcome has no Erlang form or would
-// not fit a frame (the caller then sends a smaller outcome).
-PyObject* erl_task_done(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 2 || !PyLong_Check(args[0])) {
-    PyErr_SetString(PyExc_TypeError, "_task_done(id, outcome)");
-    return nullptr;
-  }
-  unsigned long long id = PyLong_AsUnsignedLongLong(args[0]);
-  if (PyErr_Occurred()) return nullptr;
-  if (id == 0) {
-    PyErr_SetString(PyExc_ValueError, "task id must not be 0");
-    return nullptr;
-  }
-  std::string out;
-  g_rt->result_frame(out, 0, id, args[1]);  // an outcome it cannot send becomes an error frame
-  if (out.size() <= 4 || static_cast<uint8_t>(out[4]) != static_cast<uint8_t>(Kind::Result)) {
-    PyErr_Clear();
-    Py_RETURN_FALSE;
-  }
-  {
-    GilRelease unlocked;
-    g_rt->output().write(out);
-  }
-  Py_RETURN_TRUE;
-}
-
 PyMethodDef methods[] = {
     {"call", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(erl_call)), METH_FASTCALL,
      "call(name, *args): call the Erlang function registered as name and return its result."},
@@ -282,8 +254,6 @@ PyMethodDef methods[] = {
     {"_current_request", erl_current_request, METH_NOARGS, "id of the request this thread serves, or 0"},
     {"_current_context", erl_current_context, METH_NOARGS, "id of the context this thread serves, or 0"},
     {"_set_loop_wakeup_fd", erl_set_loop_wakeup_fd, METH_O, "asyncio: the running loop's self-pipe fd (or -1)"},
-    {"_task_done", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(erl_task_done)), METH_FASTCALL,
-     "asyncio: _task_done(id, outcome) sends a task's final result frame; False if it has no Erlang form"},
     {nullptr, nullptr, 0, nullptr},
 };
 

@@ -13,6 +13,7 @@
 #include "ops_module.hpp"
 #include "mem_limit.hpp"
 #include "py_compat.hpp"
+#include "task_loops.hpp"  // aio (§3.10)
 
 namespace ep {
 
@@ -171,6 +172,9 @@ bool Runtime::init_python() {
   // chan: channels, byte channels, buffers (PROTOCOL.md §3.11)
   chan_module_bind(this);
   if (PyImport_AppendInittab("_erlang_chan", &chan_module_init) != 0) return false;
+  // aio: native asyncio task queues (PROTOCOL.md §3.10)
+  task_loops_bind(this);
+  if (PyImport_AppendInittab("_erlang_loop", &task_loop_module_init) != 0) return false;
   PyConfig config;
   PyConfig_InitPythonConfig(&config);
   config.install_signal_handlers = 0;  // SIGINT & co. belong to the VM's process group, not to us
@@ -409,6 +413,12 @@ void Runtime::dispatch(std::string payload) {
     if (!parse_count(opts_.codec, std::string_view(payload).substr(kHeaderSize), k) || !shm_ ||
         k > UINT32_MAX || !shm_->release(static_cast<uint32_t>(k)))
       protocol_error(h.ctx, h.id, "bad_shm", "shm_release names no region in use");
+    return;
+  }
+  if (h.kind == kKindTaskSubmit || h.kind == kKindTaskCancel) {
+    // aio (§3.10): straight to the task loop's queue; ctx only names the namespaces of a submission.
+    Context* c = h.kind == kKindTaskSubmit ? find_context(h.ctx) : nullptr;
+    task_loops_dispatch(h, std::move(payload), c ? c->serial() : 0);
     return;
   }
   switch (static_cast<Kind>(h.kind)) {
@@ -688,7 +698,10 @@ void Runtime::on_env_drop(std::string_view body_view) {
     std::string err, key;
     EnvKind kind;
     PyRef env = decode(*body, err);
-    if (env && env_key(env.get(), key, kind) && kind != EnvKind::Default) envs_.drop_key(key);
+    if (env && env_key(env.get(), key, kind) && kind != EnvKind::Default) {
+      envs_.drop_key(key);
+      task_loops_owner_gone(key);  // aio: its asyncio tasks are cancelled (§3.10)
+    }
     if (PyErr_Occurred()) PyErr_Clear();
   });
 }

@@ -162,6 +162,9 @@ class Runtime {
   void post_control(std::function<void()> job) { control_->post(std::move(job)); }
   CodecKind codec() const { return opts_.codec; }
   void set_exception_types(PyObject* cancelled) { cancelled_error_ = cancelled; }
+  // aio (§3.10, task_loops.cpp), GIL held: the globals of environment `env` in context `serial`
+  // (created and announced as a request's would be), for a task submitted there; sets `key`.
+  PyRef task_env(uint64_t serial, PyObject* env, std::string& key) { return env_for(serial, env, key); }
   // bulk (§3.12): the shared-memory regions (main owns them), before the loop starts.
   void set_shm(ShmDir* shm) { shm_ = shm; }
   ShmDir* shm() const { return shm_; }

@@ -19,7 +19,7 @@ import selectors
 import sys
 import threading
 import warnings
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import _erlang
@@ -56,6 +56,17 @@ class ErlangEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-typ
 
     def __init__(self, selector: selectors.BaseSelector | None = None) -> None:
         super().__init__(selector if selector is not None else _new_selector())
+
+    # A callable run at the end of every loop iteration, after its callbacks (None: nothing). The task
+    # service (_tasks.py) sends the outcomes of one iteration there, together, without scheduling
+    # one more iteration to do it.
+    end_of_iteration: Callable[[], None] | None = None
+
+    def _run_once(self) -> None:
+        super()._run_once()  # type: ignore[misc]
+        hook = self.end_of_iteration
+        if hook is not None:
+            hook()
 
     def run_forever(self) -> None:
         previous = -1

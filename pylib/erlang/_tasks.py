@@ -1,202 +1,181 @@
 # The task service behind py_event_loop / py_event_loop_pool / py:async_call (issue 9).
 #
-# Scope: what the Erlang side's task API asks of the port. `submit` runs on the caller's context
-# thread, in the caller's environment (its `globals()`: what `py:exec` defined there is found for
-# module '__main__'); it calls the function. A plain result is answered at once (the eval's reply).
-# A coroutine goes to the interpreter's background ErlangEventLoop number `index` (_loop.py), where
-# it runs as an asyncio Task; its outcome goes to the loop's Erlang worker process, which turns it into
-# `{async_result, Ref, {ok, R} | {error, E}}` for the caller. With a task id (`y` > 0) the outcome is
-# the task's own final `result` frame, which the Erlang side routes by id, raw, to the worker (nothing
-# waits, nothing in the router decodes it); without one (a caller bound to an explicit context) it is
-# an `erlang.send` to the worker, batched per loop iteration. `cancel` and `cancel_owner` cancel tasks
-# (the caller's timeout, the caller's death): the coroutine gets asyncio.CancelledError and the caller
-# gets nothing (a task id still gets its final frame, tagged "dropped", which the worker ignores).
+# Scope: the Python half of the port's native task path (PROTOCOL.md §3.10; the C++ half is
+# port/runtime/task_loops.cpp, the `_erlang_loop` module). Erlang sends `task_submit` frames that the
+# port's I/O thread queues for background loop `index` (an ErlangEventLoop on its own thread,
+# _loop.py); it wakes the loop through an eventfd, once per batch. `_drain` runs on the loop thread:
+# it takes the whole queue and, for each submission, resolves Module.Function in the caller's
+# environment (what `py:exec` defined there is found for module '__main__'), calls it, and runs a
+# coroutine as an asyncio Task. The outcomes of one loop iteration go back together (`_flush`): the
+# port writes them as task_result frames, which the Erlang side routes by task reference to the
+# caller as `{async_result, Ref, {ok, R} | {error, E}}`.
 #
-# Bounds: at most `_limit` tasks in flight per loop (a submit past it raises RuntimeError); the outbox
-# of a loop holds the outcomes of one loop iteration, so at most the tasks in flight.
+# Cancellation: a cancel (the caller's await timed out) or an owner gone (its environment was
+# dropped: the process exited) cancels the tasks: the coroutine gets asyncio.CancelledError. Every
+# task still hands back exactly one outcome (the Erlang side drops those nobody waits for), which is
+# what releases its place under the port's per-loop bound.
+#
+# Bounds: the port admits at most `_erlang_loop._set_limit` tasks in flight per loop (100,000 by
+# default; past it a submission is answered with RuntimeError without reaching this module); `tasks`
+# and `outbox` below hold at most those.
 
 import asyncio
 import importlib
+import sys
 import threading
 import traceback
-from collections.abc import Coroutine
 from typing import Any
-
-import _erlang
 
 from ._loop import background_loop
 
-_limit = 100_000
+_EAGER: dict[str, bool] = {"eager_start": True} if sys.version_info >= (3, 12) else {}
+
+_native: Any = None  # the `_erlang_loop` module (the tests put a fake here)
+
+
+def _module() -> Any:
+    global _native
+    if _native is None:
+        _native = importlib.import_module("_erlang_loop")
+    return _native
 
 
 class _LoopTasks:
-    """The tasks of one background loop. Touched only on that loop's thread (call_soon_threadsafe)."""
+    """The tasks of one background loop. Touched only on that loop's thread (after `start`)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, index: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, index: int, native: Any) -> None:
         self.loop = loop
         self.index = index
-        self.tasks: dict[Any, tuple[Any, asyncio.Task[Any]]] = {}  # ref -> (owner, task)
-        self.outbox: list[tuple[Any, Any, str, Any]] = []
-        self.count = 0  # in flight, incl. submitted but not started (guarded by _lock)
+        self.native = native
+        self.tasks: dict[bytes, tuple[bytes, asyncio.Future[Any]]] = {}  # ref -> (owner key, task)
+        self.outbox: list[tuple[Any, bytes, bool, Any]] = []
 
 
 _loops: dict[int, _LoopTasks] = {}
-_where: dict[Any, _LoopTasks] = {}  # ref -> its loop, for the tasks an owner waits for
-_lock = threading.Lock()  # guards _loops, _where and every _LoopTasks.count: submitters on several threads
+_lock = threading.Lock()  # guards _loops: start runs on the port's control thread, stats anywhere
 
 
-def _tasks_of(index: int) -> _LoopTasks:
+def start(index: int) -> None:
+    """Start background loop `index` and attach it to its native queue (the port calls this once)."""
+    native = _module()
     with _lock:
-        lt = _loops.get(index)
-        if lt is None:
-            lt = _loops[index] = _LoopTasks(background_loop(index), index)
-        return lt
+        if index in _loops:
+            return
+        lt = _loops[index] = _LoopTasks(background_loop(index), index, native)
+    fd = native.attach(index)
+    ready = threading.Event()
+
+    def attach() -> None:
+        lt.loop.end_of_iteration = lambda: _flush(lt) if lt.outbox else None  # type: ignore[attr-defined]
+        lt.loop.add_reader(fd, _drain, lt)
+        ready.set()
+        _drain(lt)  # submissions that came before the reader was added
+
+    lt.loop.call_soon_threadsafe(attach)
+    if not ready.wait(30.0):
+        raise RuntimeError(f"event loop {index} did not attach within 30 s")
 
 
-def _resolve(env: dict[str, Any], module: str, function: str) -> Any:
+def _resolve(env: dict[str, Any] | None, module: str, function: str) -> Any:
     if module == "__main__":
-        if function in env:
+        if env is not None and function in env:
             return env[function]
         module_obj = importlib.import_module("__main__")
     else:
-        module_obj = importlib.import_module(module)
+        module_obj = sys.modules.get(module) or importlib.import_module(module)
     try:
         return getattr(module_obj, function)
     except AttributeError:
         raise AttributeError(f"module {module!r} has no attribute {function!r}") from None
 
 
-def submit(env: dict[str, Any], index: int, worker: Any, owner: Any, ref: Any, module: str, function: str,
-           args: list[Any], kwargs: dict[str, Any], task_id: int = 0) -> Any:
-    """Start Module.Function(*args, **kwargs) as a task of loop `index`; `("done", R)` or `"pending"`.
+def _name(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
-    A function that returns a plain value is done here (asyncio short-circuits non-coroutines); an
-    exception (a missing module or function included) ends the eval with it. A coroutine runs on the
-    loop; `owner` None (spawn_task) means nobody wants the outcome.
-    """
-    result = _resolve(env, module, function)(*args, **kwargs)
+
+def _drain(lt: _LoopTasks) -> None:
+    for item in lt.native.take(lt.index):
+        kind = item[0]
+        if kind == 0:
+            _, ref, owner, env, module, function, args, kwargs = item
+            _submit(lt, ref or None, owner, env, _name(module), _name(function), args, kwargs)
+        elif kind == 1:
+            entry = lt.tasks.pop(item[1], None)
+            if entry is not None:
+                entry[1].cancel()
+        else:
+            owner = item[1]
+            for ref in [r for r, (o, _) in lt.tasks.items() if o == owner]:
+                lt.tasks.pop(ref)[1].cancel()
+
+
+def _submit(lt: _LoopTasks, ref: bytes | None, owner: bytes, env: dict[str, Any] | None, module: str,
+            function: str, args: Any, kwargs: Any) -> None:
+    try:
+        result = _resolve(env, module, function)(*(args or ()), **(kwargs or {}))
+    except Exception as exc:  # a missing module or function, a sync function that raised
+        _outcome(lt, ref, owner, False, (type(exc).__name__, str(exc)))
+        return
     if not asyncio.iscoroutine(result) and not hasattr(result, "__await__"):
-        return ("done", result)
-    lt = _tasks_of(index)
-    with _lock:
-        if lt.count >= _limit:
-            if asyncio.iscoroutine(result):
-                result.close()
-            raise RuntimeError(f"too many tasks in flight on event loop {index} (limit {_limit})")
-        lt.count += 1
-        if owner is not None:
-            _where[ref] = lt
-    lt.loop.call_soon_threadsafe(_start, lt, worker, owner, ref, result, task_id)
-    return "pending"
-
-
-def _start(lt: _LoopTasks, worker: Any, owner: Any, ref: Any, awaitable: Coroutine[Any, Any, Any],
-           task_id: int) -> None:
-    task = asyncio.ensure_future(awaitable, loop=lt.loop)
-    if owner is not None:
+        _outcome(lt, ref, owner, True, result)
+        return
+    try:
+        # Python 3.12+: the task's first step runs now (eager_start), so a coroutine that finishes
+        # without suspending costs no loop iteration; on 3.11 it starts at the next one.
+        task = asyncio.Task(_run(lt, ref, owner, result), loop=lt.loop, **_EAGER)
+    except Exception as exc:
+        _outcome(lt, ref, owner, False, (type(exc).__name__, str(exc)))
+        return
+    if ref is not None and not task.done():
         lt.tasks[ref] = (owner, task)
-    task.add_done_callback(lambda t: _done(lt, worker, owner, ref, t, task_id))
 
 
-def _done(
-    lt: _LoopTasks, worker: Any, owner: Any, ref: Any, task: "asyncio.Task[Any]", task_id: int = 0
-) -> None:
-    with _lock:
-        lt.count -= 1
-        if owner is not None:
-            _where.pop(ref, None)
-    entry = lt.tasks.pop(ref, None)
-    if not task.cancelled():
-        task.exception()  # retrieved here: a dropped error is not logged as "never retrieved"
-    if owner is None:
-        return
-    if entry is None:
-        # Cancelled from Erlang (timeout, owner death): the caller no longer waits. A task id's entry
-        # on the Erlang side still ends with this final frame.
-        if task_id:
-            _erlang._task_done(task_id, (owner, ref, "dropped", None))
-        return
-    if task.cancelled():
-        outcome: tuple[str, Any] = ("error", ("CancelledError", "task was cancelled", ""))
-    elif task.exception() is not None:
-        exc = task.exception()
-        assert exc is not None
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        outcome = ("error", (type(exc).__name__, str(exc), tb))
+async def _run(lt: _LoopTasks, ref: bytes | None, owner: bytes, awaitable: Any) -> None:
+    # The outcome is taken inside the task's last step (a done callback would cost one more loop
+    # iteration).
+    try:
+        value = await awaitable
+    except asyncio.CancelledError:
+        _finish(lt, ref, owner, False, ("CancelledError", "task was cancelled"))
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every outcome goes back, SystemExit included
+        _finish(lt, ref, owner, False, (type(exc).__name__, str(exc)))
+        if not isinstance(exc, Exception):
+            raise
     else:
-        outcome = ("ok", task.result())
-    if task_id:
-        if not _erlang._task_done(task_id, (owner, ref, outcome[0], outcome[1])):
-            detail = f"task result of type {type(outcome[1]).__name__!r} has no Erlang form (or is too large)"
-            _erlang._task_done(task_id, (owner, ref, "error", ("TypeError", detail, "")))
-        return
-    if not lt.outbox:
-        lt.loop.call_soon(_flush, lt, worker)
-    lt.outbox.append((owner, ref, outcome[0], outcome[1]))
+        _finish(lt, ref, owner, True, value)
 
 
-def _flush(lt: _LoopTasks, worker: Any) -> None:
-    # One send per loop iteration for every outcome of that iteration (one worker per loop, so one
-    # destination). An outcome with no Erlang form fails the batch: then each goes alone, and the one
-    # that cannot be converted becomes a TypeError for its caller. A worker that is gone (restarted:
-    # ProcessError) loses the batch; its callers' awaits end at their deadlines.
+def _finish(lt: _LoopTasks, ref: bytes | None, owner: bytes, ok: bool, value: Any) -> None:
+    if ref is not None:
+        lt.tasks.pop(ref, None)
+    _outcome(lt, ref, owner, ok, value)
+
+
+def _outcome(lt: _LoopTasks, ref: bytes | None, owner: bytes, ok: bool, value: Any) -> None:
+    # Every outcome of one loop iteration goes out in one `done` call at the iteration's end (the port
+    # batches them into task_result frames); a spawn_task's (ref None) only releases its place under
+    # the bound.
+    lt.outbox.append((ref, owner, ok, None if ref is None else value))
+
+
+def _flush(lt: _LoopTasks) -> None:
     batch, lt.outbox = lt.outbox, []
     try:
-        _erlang.send(worker, batch)
-        return
-    except TypeError:
-        pass
-    except _erlang.ProcessError:
-        return
-    for owner, ref, tag, value in batch:
-        try:
-            _erlang.send(worker, [(owner, ref, tag, value)])
-        except TypeError as exc:
-            _erlang.send(worker, [(owner, ref, "error", ("TypeError", str(exc), ""))])
-        except _erlang.ProcessError:
-            return
-
-
-def cancel(ref: Any) -> bool:
-    """Cancel the task `ref` (its caller gave up): True if it was still in flight."""
-    with _lock:
-        lt = _where.get(ref)
-    if lt is None:
-        return False
-    lt.loop.call_soon_threadsafe(_cancel_ref, lt, ref)
-    return True
-
-
-def _cancel_ref(lt: _LoopTasks, ref: Any) -> None:
-    entry = lt.tasks.pop(ref, None)
-    if entry is not None:
-        entry[1].cancel()
-
-
-def cancel_owner(index: int, owner: Any) -> bool:
-    """Cancel every task of `owner` (a pid that died) on loop `index`."""
-    with _lock:
-        lt = _loops.get(index)
-    if lt is None:
-        return False
-    lt.loop.call_soon_threadsafe(_cancel_owner, lt, owner)
-    return True
-
-
-def _cancel_owner(lt: _LoopTasks, owner: Any) -> None:
-    for ref in [r for r, (o, _) in lt.tasks.items() if o == owner]:
-        lt.tasks.pop(ref)[1].cancel()
+        lt.native.done(lt.index, batch)
+    except Exception:  # a bug here must not end the loop thread (it runs inside _run_once)
+        traceback.print_exc()
 
 
 def stats() -> dict[str, int]:
-    """Loops started in this interpreter and tasks in flight on them (for tests and get_stats)."""
+    """Loops started in this interpreter, tasks in flight in the port and tasks awaited on the loops."""
     with _lock:
-        tasks = sum(lt.count for lt in _loops.values())
-        return {"loops": len(_loops), "tasks": tasks, "awaited": len(_where)}
+        loops = list(_loops.values())
+    awaited = sum(len(lt.tasks) for lt in loops)
+    tasks = _module().in_flight() if loops else 0
+    return {"loops": len(loops), "tasks": tasks, "awaited": awaited}
 
 
 def _set_limit(n: int) -> int:
-    """For tests: set the per-loop bound, return the old one."""
-    global _limit
-    old, _limit = _limit, n
-    return old
+    """For tests: set the per-loop bound on tasks in flight, return the old one."""
+    return int(_module()._set_limit(n))

@@ -15,7 +15,9 @@
 	namespace_state_and_dict_keys/1, process_isolation/1, owner_death_cancels/1, pool_api/1,
 	pool_affinity_order/1, async_call_await/1, async_gather/1, async_gather_failed/1,
 	tasks_run_concurrently/1, erlang_async_call_in_task/1, task_bound/1,
-	cancel_wakes_erlang_run/1, no_worker/1, unconvertible_result/1, explicit_context_send_path/1]).
+	cancel_wakes_erlang_run/1, no_worker/1, unconvertible_result/1, explicit_context_send_path/1,
+	outcomes_batched_per_frame/1, big_outcomes/1, many_submitters/1, bound_frees_on_cancel/1,
+	bad_task_frames/1, channel_receive_cancelled/1, await_infinity_port_death/1]).
 
 all() ->
 	[run_sync, run_coroutine, run_kwargs_and_timeout_opts, create_task_await, async_result_message,
@@ -23,7 +25,10 @@ all() ->
 	 get_loop, exec_env_reuse, namespace_state_and_dict_keys, process_isolation, owner_death_cancels,
 	 pool_api, pool_affinity_order, async_call_await, async_gather, async_gather_failed,
 	 tasks_run_concurrently, erlang_async_call_in_task, task_bound, cancel_wakes_erlang_run, no_worker,
-	 unconvertible_result, explicit_context_send_path].
+	 unconvertible_result, explicit_context_send_path, outcomes_batched_per_frame, big_outcomes,
+	 many_submitters, bound_frees_on_cancel, bad_task_frames, channel_receive_cancelled,
+	 %% Last: it kills the port.
+	 await_infinity_port_death].
 
 init_per_suite(Config) ->
 	ok = py_ct_helper:start_app([{num_ports, 1}, {contexts_per_port, 2}, {event_loop_pool_size, 4}]),
@@ -36,7 +41,8 @@ end_per_suite(_Config) ->
 end_per_testcase(_, _Config) ->
 	ok = py_ct_helper:eventually(fun() -> tasks_in_flight() =:= 0 end, 5000),
 	{ok, #{<<"awaited">> := 0}} = py:call(<<"erlang._tasks">>, stats, []),
-	%% Every task id's entry ended with its final frame (or was removed at submit).
+	%% Every task's entry ended with its outcome, its await's timeout or its port.
+	ok = py_ct_helper:eventually(fun() -> ets:info(py_tasks, size) =:= 0 end, 5000),
 	ok = py_ct_helper:eventually(fun() -> ets:info(py_inflight, size) =:= 0 end, 5000).
 
 tasks_in_flight() ->
@@ -270,8 +276,8 @@ cancel_wakes_erlang_run(_) ->
 	?assert(erlang:monotonic_time(millisecond) - T0 < 1500),
 	Pid = py_ct_helper:os_pid(1).
 
-%% A loop with no worker (the pool is smaller, or the application is not running): the task's result
-%% is the error, at once; spawn_task is still ok.
+%% A loop outside the pool (the pool is smaller, or the application is not running): the task's
+%% result is the error, at once; spawn_task is still ok.
 no_worker(_) ->
 	Ref = py_event_loop:submit(200, math, sqrt, [4.0], #{}, 1000),
 	{error, event_loop_not_started} = py_event_loop:await(Ref, 1000),
@@ -283,8 +289,8 @@ unconvertible_result(_) ->
 	{error, {'TypeError', Msg}} = py_event_loop:run('__main__', mkset, []),
 	?assertNotEqual(nomatch, string:find(Msg, "set")).
 
-%% A process bound to an explicit context (py_context:new) has no slot route: its outcomes come through
-%% erlang.send to the worker (PROTOCOL.md §3.10), with the same results, errors and cancellation.
+%% A process bound to an explicit context (py_context:new): its tasks use that context's namespace
+%% (PROTOCOL.md §3.10), with the same results, errors and cancellation.
 explicit_context_send_path(_) ->
 	{ok, Ctx} = py_context:new(#{}),
 	try
@@ -303,7 +309,147 @@ explicit_context_send_path(_) ->
 		py_context:stop(Ctx)
 	end.
 
+%% The native path (PROTOCOL.md §3.10): tasks that end together come back several to a task_result
+%% frame (the owner's receives are traced: fewer frames than outcomes).
+outcomes_batched_per_frame(_) ->
+	#{owner := Owner, port := Port} = py_port:info(1),
+	N = 200,
+	1 = erlang:trace(Owner, true, ['receive']),
+	Refs = try
+		Rs = [py_event_loop:create_task(asyncio, sleep, [0.2, I]) || I <- lists:seq(1, N)],
+		[{ok, I} = py_event_loop:await(R, 10000) || {I, R} <- lists:zip(lists:seq(1, N), Rs)],
+		Rs
+	after
+		erlang:trace(Owner, false, ['receive'])
+	end,
+	N = length(Refs),
+	Frames = count_task_frames(Owner, Port, 0),
+	ct:pal("~b outcomes in ~b task_result frames", [N, Frames]),
+	?assert(Frames >= 1),
+	?assert(Frames =< N div 4).
+
+count_task_frames(Owner, Port, K) ->
+	receive
+		{trace, Owner, 'receive', {Port, {data, <<76, _/binary>>}}} -> count_task_frames(Owner, Port, K + 1);
+		{trace, Owner, 'receive', _} -> count_task_frames(Owner, Port, K)
+	after 500 ->
+		K
+	end.
+
+%% Outcomes past the owner's inline limit (64 KiB, decoded in a process of their own) and past one
+%% frame's worth (256 KiB: the batch is cut into several frames) arrive whole.
+big_outcomes(_) ->
+	ok = py:exec(<<"import asyncio\nasync def blob(n, c):\n    await asyncio.sleep(0.05)\n    return c * n">>),
+	{ok, B1} = py_event_loop:run('__main__', blob, [200000, <<"a">>], #{timeout => 10000}),
+	200000 = byte_size(B1),
+	Refs = [py_event_loop:create_task('__main__', blob, [100000, <<I>>]) || I <- lists:seq($a, $j)],
+	Results = [py_event_loop:await(R, 10000) || R <- Refs],
+	Results = [{ok, binary:copy(<<I>>, 100000)} || I <- lists:seq($a, $j)].
+
+%% 20 processes, 50 tasks each, on the shared loop and the pool: every caller gets its own results.
+many_submitters(_) ->
+	ok = py:exec(<<"import asyncio\nasync def echo(x):\n    await asyncio.sleep(0)\n    return x">>),
+	Parent = self(),
+	Pids = [spawn_link(fun() ->
+		Mine = [{P, I} || I <- lists:seq(1, 50)],
+		Refs = [case I rem 2 of
+			0 -> py_event_loop:create_task(asyncio, sleep, [0, X]);
+			1 -> py_event_loop_pool:create_task(asyncio, sleep, [0, X])
+		end || X = {_, I} <- [{term_to_binary(Q), J} || {Q, J} <- Mine]],
+		Got = [py_event_loop:await(R, 10000) || R <- Refs],
+		Parent ! {self(), Got =:= [{ok, {term_to_binary(Q), J}} || {Q, J} <- Mine]}
+	end) || P <- lists:seq(1, 20)],
+	[receive {Pid, Ok} -> true = Ok after 20000 -> ct:fail(submitter_stalled) end || Pid <- Pids].
+
+%% The bound (PROTOCOL.md §3.10) is answered by the port's I/O thread, and a task that ends (here:
+%% cancelled by its await's timeout) frees its place.
+bound_frees_on_cancel(_) ->
+	{ok, Old} = py:call(<<"erlang._tasks">>, '_set_limit', [1]),
+	try
+		ok = py:exec(<<"import asyncio\nasync def park1():\n    await asyncio.sleep(30)">>),
+		R1 = py_event_loop:create_task('__main__', park1, []),
+		{error, {'RuntimeError', Msg}} = py_event_loop:run(math, sqrt, [4.0]),
+		?assertNotEqual(nomatch, string:find(Msg, "limit 1")),
+		{error, timeout} = py_event_loop:await(R1, 10),
+		ok = py_ct_helper:eventually(fun() -> tasks_in_flight() =:= 0 end, 5000),
+		{ok, 2.0} = py_event_loop:run(math, sqrt, [4.0])
+	after
+		{ok, 1} = py:call(<<"erlang._tasks">>, '_set_limit', [Old])
+	end.
+
+%% Malformed task frames are protocol errors the port answers without stopping; a cancel of a task
+%% nobody knows is ignored.
+bad_task_frames(_) ->
+	#{port := Port, contexts := Ctxs} = py_port:info(1),
+	Ctx = element(1, Ctxs),
+	true = ets:insert(py_inflight, [{300, self(), 1}, {5, self(), 1}]),
+	try
+		true = port_command(Port, <<16, 0, 0:16, Ctx:32, 300:64, 0:16>>),
+		receive {py_frame, 300, 70, _, B1} -> {bad_loop, _} = py_codec:decode(codec(), B1)
+		after 5000 -> ct:fail(no_bad_loop)
+		end,
+		true = port_command(Port, <<16, 0, 0:16, Ctx:32, 5:64, 0, 10, 1, 2>>),
+		receive {py_frame, 5, 70, _, B2} -> {bad_body, _} = py_codec:decode(codec(), B2)
+		after 5000 -> ct:fail(no_bad_body)
+		end,
+		true = port_command(Port, <<17, 0, 0:16, 0:32, 0:64, "not a ref">>),
+		{ok, 4.0} = py_event_loop:run(math, sqrt, [16.0])
+	after
+		ets:delete(py_inflight, 300),
+		ets:delete(py_inflight, 5)
+	end.
+
+%% A task waiting in a channel's async_receive is cancelled by its await's timeout (CancelledError at
+%% the await), and so is an erlang.run(async_receive) inside a py:call by the call's timeout: the
+%% port is not restarted (its cancel grace passes) and the contexts are free at once.
+channel_receive_cancelled(_) ->
+	Pid = py_ct_helper:os_pid(1),
+	{ok, Ch} = py_channel:new(),
+	ok = py:exec(<<"import asyncio, erlang\nfrom erlang.channel import Channel\nchan_state = {}\n"
+		"async def wait_msg(ch, key):\n    try:\n        return await Channel(ch).async_receive()\n"
+		"    except asyncio.CancelledError:\n        chan_state[key] = True\n        raise\n"
+		"def run_wait(ch):\n    return erlang.run(wait_msg(ch, 'call'))">>),
+	{error, timeout} = py_event_loop:run('__main__', wait_msg, [Ch, <<"task">>], #{timeout => 200}),
+	ok = py_ct_helper:eventually(fun() -> py:eval(<<"chan_state.get('task', False)">>) =:= {ok, true} end, 5000),
+	{error, timeout} = py:call('__main__', run_wait, [Ch], #{}, 200),
+	T0 = erlang:monotonic_time(millisecond),
+	{ok, 2} = py:eval(<<"1 + 1">>),
+	?assert(erlang:monotonic_time(millisecond) - T0 < 1500),
+	ok = py_ct_helper:eventually(fun() -> py:eval(<<"chan_state.get('call', False)">>) =:= {ok, true} end, 5000),
+	%% The channel still works for a reader that waits for its message.
+	Ref = py_event_loop:create_task('__main__', wait_msg, [Ch, <<"third">>]),
+	ok = py_channel:send(Ch, <<"hello">>),
+	{ok, <<"hello">>} = py_event_loop:await(Ref, 5000),
+	timer:sleep(2500),  % past the cancel grace (2000 ms): a cancel that was not honoured kills the port
+	Pid = py_ct_helper:os_pid(1),
+	ok = py_channel:close(Ch).
+
+%% await(Ref, infinity) ends when the port dies: {error, {port_exited, Reason}}, and the task's entry
+%% is gone.
+await_infinity_port_death(_) ->
+	Parent = self(),
+	{Pid, MRef} = spawn_monitor(fun() ->
+		Ref = py_event_loop:create_task(asyncio, sleep, [30]),
+		Parent ! {self(), submitted},
+		Parent ! {self(), py_event_loop:await(Ref, infinity)}
+	end),
+	receive {Pid, submitted} -> ok after 5000 -> ct:fail(not_submitted) end,
+	ok = py_ct_helper:eventually(fun() -> tasks_in_flight() =:= 1 end, 5000),
+	OsPid = py_ct_helper:os_pid(1),
+	_ = os:cmd("kill -9 " ++ integer_to_list(OsPid)),
+	receive {Pid, {error, {port_exited, #{}}}} -> ok; {Pid, Other} -> ct:fail({unexpected, Other})
+	after 20000 -> ct:fail(await_did_not_end)
+	end,
+	receive {'DOWN', MRef, process, Pid, _} -> ok after 5000 -> ct:fail(no_down) end,
+	0 = ets:info(py_tasks, size),
+	ok = py_ct_helper:eventually(fun() ->
+		case py_port:info(1) of #{status := up, os_pid := New} -> New =/= OsPid; _ -> false end
+	end, 20000).
+
 %% Internal.
+
+codec() ->
+	application:get_env(erlang_python, codec, etf).
 
 nothing_left() ->
 	receive {async_result, _, _} = M -> ct:fail({unexpected, M}) after 100 -> ok end.

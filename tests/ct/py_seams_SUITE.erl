@@ -7,11 +7,11 @@
 
 -export([all/0, init_per_testcase/2, end_per_testcase/2]).
 -export([big_task_result_through_pipe/1, recording_of_shm_bodies_replays/1, own_ports_pool_started_twice/1,
-	owner_death_cancels_after_worker_restart/1, own_ports_slots_reused/1]).
+	owner_death_cancels_after_port_restart/1, own_ports_slots_reused/1]).
 
 all() ->
 	[big_task_result_through_pipe, recording_of_shm_bodies_replays, own_ports_pool_started_twice,
-	 owner_death_cancels_after_worker_restart, own_ports_slots_reused].
+	 owner_death_cancels_after_port_restart, own_ports_slots_reused].
 
 init_per_testcase(Case, Config) ->
 	Base = filename:join(?config(priv_dir, Config), "shm"),
@@ -109,31 +109,30 @@ own_ports_pool_started_twice(_) ->
 		[] = py_pool_ports:slots(Pool)
 	end, lists:seq(1, 3)).
 
-%% aio: a caller's tasks are cancelled when it dies, because the loop's worker monitors it. A caller
-%% remembered only that it had asked (a `true' in its dictionary), so once the worker restarted (a
-%% crash, or the application started again under a long-lived process) nobody monitored it, and the
-%% tasks of a dead caller ran to their end.
-owner_death_cancels_after_worker_restart(_) ->
+%% aio: a caller's tasks are cancelled when it dies, because the port drops its environment (the
+%% owner monitors every pid with one). A caller that already had an environment before its first task
+%% (py:exec), on a port that restarted since (a new OS process: new environments, new loops), is
+%% still watched: its task is cancelled when it dies.
+owner_death_cancels_after_port_restart(_) ->
 	_ = py:state_remove(rv2_cancelled),
 	Parent = self(),
 	{Pid, MRef} = spawn_monitor(fun() ->
-		%% In this process's own environment (where '__main__' tasks are looked up).
-		ok = py:exec(<<"async def hold_rv2():\n    import asyncio, erlang\n    try:\n        await asyncio.sleep(30)\n"
-		"    except asyncio.CancelledError:\n        erlang.state_set('rv2_cancelled', True)\n        raise">>),
-		%% First a task while the first worker runs: this process is now watched by it.
 		{ok, 4.0} = py_event_loop:run(math, sqrt, [16.0]),
 		Parent ! {self(), first},
 		receive go -> ok after 10000 -> exit(no_go) end,
+		%% In this process's own environment (where '__main__' tasks are looked up).
+		ok = py:exec(<<"async def hold_rv2():\n    import asyncio, erlang\n    try:\n        await asyncio.sleep(30)\n"
+		"    except asyncio.CancelledError:\n        erlang.state_set('rv2_cancelled', True)\n        raise">>),
 		_ = py_event_loop:create_task('__main__', hold_rv2, []),
 		Parent ! {self(), submitted},
 		receive stop -> ok end
 	end),
 	receive {Pid, first} -> ok after 10000 -> ct:fail(no_first) end,
-	Old = whereis(py_event_loop_0),
-	exit(Old, kill),
+	OsPid = py_ct_helper:os_pid(1),
+	_ = os:cmd("kill -9 " ++ integer_to_list(OsPid)),
 	ok = py_ct_helper:eventually(fun() ->
-		case whereis(py_event_loop_0) of undefined -> false; Old -> false; _ -> true end
-	end, 5000),
+		case py_port:info(1) of #{status := up, os_pid := New} -> New =/= OsPid; _ -> false end
+	end, 20000),
 	Pid ! go,
 	receive {Pid, submitted} -> ok after 10000 -> ct:fail(not_submitted) end,
 	ok = py_ct_helper:eventually(fun() -> tasks_in_flight() =:= 1 end, 5000),
