@@ -24,6 +24,7 @@
 %%                        override the app env num_ports, contexts_per_port, codec, spin_us
 %%   BENCH_ECHO_SPIN_US   the echo port's spin window (default: the app's spin_us, else the port's)
 %%   BENCH_OUT            where to write the table (default bench/results/latest.txt)
+%%   BENCH_ROWS=w1,w2     only the rows whose name contains one of the words (e.g. bulk,channel)
 %% and, read by bench/run.sh: BENCH_NO_BUILD=1 (no rebar3 compile), BENCH_APP_DIR (measure an app
 %% built elsewhere: the directory holding its ebin/ and priv/), BENCH_ERL_FLAGS (extra flags for erl).
 -module(py_bench).
@@ -78,7 +79,7 @@ run() ->
                             progress("~s done in ~.1f s",
                                      [Name, (erlang:monotonic_time(millisecond) - T0) / 1000]),
                             {Acc ++ Rs, C1}
-                    end, {[], Ctx0}, rows()),
+                    end, {[], Ctx0}, only_rows(rows())),
     Text = [header(Ctx), "\n", format_table(Rows), footnotes(Rows)],
     io:put_chars(Text),
     Out = os:getenv("BENCH_OUT", filename:join(Root, "bench/results/latest.txt")),
@@ -114,6 +115,15 @@ rows() ->
      {"execution modes", fun row_modes/1}]
      %% --- end modes
     ++ bulk_rows().  %% bulk: 1, 16 and 64 MiB round trips (shared memory), below
+
+%% BENCH_ROWS=a,b: only the rows whose name contains one of those words (the application's start
+%% always runs). Unset: every row.
+only_rows(Rows) ->
+    case string:lexemes(os:getenv("BENCH_ROWS", ""), ",") of
+        [] -> Rows;
+        Words -> [R || {Name, _} = R <- Rows, Name =:= "application start"
+                           orelse lists:any(fun(W) -> string:find(Name, W) =/= nomatch end, Words)]
+    end.
 
 params(false) ->
     #{lat_n => 20000, lat_warm => 2000, cb_n => 10000, tp_secs => 3.0,
