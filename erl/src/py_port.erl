@@ -125,6 +125,7 @@
 -define(REQUEUE, 75).
 -define(SCHEDULE, 94).
 -define(SPAN, 88).  %% opsa (§3.14)
+-define(SHM_CONSUMED, 83).  %% bulk (§3.12)
 
 %% The port exits with 5 when a cancelled request holds the GIL and cannot even be interrupted
 %% (its --cancel-stuck-ms watchdog): like our grace timer expiring, so reported the same way.
@@ -575,8 +576,12 @@ frame(Kind, Ctx, Id, Body, Port, State) when Id =/= 0, (Kind =:= ?OUTPUT orelse 
 			guarded(fun() -> orphan(Kind, Ctx, Id, Body, Port, State) end, Kind, Ctx, State)
 	end;
 %% chan: channels, byte channels, buffers (PROTOCOL.md §3.11): a counter or an inbox insert.
-frame(Kind, _, Id, Body, _, State) when Kind >= 80, Kind =< 83 ->
+frame(Kind, _, Id, Body, _, State) when Kind >= 80, Kind =< 82 ->
 	guarded(fun() -> ok = py_chan:port_frame(Kind, Id, Body, codec(State)), State end, Kind, 0, State);
+%% bulk (PROTOCOL.md §3.12): shm_consumed, a callback reply's request region is back (ETS only).
+frame(?SHM_CONSUMED, _, 0, Body, _, State) ->
+	ok = py_shm:consumed(State#state.os_pid, py_codec:decode(codec(State), Body)),
+	State;
 frame(?HELLO, _, 0, Body, Port, State = #state{port = Port}) ->
 	hello(Body, State);
 frame(?CALLBACK, Ctx, 0, Body, Port, State) ->

@@ -19,7 +19,9 @@
 %% caller killed while writing). A caller that timed out after the owner had already forwarded the
 %% final frame to it, or that died after sending without the owner monitoring it (an explicit
 %% environment), leaves its region out of the pool until the port goes (rare, and bounded by the
-%% regions). A reply region is the port's until shm_release (kind 24), sent by
+%% regions). A request region that carries a callback reply (callback_reply_frame/5) is the
+%% writer's until the port's shm_consumed (kind 83), which the owner turns into a return to the pool
+%% (consumed/2). A reply region is the port's until shm_release (kind 24), sent by
 %% whoever reads the frame. Bounded: `shm_regions' regions per direction per port; with all of them in
 %% use a body goes down the pipe as before.
 %%
@@ -40,6 +42,8 @@
 -export([port_up/1]).
 -export([port_gone/1]).
 -export([request_frame/7]).
+-export([callback_reply_frame/5]).
+-export([consumed/2]).
 -export([release/1]).
 -export([done/2]).
 -export([read_body/3]).
@@ -56,6 +60,7 @@
 
 -define(SHM_FLAG, 2).
 -define(SHM_RELEASE, 24).
+-define(CALLBACK_REPLY, 6).
 -define(CALLBACK, 67).
 -define(REQUEUE, 75).
 -define(DIR_PREFIX, "erlang_python.").
@@ -179,16 +184,12 @@ port_gone(OsPid) ->
 request_frame(Kind, Flags, Ctx, Id, Codec, Body, Port) ->
 	case config() of
 		#{threshold := T} = C ->
-			Enc = case Codec of
-				%% The big binaries are referenced, not copied (the pwrite below is their one copy).
-				etf -> erlang:term_to_iovec(Body, [{minor_version, 2}]);
-				msgpack -> py_msgpack:encode(Body)
-			end,
+			Enc = encode(Codec, Body),
 			Size = iolist_size(Enc),
 			Header = fun(F) -> <<(py_codec:kind(Kind)), F, 0:16, Ctx:32, Id:64>> end,
 			case Size >= T andalso port_pid(Port) of
 				OsPid when is_integer(OsPid) ->
-					case write(C, Port, OsPid, Id, Enc, Size) of
+					case write(C, Port, OsPid, fun(_) -> Id end, Enc, Size) of
 						{ok, K} ->
 							ok = count(1),
 							{[Header(Flags bor ?SHM_FLAG), desc(K, 0, Size)], {OsPid, K, Size}};
@@ -201,6 +202,46 @@ request_frame(Kind, Flags, Ctx, Id, Codec, Body, Port) ->
 		disabled ->
 			{py_codec:frame(Kind, Flags, Ctx, Id, Codec, Body), none}
 	end.
+
+%% The callback_reply frame (kind 6) answering callback CbId of context Ctx with Reply, through a
+%% request region of the port when its body is at least the threshold long and a region is free
+%% (PROTOCOL.md §3.12): an Erlang function that returns 64 MiB to erlang.call does not push them down
+%% the pipe. The port copies the body out as the frame arrives and hands the region back with
+%% shm_consumed (P->E 83, consumed/2, in the owner); until then it is registered under
+%% {callback, OsPid, K} in py_shm_held (a writer killed before it sent the frame leaves it to
+%% reclaim/1, as a request's). Otherwise, or with every region in use, the frame takes the pipe.
+%% Raises {badarg, _} as py_codec:frame/5 does.
+-spec callback_reply_frame(non_neg_integer(), non_neg_integer(), py_codec:codec(), term(), port()) -> iodata().
+callback_reply_frame(Ctx, CbId, Codec, Reply, Port) ->
+	case config() of
+		#{threshold := T} = C ->
+			Enc = encode(Codec, Reply),
+			Size = iolist_size(Enc),
+			Header = fun(F) -> <<?CALLBACK_REPLY, F, 0:16, Ctx:32, CbId:64>> end,
+			OsPid = Size >= T andalso port_pid(Port),
+			case is_integer(OsPid) andalso write(C, Port, OsPid, fun(K) -> {callback, OsPid, K} end, Enc, Size) of
+				{ok, K} ->
+					ok = count(1),
+					[Header(?SHM_FLAG), desc(K, 0, Size)];
+				_ ->
+					[Header(0) | Enc]
+			end;
+		disabled ->
+			py_codec:frame(callback_reply, Ctx, CbId, Codec, Reply)
+	end.
+
+%% In the owner of port OsPid, at its shm_consumed for request region K (the body of a callback_reply
+%% was read): the region is back in the pool. Only ETS: the port cut the file back itself when it
+%% grew past shm_keep. A region not held for a callback reply (a stale or repeated frame) is ignored.
+-spec consumed(non_neg_integer() | undefined, term()) -> ok.
+consumed(OsPid, K) when is_integer(OsPid), is_integer(K) ->
+	_ = case ets:take(py_shm_held, {callback, OsPid, K}) of
+		[{_, _, _, _}] -> ets:member(py_shm_ports, OsPid) andalso ets:insert(py_shm_free, {{OsPid, K}});
+		[] -> false
+	end,
+	ok;
+consumed(_, _) ->
+	ok.
 
 %% The request's final frame came (or its port is gone): its region is free again, cut back to 0 when
 %% it grew past shm_keep.
@@ -430,6 +471,11 @@ port_pid(Port) ->
 		undefined -> undefined
 	end.
 
+%% The body as the codec writes it. ETF: the big binaries are referenced, not copied (the pwrite is
+%% their one copy).
+encode(etf, Term) -> erlang:term_to_iovec(Term, [{minor_version, 2}]);
+encode(msgpack, Term) -> py_msgpack:encode(Term).
+
 desc(K, Offset, Length) ->
 	<<K:32, Offset:64, Length:64>>.
 
@@ -441,12 +487,14 @@ desc(K, Offset, Length) ->
 %% meanwhile leaves it to reclaim/1: the port never heard of it); once `sent' (set before the frame
 %% goes out) whoever ends the request takes it back, exactly once: the caller at its final frame
 %% (done/2), or the owner at a late one (orphan_final/4).
-write(C, Port, OsPid, Id, Enc, Size) ->
+%% Key(K) is the entry's key: the request id, or {callback, OsPid, K} for a callback reply.
+write(C, Port, OsPid, Key, Enc, Size) ->
 	case take(OsPid) of
 		none ->
 			none;
 		K ->
 			Held = {OsPid, K, Size},
+			Id = Key(K),
 			true = ets:insert(py_shm_held, {Id, Held, self(), writing}),
 			case with_cached(Port, path(C, OsPid, e, K), [read, write], fun(Fd) -> file:pwrite(Fd, 0, Enc) end) of
 				ok ->
