@@ -310,6 +310,7 @@ handle_info({'EXIT', _Pid, Reason}, State) ->
 	%% Our supervisor is leaving: stop, so terminate/2 closes the port.
 	{stop, Reason, State};
 handle_info({'DOWN', MRef, process, Pid, _}, State = #state{envs = Envs, callees = Callees}) ->
+	ok = py_shm:reader_gone(Pid, State#state.port, codec(State)),  %% bulk2: its unread reply regions
 	case {maps:take(Pid, Envs), maps:take(Pid, Callees)} of
 		{{MRef, Envs1}, _} ->
 			send_to_port(py_codec:frame(env_drop, 0, 0, codec(State), Pid), State),
@@ -530,7 +531,7 @@ frame(<<Kind, 0, 0:16, Ctx:32, Id:64, Body/binary>>, Port, State) when Id =/= 0 
 	frame(Kind, Ctx, Id, Body, Port, State);
 frame(<<Kind, 2, 0:16, Ctx:32, Id:64, Desc/binary>>, Port, State) when Id =/= 0 ->
 	%% bulk (PROTOCOL.md §3.12): the body is in a reply region; routed the same way, read by the caller.
-	frame(Kind, Ctx, Id, {py_shm, Desc}, Port, State);
+	frame(Kind, Ctx, Id, {py_shm, Desc}, Port, watch_shm_reader(Id, Desc, State));
 frame(<<Kind, 0, 0:16, Ctx:32, 0:64, Body/binary>>, Port, State) ->
 	%% The owner decodes these itself; a body it cannot read is the port's bug, not a reason to take
 	%% the whole slot down.
@@ -632,6 +633,17 @@ guarded(Fun, Kind, Ctx, State) ->
 		log(error, "port ~b wrote a frame the owner cannot handle (kind ~b ctx ~b): ~tp",
 			[State#state.slot, Kind, Ctx, {Class, Reason, Stack}], State),
 		State
+	end.
+
+%% bulk2: the reader of a reply region is watched like a callee (its death hands the region back,
+%% py_shm:reader_gone/3). A frame nobody waits for is read by the orphan path, not watched.
+watch_shm_reader(Id, Desc, State) ->
+	case ets:lookup(py_inflight, Id) of
+		[{_, Pid, _}] ->
+			ok = py_shm:forwarded(State#state.os_pid, Desc, Pid),
+			watch_callee(Pid, State);
+		[] ->
+			State
 	end.
 
 %% Monitors Pid, which a callback frame was just forwarded to, unless it is monitored already (see

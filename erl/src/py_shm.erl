@@ -21,8 +21,9 @@
 %% environment), leaves its region out of the pool until the port goes (rare, and bounded by the
 %% regions). A request region that carries a callback reply (callback_reply_frame/5) is the
 %% writer's until the port's shm_consumed (kind 83), which the owner turns into a return to the pool
-%% (consumed/2). A reply region is the port's until shm_release (kind 24), sent by
-%% whoever reads the frame. Bounded: `shm_regions' regions per direction per port; with all of them in
+%% (consumed/2). A reply region is the port's until shm_release (kind 24), sent by whoever reads the
+%% frame, or by the owner when that reader died before reading it (reader_gone/3).
+%% Bounded: `shm_regions' regions per direction per port; with all of them in
 %% use a body goes down the pipe as before.
 %%
 %% Application env: shm (true | false, default true), shm_dir (default /dev/shm, else the OS temp dir),
@@ -44,6 +45,8 @@
 -export([request_frame/7]).
 -export([callback_reply_frame/5]).
 -export([consumed/2]).
+-export([forwarded/3]).
+-export([reader_gone/3]).
 -export([release/1]).
 -export([done/2]).
 -export([read_body/3]).
@@ -77,6 +80,8 @@ setup() ->
 	py_shm_free = ets:new(py_shm_free, [ordered_set, public, named_table, {write_concurrency, true}]),
 	py_shm_held = ets:new(py_shm_held, [set, public, named_table, {write_concurrency, true}]),
 	py_shm_ports = ets:new(py_shm_ports, [set, public, named_table, {read_concurrency, true}]),
+	%% bulk2: reply regions forwarded to a reader that has not read them: {{PortOsPid, K}, Pid}.
+	py_shm_out = ets:new(py_shm_out, [set, public, named_table, {write_concurrency, true}]),
 	Env = fun(Key, Default) -> application:get_env(erlang_python, Key, Default) end,
 	Config = case Env(shm, true) of
 		true ->
@@ -168,6 +173,7 @@ port_gone(OsPid) ->
 			_ = catch ets:delete(py_shm_ports, OsPid),
 			_ = catch ets:match_delete(py_shm_free, {{OsPid, '_'}}),
 			_ = catch ets:match_delete(py_shm_held, {'_', {OsPid, '_', '_'}, '_', '_'}),
+			_ = catch ets:match_delete(py_shm_out, {{OsPid, '_'}, '_'}),
 			Prefix = "p" ++ integer_to_list(OsPid) ++ ".",
 			_ = [file:delete(filename:join(Dir, F)) || F <- list_dir(Dir), lists:prefix(Prefix, F)],
 			ok;
@@ -230,6 +236,28 @@ callback_reply_frame(Ctx, CbId, Codec, Reply, Port) ->
 			py_codec:frame(callback_reply, Ctx, CbId, Codec, Reply)
 	end.
 
+%% In the owner of port OsPid, as it forwards a frame whose body is in reply region K (Desc) to Pid,
+%% which the owner monitors from then on: if Pid dies before it has read the body (read_body/3
+%% removes the entry), reader_gone/3 hands the region back. Without it a region whose reader was
+%% killed stayed in use until the port exited. One ETS insert per big body.
+-spec forwarded(non_neg_integer() | undefined, binary(), pid()) -> ok.
+forwarded(OsPid, <<K:32, _:128>>, Pid) when is_integer(OsPid) ->
+	true = ets:insert(py_shm_out, {{OsPid, K}, Pid}),
+	ok;
+forwarded(_, _, _) ->
+	ok.
+
+%% In the owner, at the 'DOWN' of Pid: the reply regions forwarded to it and not read are handed back
+%% to the port (shm_release). Bounded by the regions of the port (the table holds at most that many
+%% entries per port); ets:take makes each release happen once.
+-spec reader_gone(pid(), port() | undefined, py_codec:codec()) -> ok.
+reader_gone(Pid, Port, Codec) ->
+	OsPid = case is_port(Port) of true -> port_pid(Port); false -> undefined end,
+	_ = [catch port_command(Port, release_frame(Codec, K))
+		|| {{P, K}, _} <- ets:match_object(py_shm_out, {{OsPid, '_'}, Pid}), P =:= OsPid,
+		   ets:take(py_shm_out, {P, K}) =/= []],
+	ok.
+
 %% In the owner of port OsPid, at its shm_consumed for request region K (the body of a callback_reply
 %% was read): the region is back in the pool. Only ETS: the port cut the file back itself when it
 %% grew past shm_keep. A region not held for a callback reply (a stale or repeated frame) is ignored.
@@ -282,6 +310,8 @@ read_body(Codec, Port, <<K:32, Offset:64, Length:64>>) ->
 	OsPid = port_pid(Port),
 	true = is_integer(OsPid),
 	Read = with_cached(Port, path(C, OsPid, o, K), [read], fun(Fd) -> file:pread(Fd, Offset, Length) end),
+	%% Read: the owner has nothing to hand back for us if we die now (reader_gone/3).
+	_ = ets:delete(py_shm_out, {OsPid, K}),
 	_ = catch port_command(Port, release_frame(Codec, K)),
 	ok = count(2),
 	case Read of

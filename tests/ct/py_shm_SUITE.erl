@@ -14,7 +14,7 @@
 	killed_caller_frees_regions/1, dir_not_ours/1]).
 %% bulk2: callback replies through request regions.
 -export([callback_reply_through_shm/1, callback_reply_from_thread/1, callback_reply_pool_empty/1,
-	callback_reply_bad_descriptor/1, callback_reply_trimmed_past_keep/1]).
+	callback_reply_bad_descriptor/1, callback_reply_trimmed_past_keep/1, dead_reader_frees_reply_region/1]).
 
 -define(T, 65536).     %% the suite's threshold: small, so cases stay fast
 -define(REGIONS, 2).
@@ -25,7 +25,7 @@ all() ->
 	 vm_kill_leaves_nothing, threshold_setting, shm_off, malformed_descriptor, bad_release,
 	 pipe_size_setting, stream_big_items, killed_caller_frees_regions, dir_not_ours,
 	 callback_reply_through_shm, callback_reply_from_thread, callback_reply_pool_empty,
-	 callback_reply_bad_descriptor, callback_reply_trimmed_past_keep].
+	 callback_reply_bad_descriptor, callback_reply_trimmed_past_keep, dead_reader_frees_reply_region].
 
 init_per_suite(Config) ->
 	Base = filename:join(?config(priv_dir, Config), "shm"),
@@ -612,4 +612,33 @@ callback_reply_trimmed_past_keep(Config) ->
 		lists:member($e, lists:nthtail(length(integer_to_list(OsPid)) + 2, F))],
 	?REGIONS = length(Sizes),
 	[0 = S || S <- Sizes].
+%% A process killed with a reply region's frame unread in its mailbox: the owner, which watches the
+%% readers of reply regions, hands the region back (before, it stayed in use until the port exited).
+dead_reader_frees_reply_region(_Config) ->
+	Ctx = element(1, maps:get(contexts, py_port:info(1))),
+	Self = self(),
+	Body = py_codec:encode(codec(), {undefined, <<"bytes(200000)">>, #{}}),
+	Readers = [spawn(fun() ->
+		Id = py_ct_helper:raw_request(1, 2, Ctx, 0, Body),
+		Self ! {sent, self(), Id},
+		receive never -> ok end
+	end) || _ <- lists:seq(1, ?REGIONS)],
+	[receive {sent, R, _} -> ok after 10000 -> error(not_sent) end || R <- Readers],
+	%% Every reply region is now in the mailbox of a reader that will never read it.
+	ok = py_ct_helper:eventually(fun() ->
+		lists:all(fun(R) -> element(2, process_info(R, message_queue_len)) =:= 1 end, Readers)
+	end, 10000),
+	Before = py_shm:stats(),
+	{ok, Big} = py:eval(<<"bytes(200000)">>),
+	200000 = byte_size(Big),
+	#{replies := 0} = delta(Before),  %% none free: the pipe
+	[exit(R, kill) || R <- Readers],
+	ok = py_ct_helper:eventually(fun() -> ets:info(py_shm_out, size) =:= 0 end, 10000),
+	ok = py_ct_helper:eventually(fun() ->
+		Before1 = py_shm:stats(),
+		{ok, Big} = py:eval(<<"bytes(200000)">>),
+		maps:get(replies, delta(Before1)) =:= 1
+	end, 10000),
+	ok = reply_regions_all_free().
+
 %% ---- bulk2: end ----------------------------------------------------------------------------------
