@@ -14,7 +14,8 @@
 	killed_caller_frees_regions/1, dir_not_ours/1]).
 %% bulk2: callback replies through request regions.
 -export([callback_reply_through_shm/1, callback_reply_from_thread/1, callback_reply_pool_empty/1,
-	callback_reply_bad_descriptor/1, callback_reply_trimmed_past_keep/1, dead_reader_frees_reply_region/1]).
+	callback_reply_bad_descriptor/1, callback_reply_trimmed_past_keep/1, dead_reader_frees_reply_region/1,
+	buffer_not_returnable/1]).
 
 -define(T, 65536).     %% the suite's threshold: small, so cases stay fast
 -define(REGIONS, 2).
@@ -25,7 +26,8 @@ all() ->
 	 vm_kill_leaves_nothing, threshold_setting, shm_off, malformed_descriptor, bad_release,
 	 pipe_size_setting, stream_big_items, killed_caller_frees_regions, dir_not_ours,
 	 callback_reply_through_shm, callback_reply_from_thread, callback_reply_pool_empty,
-	 callback_reply_bad_descriptor, callback_reply_trimmed_past_keep, dead_reader_frees_reply_region].
+	 callback_reply_bad_descriptor, callback_reply_trimmed_past_keep, dead_reader_frees_reply_region,
+	 buffer_not_returnable].
 
 init_per_suite(Config) ->
 	Base = filename:join(?config(priv_dir, Config), "shm"),
@@ -640,5 +642,18 @@ dead_reader_frees_reply_region(_Config) ->
 		maps:get(replies, delta(Before1)) =:= 1
 	end, 10000),
 	ok = reply_regions_all_free().
+
+%% A PyBuffer is not returned to Erlang (decided, README): it is a stream another process may still be
+%% writing, whose Erlang handle the caller holds already; a silent snapshot would hide that it can be
+%% incomplete. memoryview(buf) returns what it holds now, as a binary (through a reply region when big).
+buffer_not_returnable(_Config) ->
+	Data = crypto:strong_rand_bytes(3 * ?T),
+	{ok, B} = py_buffer:new(byte_size(Data)),
+	ok = py_buffer:write(B, Data),
+	{error, {'TypeError', Msg}} = py:eval(<<"buf">>, #{buf => B}),
+	{match, _} = re:run(Msg, "PyBuffer"),
+	Before = py_shm:stats(),
+	{ok, Data} = py:eval(<<"memoryview(buf)">>, #{buf => B}),
+	#{replies := 1} = delta(Before).
 
 %% ---- bulk2: end ----------------------------------------------------------------------------------
