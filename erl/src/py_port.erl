@@ -647,7 +647,8 @@ watch_shm_reader(Id, Desc, State) ->
 	end.
 
 %% Monitors Pid, which a callback frame was just forwarded to, unless it is monitored already (see
-%% callees). Only callback frames come here: results and output never pay for it.
+%% callees). Only callback frames and frames with a body in a reply region (watch_shm_reader/3, bulk2)
+%% come here: other results and output never pay for it.
 watch_callee(Pid, State = #state{envs = Envs}) when is_map_key(Pid, Envs) ->
 	State;
 watch_callee(Pid, State = #state{callees = Callees}) when is_map_key(Pid, Callees) ->
