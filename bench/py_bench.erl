@@ -560,7 +560,20 @@ row_bulk(C = #{p := #{bulk_iters := Iters}}, Size) ->
 %% of N rounds; then ours/echo, whose target at 64 MiB is 4x (issue 10). The machine's load moves both
 %% sides, so read the ratio, not the MB/s.
 bulk_rows() ->
-    [{lists:flatten(io_lib:format("bulk ~b MiB", [M])), fun(C) -> row_bulk_shm(C, M * ?MiB) end} || M <- [1, 16, 64]].
+    [{lists:flatten(io_lib:format("bulk ~b MiB", [M])), fun(C) -> row_bulk_shm(C, M * ?MiB) end} || M <- [1, 16, 64]]
+    ++ [{"bulk callback reply 64 MiB", fun(C) -> row_bulk_callback(C, 64 * ?MiB) end}].
+
+%% An Erlang function returning a 64 MiB binary to erlang.call (bytes in Python; through a request
+%% region, PROTOCOL.md §3.12). MB/s = payload bytes / time of the whole py:eval, median of N. No
+%% baseline: the echo port has no callbacks (the bulk rows above compare the transport itself).
+row_bulk_callback(C, Size) ->
+    N = case maps:get(quick, C, false) of true -> 3; false -> 5 end,
+    Bin = binary:copy(<<"0123456789abcdef">>, Size div 16),
+    Setup = fun() -> ok = py:register_function(bench_big_reply, fun([]) -> {bytes, Bin} end) end,
+    Call = fun() -> {ok, Size} = py:eval(<<"len(erlang.call('bench_big_reply'))">>) end,
+    R = measure(fun() -> compare_bulk([{ours, ours_v(C, Call, Setup)}], Size, N) end),
+    {[row(io_lib:format("callback reply ~b MiB into Python (MB/s, median of ~b)", [Size div ?MiB, N]), mbs,
+          pick(ours, R), blank, "", none)], C}.
 
 row_bulk_shm(C, Size) ->
     N = case {maps:get(quick, C, false), Size} of

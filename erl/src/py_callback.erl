@@ -22,6 +22,7 @@
 -export([reply/2]).
 -export([is_builtin/1]).
 -export([reply_frame/5]).
+-export([reply_frame/6]).
 -export([handle_async/4]).
 
 -export_type([name/0]).
@@ -97,9 +98,20 @@ reply(Name, Args) ->
 %% list has no msgpack form) becomes an error reply: the Python side always gets an answer.
 -spec reply_frame(binary(), list(), non_neg_integer(), non_neg_integer(), py_codec:codec()) -> iodata().
 reply_frame(Name, Args, Ctx, CbId, Codec) ->
+	reply_frame(Name, Args, Ctx, CbId, Codec, pipe).
+
+%% The same; with a port (bulk, PROTOCOL.md §3.12) a big reply goes through one of its shared-memory
+%% regions (py_shm:callback_reply_frame/5). `pipe': always the pipe (the owner, which must not
+%% spend a pwrite of the reply's size on it).
+-spec reply_frame(binary(), list(), non_neg_integer(), non_neg_integer(), py_codec:codec(), port() | pipe)
+	-> iodata().
+reply_frame(Name, Args, Ctx, CbId, Codec, Via) ->
 	Reply = reply(Name, Args),
 	try
-		py_codec:frame(callback_reply, Ctx, CbId, Codec, Reply)
+		case Via of
+			pipe -> py_codec:frame(callback_reply, Ctx, CbId, Codec, Reply);
+			Port -> py_shm:callback_reply_frame(Ctx, CbId, Codec, Reply, Port)
+		end
 	catch error:Why ->
 		Text = io_lib:format("the result of ~ts cannot be sent to Python: ~ts", [Name, encode_error(Why)]),
 		py_codec:frame(callback_reply, Ctx, CbId, Codec, {error, <<"error">>, unicode:characters_to_binary(Text)})
@@ -119,7 +131,12 @@ is_builtin(Name) -> lists:member(Name, ?BUILTINS).
 -spec handle_async(port(), py_codec:codec(), non_neg_integer(), binary()) -> ok.
 handle_async(Port, Codec, Ctx, Body) ->
 	{CbId, Name, Args} = py_codec:decode(Codec, Body),
-	Frame = reply_frame(Name, Args, Ctx, CbId, Codec),
+	%% The builtins run in the owner (py_port): their replies take the pipe.
+	Via = case is_binary(Name) andalso is_builtin(Name) of
+		true -> pipe;
+		false -> Port
+	end,
+	Frame = reply_frame(Name, Args, Ctx, CbId, Codec, Via),
 	try port_command(Port, Frame) of
 		true -> ok
 	catch error:badarg ->

@@ -126,6 +126,7 @@
 -define(SCHEDULE, 94).
 -define(SPAN, 88).  %% opsa (§3.14)
 -define(TASK_RESULT, 76).  %% aio (§3.10)
+-define(SHM_CONSUMED, 83).  %% bulk (§3.12)
 
 %% The port exits with 5 when a cancelled request holds the GIL and cannot even be interrupted
 %% (its --cancel-stuck-ms watchdog): like our grace timer expiring, so reported the same way.
@@ -310,6 +311,7 @@ handle_info({'EXIT', _Pid, Reason}, State) ->
 	%% Our supervisor is leaving: stop, so terminate/2 closes the port.
 	{stop, Reason, State};
 handle_info({'DOWN', MRef, process, Pid, _}, State = #state{envs = Envs, callees = Callees}) ->
+	ok = py_shm:reader_gone(Pid, State#state.port, codec(State)),  %% bulk2: its unread reply regions
 	case {maps:take(Pid, Envs), maps:take(Pid, Callees)} of
 		{{MRef, Envs1}, _} ->
 			send_to_port(py_codec:frame(env_drop, 0, 0, codec(State), Pid), State),
@@ -530,7 +532,7 @@ frame(<<Kind, 0, 0:16, Ctx:32, Id:64, Body/binary>>, Port, State) when Id =/= 0 
 	frame(Kind, Ctx, Id, Body, Port, State);
 frame(<<Kind, 2, 0:16, Ctx:32, Id:64, Desc/binary>>, Port, State) when Id =/= 0 ->
 	%% bulk (PROTOCOL.md §3.12): the body is in a reply region; routed the same way, read by the caller.
-	frame(Kind, Ctx, Id, {py_shm, Desc}, Port, State);
+	frame(Kind, Ctx, Id, {py_shm, Desc}, Port, watch_shm_reader(Id, Desc, State));
 frame(<<Kind, 0, 0:16, Ctx:32, 0:64, Body/binary>>, Port, State) ->
 	%% The owner decodes these itself; a body it cannot read is the port's bug, not a reason to take
 	%% the whole slot down.
@@ -576,8 +578,12 @@ frame(Kind, Ctx, Id, Body, Port, State) when Id =/= 0, (Kind =:= ?OUTPUT orelse 
 			guarded(fun() -> orphan(Kind, Ctx, Id, Body, Port, State) end, Kind, Ctx, State)
 	end;
 %% chan: channels, byte channels, buffers (PROTOCOL.md §3.11): a counter or an inbox insert.
-frame(Kind, _, Id, Body, _, State) when Kind >= 80, Kind =< 83 ->
+frame(Kind, _, Id, Body, _, State) when Kind >= 80, Kind =< 82 ->
 	guarded(fun() -> ok = py_chan:port_frame(Kind, Id, Body, codec(State)), State end, Kind, 0, State);
+%% bulk (PROTOCOL.md §3.12): shm_consumed, a callback reply's request region is back (ETS only).
+frame(?SHM_CONSUMED, _, 0, Body, _, State) ->
+	ok = py_shm:consumed(State#state.os_pid, py_codec:decode(codec(State), Body)),
+	State;
 frame(?HELLO, _, 0, Body, Port, State = #state{port = Port}) ->
 	hello(Body, State);
 frame(?CALLBACK, Ctx, 0, Body, Port, State) ->
@@ -634,8 +640,20 @@ guarded(Fun, Kind, Ctx, State) ->
 		State
 	end.
 
+%% bulk2: the reader of a reply region is watched like a callee (its death hands the region back,
+%% py_shm:reader_gone/3). A frame nobody waits for is read by the orphan path, not watched.
+watch_shm_reader(Id, Desc, State) ->
+	case ets:lookup(py_inflight, Id) of
+		[{_, Pid, _}] ->
+			ok = py_shm:forwarded(State#state.os_pid, Desc, Pid),
+			watch_callee(Pid, State);
+		[] ->
+			State
+	end.
+
 %% Monitors Pid, which a callback frame was just forwarded to, unless it is monitored already (see
-%% callees). Only callback frames come here: results and output never pay for it.
+%% callees). Only callback frames and frames with a body in a reply region (watch_shm_reader/3, bulk2)
+%% come here: other results and output never pay for it.
 watch_callee(Pid, State = #state{envs = Envs}) when is_map_key(Pid, Envs) ->
 	State;
 watch_callee(Pid, State = #state{callees = Callees}) when is_map_key(Pid, Callees) ->

@@ -683,7 +683,7 @@ interim(?CALLBACK, Ctx, {CbId, Name, Args}, Req = #req{codec = Codec, port = Por
 		false -> Deadline
 	end,
 	Reply = fun() ->
-		in_callback({Slot, Ctx, Gen}, fun() -> py_callback:reply_frame(Name, Args, Ctx, CbId, Codec) end)
+		in_callback({Slot, Ctx, Gen}, fun() -> py_callback:reply_frame(Name, Args, Ctx, CbId, Codec, Port) end)  % bulk: Port, for shm
 	end,
 	case run_callback(Reply, Within, Req) of
 		{ok, Frame} -> _ = catch port_command(Port, Frame);

@@ -19,8 +19,11 @@
 %% caller killed while writing). A caller that timed out after the owner had already forwarded the
 %% final frame to it, or that died after sending without the owner monitoring it (an explicit
 %% environment), leaves its region out of the pool until the port goes (rare, and bounded by the
-%% regions). A reply region is the port's until shm_release (kind 24), sent by
-%% whoever reads the frame. Bounded: `shm_regions' regions per direction per port; with all of them in
+%% regions). A request region that carries a callback reply (callback_reply_frame/5) is the
+%% writer's until the port's shm_consumed (kind 83), which the owner turns into a return to the pool
+%% (consumed/2). A reply region is the port's until shm_release (kind 24), sent by whoever reads the
+%% frame, or by the owner when that reader died before reading it (reader_gone/3).
+%% Bounded: `shm_regions' regions per direction per port; with all of them in
 %% use a body goes down the pipe as before.
 %%
 %% Application env: shm (true | false, default true), shm_dir (default /dev/shm, else the OS temp dir),
@@ -40,6 +43,10 @@
 -export([port_up/1]).
 -export([port_gone/1]).
 -export([request_frame/7]).
+-export([callback_reply_frame/5]).
+-export([consumed/2]).
+-export([forwarded/3]).
+-export([reader_gone/3]).
 -export([release/1]).
 -export([done/2]).
 -export([read_body/3]).
@@ -56,6 +63,7 @@
 
 -define(SHM_FLAG, 2).
 -define(SHM_RELEASE, 24).
+-define(CALLBACK_REPLY, 6).
 -define(CALLBACK, 67).
 -define(REQUEUE, 75).
 -define(DIR_PREFIX, "erlang_python.").
@@ -72,6 +80,8 @@ setup() ->
 	py_shm_free = ets:new(py_shm_free, [ordered_set, public, named_table, {write_concurrency, true}]),
 	py_shm_held = ets:new(py_shm_held, [set, public, named_table, {write_concurrency, true}]),
 	py_shm_ports = ets:new(py_shm_ports, [set, public, named_table, {read_concurrency, true}]),
+	%% bulk2: reply regions forwarded to a reader that has not read them: {{PortOsPid, K}, Pid}.
+	py_shm_out = ets:new(py_shm_out, [set, public, named_table, {write_concurrency, true}]),
 	Env = fun(Key, Default) -> application:get_env(erlang_python, Key, Default) end,
 	Config = case Env(shm, true) of
 		true ->
@@ -163,6 +173,7 @@ port_gone(OsPid) ->
 			_ = catch ets:delete(py_shm_ports, OsPid),
 			_ = catch ets:match_delete(py_shm_free, {{OsPid, '_'}}),
 			_ = catch ets:match_delete(py_shm_held, {'_', {OsPid, '_', '_'}, '_', '_'}),
+			_ = catch ets:match_delete(py_shm_out, {{OsPid, '_'}, '_'}),
 			Prefix = "p" ++ integer_to_list(OsPid) ++ ".",
 			_ = [file:delete(filename:join(Dir, F)) || F <- list_dir(Dir), lists:prefix(Prefix, F)],
 			ok;
@@ -179,16 +190,12 @@ port_gone(OsPid) ->
 request_frame(Kind, Flags, Ctx, Id, Codec, Body, Port) ->
 	case config() of
 		#{threshold := T} = C ->
-			Enc = case Codec of
-				%% The big binaries are referenced, not copied (the pwrite below is their one copy).
-				etf -> erlang:term_to_iovec(Body, [{minor_version, 2}]);
-				msgpack -> py_msgpack:encode(Body)
-			end,
+			Enc = encode(Codec, Body),
 			Size = iolist_size(Enc),
 			Header = fun(F) -> <<(py_codec:kind(Kind)), F, 0:16, Ctx:32, Id:64>> end,
 			case Size >= T andalso port_pid(Port) of
 				OsPid when is_integer(OsPid) ->
-					case write(C, Port, OsPid, Id, Enc, Size) of
+					case write(C, Port, OsPid, fun(_) -> Id end, Enc, Size) of
 						{ok, K} ->
 							ok = count(1),
 							{[Header(Flags bor ?SHM_FLAG), desc(K, 0, Size)], {OsPid, K, Size}};
@@ -201,6 +208,68 @@ request_frame(Kind, Flags, Ctx, Id, Codec, Body, Port) ->
 		disabled ->
 			{py_codec:frame(Kind, Flags, Ctx, Id, Codec, Body), none}
 	end.
+
+%% The callback_reply frame (kind 6) answering callback CbId of context Ctx with Reply, through a
+%% request region of the port when its body is at least the threshold long and a region is free
+%% (PROTOCOL.md §3.12): an Erlang function that returns 64 MiB to erlang.call does not push them down
+%% the pipe. The port copies the body out as the frame arrives and hands the region back with
+%% shm_consumed (P->E 83, consumed/2, in the owner); until then it is registered under
+%% {callback, OsPid, K} in py_shm_held (a writer killed before it sent the frame leaves it to
+%% reclaim/1, as a request's). Otherwise, or with every region in use, the frame takes the pipe.
+%% Raises {badarg, _} as py_codec:frame/5 does.
+-spec callback_reply_frame(non_neg_integer(), non_neg_integer(), py_codec:codec(), term(), port()) -> iodata().
+callback_reply_frame(Ctx, CbId, Codec, Reply, Port) ->
+	case config() of
+		#{threshold := T} = C ->
+			Enc = encode(Codec, Reply),
+			Size = iolist_size(Enc),
+			Header = fun(F) -> <<?CALLBACK_REPLY, F, 0:16, Ctx:32, CbId:64>> end,
+			OsPid = Size >= T andalso port_pid(Port),
+			case is_integer(OsPid) andalso write(C, Port, OsPid, fun(K) -> {callback, OsPid, K} end, Enc, Size) of
+				{ok, K} ->
+					ok = count(1),
+					[Header(?SHM_FLAG), desc(K, 0, Size)];
+				_ ->
+					[Header(0) | Enc]
+			end;
+		disabled ->
+			py_codec:frame(callback_reply, Ctx, CbId, Codec, Reply)
+	end.
+
+%% In the owner of port OsPid, as it forwards a frame whose body is in reply region K (Desc) to Pid,
+%% which the owner monitors from then on: if Pid dies before it has read the body (read_body/3
+%% removes the entry), reader_gone/3 hands the region back. Without it a region whose reader was
+%% killed stayed in use until the port exited. One ETS insert per big body.
+-spec forwarded(non_neg_integer() | undefined, binary(), pid()) -> ok.
+forwarded(OsPid, <<K:32, _:128>>, Pid) when is_integer(OsPid) ->
+	true = ets:insert(py_shm_out, {{OsPid, K}, Pid}),
+	ok;
+forwarded(_, _, _) ->
+	ok.
+
+%% In the owner, at the 'DOWN' of Pid: the reply regions forwarded to it and not read are handed back
+%% to the port (shm_release). Bounded by the regions of the port (the table holds at most that many
+%% entries per port); ets:take makes each release happen once.
+-spec reader_gone(pid(), port() | undefined, py_codec:codec()) -> ok.
+reader_gone(Pid, Port, Codec) ->
+	OsPid = case is_port(Port) of true -> port_pid(Port); false -> undefined end,
+	_ = [catch port_command(Port, release_frame(Codec, K))
+		|| {{P, K}, _} <- ets:match_object(py_shm_out, {{OsPid, '_'}, Pid}), P =:= OsPid,
+		   ets:take(py_shm_out, {P, K}) =/= []],
+	ok.
+
+%% In the owner of port OsPid, at its shm_consumed for request region K (the body of a callback_reply
+%% was read): the region is back in the pool. Only ETS: the port cut the file back itself when it
+%% grew past shm_keep. A region not held for a callback reply (a stale or repeated frame) is ignored.
+-spec consumed(non_neg_integer() | undefined, term()) -> ok.
+consumed(OsPid, K) when is_integer(OsPid), is_integer(K) ->
+	_ = case ets:take(py_shm_held, {callback, OsPid, K}) of
+		[{_, _, _, _}] -> ets:member(py_shm_ports, OsPid) andalso ets:insert(py_shm_free, {{OsPid, K}});
+		[] -> false
+	end,
+	ok;
+consumed(_, _) ->
+	ok.
 
 %% The request's final frame came (or its port is gone): its region is free again, cut back to 0 when
 %% it grew past shm_keep.
@@ -241,6 +310,8 @@ read_body(Codec, Port, <<K:32, Offset:64, Length:64>>) ->
 	OsPid = port_pid(Port),
 	true = is_integer(OsPid),
 	Read = with_cached(Port, path(C, OsPid, o, K), [read], fun(Fd) -> file:pread(Fd, Offset, Length) end),
+	%% Read: the owner has nothing to hand back for us if we die now (reader_gone/3).
+	_ = ets:delete(py_shm_out, {OsPid, K}),
 	_ = catch port_command(Port, release_frame(Codec, K)),
 	ok = count(2),
 	case Read of
@@ -430,6 +501,11 @@ port_pid(Port) ->
 		undefined -> undefined
 	end.
 
+%% The body as the codec writes it. ETF: the big binaries are referenced, not copied (the pwrite is
+%% their one copy).
+encode(etf, Term) -> erlang:term_to_iovec(Term, [{minor_version, 2}]);
+encode(msgpack, Term) -> py_msgpack:encode(Term).
+
 desc(K, Offset, Length) ->
 	<<K:32, Offset:64, Length:64>>.
 
@@ -441,12 +517,14 @@ desc(K, Offset, Length) ->
 %% meanwhile leaves it to reclaim/1: the port never heard of it); once `sent' (set before the frame
 %% goes out) whoever ends the request takes it back, exactly once: the caller at its final frame
 %% (done/2), or the owner at a late one (orphan_final/4).
-write(C, Port, OsPid, Id, Enc, Size) ->
+%% Key(K) is the entry's key: the request id, or {callback, OsPid, K} for a callback reply.
+write(C, Port, OsPid, Key, Enc, Size) ->
 	case take(OsPid) of
 		none ->
 			none;
 		K ->
 			Held = {OsPid, K, Size},
+			Id = Key(K),
 			true = ets:insert(py_shm_held, {Id, Held, self(), writing}),
 			case with_cached(Port, path(C, OsPid, e, K), [read, write], fun(Fd) -> file:pwrite(Fd, 0, Enc) end) of
 				ok ->

@@ -5,6 +5,7 @@
 #include <limits>
 #include <vector>
 
+#include "big_bytes.hpp"
 #include "codec.hpp"
 #include "erlang_types.hpp"
 
@@ -283,7 +284,7 @@ class Decoder : codec_detail::DecodeCursor {
     if (avail - 5 < n) return {};  // truncated: the general path reports it
     matched = true;
     p_ = q + 5 + n;
-    return py(PyBytes_FromStringAndSize(reinterpret_cast<const char*>(q + 5), static_cast<Py_ssize_t>(n)));
+    return py(big_bytes(reinterpret_cast<const char*>(q + 5), n));
   }
 
   PyRef tuple(size_t n, int depth) {
@@ -698,7 +699,7 @@ PyRef text_or_bytes(const char* data, size_t n) {
     if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) return {};
     PyErr_Clear();
   }
-  return PyRef(PyBytes_FromStringAndSize(data, len));
+  return PyRef(big_bytes(data, n));
 }
 
 std::string take_python_error() {

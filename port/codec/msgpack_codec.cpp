@@ -14,6 +14,7 @@
 
 #include <msgpack.hpp>  // MSGPACK_NO_BOOST comes from the build (meson.build: msgpack_dep)
 
+#include "big_bytes.hpp"
 #include "codec.hpp"
 #include "erlang_types.hpp"
 
@@ -81,7 +82,7 @@ class Visitor : public msgpack::null_visitor {
   bool visit_float32(float v) { return py(PyFloat_FromDouble(v)); }
   bool visit_float64(double v) { return py(PyFloat_FromDouble(v)); }
   bool visit_str(const char* v, uint32_t n);
-  bool visit_bin(const char* v, uint32_t n) { return py(PyBytes_FromStringAndSize(v, n)); }
+  bool visit_bin(const char* v, uint32_t n) { return py(big_bytes(v, n)); }
   bool visit_ext(const char* v, uint32_t n);
 
   bool start_array(uint32_t n);
@@ -454,7 +455,7 @@ PyRef Decoder::bytes_pair(const unsigned char* q, size_t avail, bool& matched) {
   }
   if (avail - hdr != len) return {};  // truncated or trailing bytes: the general path reports it
   matched = true;
-  PyRef v(PyBytes_FromStringAndSize(reinterpret_cast<const char*>(q + hdr), static_cast<Py_ssize_t>(len)));
+  PyRef v(big_bytes(reinterpret_cast<const char*>(q + hdr), len));
   if (!v) fail_python();
   return v;
 }

@@ -169,6 +169,18 @@ bool ShmDir::put_parts(const std::string_view* parts, size_t nparts, ShmDesc& d)
   return true;
 }
 
+bool ShmDir::trim_in(uint32_t k) {
+  if (!enabled_ || k >= in_.size()) return false;
+  std::lock_guard<std::mutex> lock(mutex_);
+  Region& r = in_[k];
+  struct stat st;
+  if (fstat(r.fd, &st) == 0 && static_cast<uint64_t>(st.st_size) > opts_.keep) {
+    r.map.reset();  // a view still held keeps its own mapping; the next view maps anew
+    (void)ftruncate(r.fd, 0);
+  }
+  return true;
+}
+
 bool ShmDir::release(uint32_t k) {
   if (!enabled_ || k >= out_.size()) return false;
   std::lock_guard<std::mutex> lock(mutex_);

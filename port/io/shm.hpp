@@ -27,7 +27,9 @@ namespace ep {
 
 constexpr uint8_t kFlagShm = 0x02;     // header flag bit 1 (PROTOCOL.md §1.1, §3.12)
 constexpr size_t kShmDescSize = 20;
-constexpr uint8_t kKindShmRelease = 24;  // E->P shm_release: body Region, a non-negative integer    // region:u32, offset:u64, length:u64, big-endian
+constexpr uint8_t kKindShmRelease = 24;  // E->P shm_release: body Region, a non-negative integer
+constexpr uint8_t kKindShmConsumed = 83;  // P->E shm_consumed: body Region (a request region read, §3.12)
+// A descriptor: region:u32, offset:u64, length:u64, big-endian.
 
 struct ShmDesc {
   uint32_t region = 0;
@@ -78,6 +80,10 @@ class ShmDir {
   bool put(std::string_view body, ShmDesc& d) { return put_parts(&body, 1, d); }
   // The same for a body in pieces (a codec header and the bytes of a Python object), copied in order.
   bool put_parts(const std::string_view* parts, size_t n, ShmDesc& d);
+  // E->P, a callback_reply's region k (§3.12), after its body was copied out: cut back to 0 if it grew
+  // past `keep` (the Erlang side hands it back to its pool without touching the file). False if k
+  // names no request region.
+  bool trim_in(uint32_t k);
   // P->E: Erlang has read region k (shm_release): it is free again (and cut back if over `keep`).
   // False if k names no region or one that is not in use.
   bool release(uint32_t k);

@@ -250,6 +250,9 @@ int replay_main(int argc, char** argv) {
     // shm_release (§3.12): names a region of the recorded port; the replayed one has none (every body
     // is inline), so it would answer protocol_error bad_shm. It has no answer to skip.
     if (r.type == Type::In && kind == 24) continue;
+    // shm_consumed (§3.12, bulk): the recorded port handing back a callback reply's region; the
+    // replayed one reads every reply inline and sends none.
+    if (r.type == Type::Out && kind == 83) continue;
     if (r.type == Type::In) {
       sends.emplace_back(i + 1, r.payload);
       windows.emplace_back();

@@ -1,6 +1,9 @@
 #include "bulk.hpp"
 
+#include <algorithm>
+
 #include "frame.hpp"
+#include "shm.hpp"
 #include "py_ref.hpp"
 
 namespace ep {
@@ -44,6 +47,48 @@ bool shm_bytes_result(ShmDir* shm, CodecKind codec, std::string& out, uint32_t c
   put_shm_desc(out, d);
   finish_frame(out, start);
   return true;
+}
+
+namespace {
+template <class F>
+void write_with(CodecKind codec, std::string& out, F&& f) {
+  if (codec == CodecKind::Etf) {
+    EtfWriter w(out);
+    w.version();
+    f(w);
+  } else {
+    MsgpackWriter w(out);
+    f(w);
+  }
+}
+}  // namespace
+
+void take_shm_reply(ShmDir* shm, CodecKind codec, std::string& frame, std::string& out, std::string& why) {
+  ShmDesc d;
+  ShmView v;
+  bool named = frame.size() >= kHeaderSize && parse_shm_desc(std::string_view(frame).substr(kHeaderSize), d);
+  if (!shm || !named) why = "a shm frame's body must be a 20-byte descriptor";
+  else shm->view(d, v, why);
+  std::string inlined = frame.substr(0, std::min(frame.size(), kHeaderSize));
+  inlined.resize(kHeaderSize, '\0');
+  inlined[1] = static_cast<char>(static_cast<uint8_t>(inlined[1]) & ~kFlagShm);
+  if (why.empty()) {
+    inlined.append(v.bytes);  // the one copy of the body in the port (see above)
+  } else {
+    write_with(codec, inlined, [&](auto& w) {
+      w.tuple(3);
+      w.atom("error");
+      w.str("error");
+      w.str("the reply in shared memory cannot be read: " + why);
+    });
+  }
+  v = ShmView();
+  frame.swap(inlined);
+  if (shm && named && shm->trim_in(d.region)) {
+    size_t start = begin_frame(out, Header{kKindShmConsumed, 0, 0, 0, 0});
+    write_with(codec, out, [&](auto& w) { w.integer(static_cast<int64_t>(d.region)); });
+    finish_frame(out, start);
+  }
 }
 
 }  // namespace ep

@@ -404,7 +404,10 @@ void Runtime::dispatch(std::string payload) {
                   h.kind == static_cast<uint8_t>(Kind::Exec) || h.kind == static_cast<uint8_t>(Kind::RefOp);
   // bulk (§3.12): the shm flag too, on the same kinds, when shared memory is on; shm_release.
   const uint8_t allowed = kFlagNested | (shm_ && shm_->enabled() ? kFlagShm : 0);
-  if (h.reserved != 0 || (h.flags & ~allowed) != 0 || (h.flags != 0 && !nestable)) {
+  // bulk (§3.12): a callback_reply may carry the shm flag alone (on_callback_reply copies it out).
+  const bool shm_reply = h.kind == static_cast<uint8_t>(Kind::CallbackReply) && h.flags == kFlagShm &&
+                         shm_ && shm_->enabled();
+  if (h.reserved != 0 || (h.flags & ~allowed) != 0 || (h.flags != 0 && !nestable && !shm_reply)) {
     protocol_error(h.ctx, h.id, "bad_flags", "only the nested and shm flags, on call/eval/exec/ref_op; reserved bytes must be 0");
     return;
   }
@@ -614,6 +617,13 @@ void Runtime::exit_cancel_stuck(uint64_t id) {
 }
 
 void Runtime::on_callback_reply(Item item) {
+  if (item.h.flags & kFlagShm) {  // bulk (§3.12): the body out of its region, the region handed back
+    std::string consumed, why;
+    take_shm_reply(shm_, opts_.codec, item.frame, consumed, why);
+    item.h.flags = 0;
+    if (!why.empty()) protocol_error_frame(consumed, 0, 0, "bad_shm", why);
+    if (!consumed.empty()) out_.write(consumed);
+  }
   Waiter w;
   {
     std::lock_guard<std::mutex> lock(waiters_mutex_);

@@ -194,7 +194,10 @@ TEST_CASE("shm: with every region in flight the body stays in the frame") {
 #include <chrono>
 
 #include "bulk.hpp"
+#include "big_bytes.hpp"
 #include "codec.hpp"
+
+#include <cstring>
 
 namespace {
 // ETF of a list of n two-element lists [[1,2], [1,2], ...].
@@ -267,3 +270,98 @@ TEST_CASE("shrink_reply keeps a small buffer, frees a big one") {
   CHECK(out.empty());
   CHECK(out.capacity() <= ep::kReplyKeep);
 }
+
+// ---- bulk2: callback replies through request regions, big bytes objects ---------------------------
+namespace {
+std::string callback_reply_frame(uint64_t cb_id, const ShmDesc& d) {
+  std::string f;
+  f.push_back(6);
+  f.push_back(static_cast<char>(ep::kFlagShm));
+  f.append(2, '\0');
+  ep::put_be(f, 1, 4);
+  ep::put_be(f, cb_id, 8);
+  ep::put_shm_desc(f, d);
+  return f;
+}
+}  // namespace
+
+TEST_CASE("take_shm_reply: the body copied out, flag cleared, region handed back, cut back past keep") {
+  TempDir dir;
+  ShmDir shm;
+  REQUIRE(shm.open(ShmOptions{dir.path, 16, 2, 4096}, 81));
+  const std::string body = "\x83" "m\0\0\0\x05hello";
+  write_file(dir.path + "/p81.e1", body);
+  std::string f = callback_reply_frame(9, ShmDesc{1, 0, body.size()}), out, why;
+  ep::take_shm_reply(&shm, ep::CodecKind::Etf, f, out, why);
+  CHECK(why.empty());
+  REQUIRE(f.size() == ep::kHeaderSize + body.size());
+  CHECK(f[0] == 6);
+  CHECK(f[1] == 0);
+  CHECK(ep::be(f.data() + 8, 8) == 9);
+  CHECK(f.substr(ep::kHeaderSize) == body);
+  // shm_consumed, ctx 0, id 0, body the region (ETF small integer 1).
+  REQUIRE(out.size() == 4 + ep::kHeaderSize + 3);
+  CHECK(static_cast<uint8_t>(out[4]) == ep::kKindShmConsumed);
+  CHECK(out.substr(4 + ep::kHeaderSize) == std::string("\x83" "a\x01", 3));
+  CHECK(file_size(dir.path + "/p81.e1") == static_cast<off_t>(body.size()));  // under keep: kept
+  // Past keep: cut back to 0 before it is handed back.
+  write_file(dir.path + "/p81.e0", std::string(8000, 'z'));
+  f = callback_reply_frame(10, ShmDesc{0, 0, 8000});
+  out.clear();
+  ep::take_shm_reply(&shm, ep::CodecKind::Msgpack, f, out, why);
+  CHECK(why.empty());
+  CHECK(f.size() == ep::kHeaderSize + 8000);
+  CHECK(file_size(dir.path + "/p81.e0") == 0);
+  CHECK(out.substr(4 + ep::kHeaderSize) == std::string("\x00", 1));  // msgpack positive fixint 0
+}
+
+TEST_CASE("take_shm_reply: an unreadable descriptor becomes an error reply; a named region still comes back") {
+  TempDir dir;
+  ShmDir shm;
+  REQUIRE(shm.open(ShmOptions{dir.path, 16, 2, 4096}, 82));
+  // Outside the (empty) region 0: an error body, and region 0 handed back.
+  std::string f = callback_reply_frame(3, ShmDesc{0, 0, 100}), out, why;
+  ep::take_shm_reply(&shm, ep::CodecKind::Etf, f, out, why);
+  CHECK(why.find("outside") != std::string::npos);
+  CHECK(f[1] == 0);
+  std::string err;
+  ep::PyRef v = ep::decode_body(ep::CodecKind::Etf, std::string_view(f).substr(ep::kHeaderSize), err);
+  REQUIRE(v);
+  REQUIRE(PyTuple_Check(v.get()));
+  CHECK(PyTuple_GET_SIZE(v.get()) == 3);
+  CHECK(PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(v.get(), 0), "error") == 0);
+  CHECK(!out.empty());
+  // No such region, or not a descriptor: an error body and nothing to hand back.
+  for (std::string tail : {std::string(), std::string("\0\0\0\x07", 4)}) {
+    f = callback_reply_frame(4, ShmDesc{7, 0, 1});
+    if (!tail.empty()) f = f.substr(0, ep::kHeaderSize) + tail;
+    out.clear();
+    why.clear();
+    ep::take_shm_reply(&shm, ep::CodecKind::Msgpack, f, out, why);
+    CHECK(!why.empty());
+    CHECK(out.empty());
+    v = ep::decode_body(ep::CodecKind::Msgpack, std::string_view(f).substr(ep::kHeaderSize), err);
+    REQUIRE(v);
+    CHECK(PyTuple_Check(v.get()));
+  }
+  // Shared memory off: the same error reply.
+  f = callback_reply_frame(5, ShmDesc{0, 0, 1});
+  out.clear();
+  why.clear();
+  ep::take_shm_reply(nullptr, ep::CodecKind::Etf, f, out, why);
+  CHECK(!why.empty());
+  CHECK(out.empty());
+}
+
+TEST_CASE("big_bytes: the same bytes as PyBytes_FromStringAndSize, small and big") {
+  for (size_t n : {size_t{0}, size_t{10}, ep::kBigBytes - 1, ep::kBigBytes, ep::kBigBytes * 3 + 12345}) {
+    std::string data(n, '\0');
+    for (size_t i = 0; i < n; ++i) data[i] = static_cast<char>((i * 131) ^ (i >> 9));
+    ep::PyRef b(ep::big_bytes(data.data(), n));
+    REQUIRE(b);
+    REQUIRE(PyBytes_CheckExact(b.get()));
+    REQUIRE(static_cast<size_t>(PyBytes_GET_SIZE(b.get())) == n);
+    CHECK(std::memcmp(PyBytes_AS_STRING(b.get()), data.data(), n) == 0);
+  }
+}
+// ---- bulk2: end ----------------------------------------------------------------------------------

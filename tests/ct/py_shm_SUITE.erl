@@ -12,6 +12,10 @@
 	crash_mid_transfer/1, stale_dir_removed/1, vm_kill_leaves_nothing/1, threshold_setting/1,
 	shm_off/1, malformed_descriptor/1, bad_release/1, pipe_size_setting/1, stream_big_items/1,
 	killed_caller_frees_regions/1, dir_not_ours/1]).
+%% bulk2: callback replies through request regions.
+-export([callback_reply_through_shm/1, callback_reply_from_thread/1, callback_reply_pool_empty/1,
+	callback_reply_bad_descriptor/1, callback_reply_trimmed_past_keep/1, dead_reader_frees_reply_region/1,
+	buffer_not_returnable/1]).
 
 -define(T, 65536).     %% the suite's threshold: small, so cases stay fast
 -define(REGIONS, 2).
@@ -20,7 +24,10 @@ all() ->
 	[files_private, round_trip_around_threshold, big_round_trips, concurrent_callers, nested_binaries,
 	 callback_big_args, timeout_keeps_region_until_done, crash_mid_transfer, stale_dir_removed,
 	 vm_kill_leaves_nothing, threshold_setting, shm_off, malformed_descriptor, bad_release,
-	 pipe_size_setting, stream_big_items, killed_caller_frees_regions, dir_not_ours].
+	 pipe_size_setting, stream_big_items, killed_caller_frees_regions, dir_not_ours,
+	 callback_reply_through_shm, callback_reply_from_thread, callback_reply_pool_empty,
+	 callback_reply_bad_descriptor, callback_reply_trimmed_past_keep, dead_reader_frees_reply_region,
+	 buffer_not_returnable].
 
 init_per_suite(Config) ->
 	Base = filename:join(?config(priv_dir, Config), "shm"),
@@ -31,7 +38,7 @@ end_per_suite(_Config) ->
 	py_ct_helper:stop_app().
 
 init_per_testcase(Case, Config) when Case =:= threshold_setting; Case =:= shm_off; Case =:= pipe_size_setting;
-		Case =:= dir_not_ours;
+		Case =:= dir_not_ours; Case =:= callback_reply_trimmed_past_keep;
 		Case =:= stale_dir_removed; Case =:= vm_kill_leaves_nothing ->
 	Config;
 init_per_testcase(_Case, Config) ->
@@ -499,3 +506,154 @@ dir_not_ours(Config) ->
 	after
 		file:delete(Link)
 	end.
+
+%% ---- bulk2: callback replies through request regions (PROTOCOL.md §3.12) -------------------------
+
+%% A big value returned by an Erlang function to erlang.call goes through a request region, arrives
+%% byte for byte, and the region comes back (shm_consumed): more replies than regions in a row, and the
+%% pool is full again after each.
+callback_reply_through_shm(_Config) ->
+	OsPid = py_ct_helper:os_pid(1),
+	Bin = crypto:strong_rand_bytes(3 * ?T),
+	ok = py:register_function(shm_big_reply, fun([N]) -> {bytes, binary:part(Bin, 0, N)} end),
+	ok = py:exec(<<"import hashlib">>),
+	[begin
+		N = byte_size(Bin) - I,
+		Before = py_shm:stats(),
+		{ok, Md5} = py:eval(<<"hashlib.md5(erlang.call('shm_big_reply', n)).digest()">>, #{n => N}),
+		Md5 = crypto:hash(md5, binary:part(Bin, 0, N)),
+		#{requests := 1} = delta(Before),
+		ok = py_ct_helper:eventually(fun() -> py_shm:free_regions(OsPid) =:= ?REGIONS end, 5000)
+	end || I <- lists:seq(0, 2 * ?REGIONS + 1)],
+	%% Below the threshold: the pipe, as before.
+	Before1 = py_shm:stats(),
+	{ok, 100} = py:eval(<<"len(erlang.call('shm_big_reply', 100))">>),
+	#{requests := 0} = delta(Before1),
+	[] = ets:match_object(py_shm_held, {{callback, '_', '_'}, '_', '_', '_'}).
+
+%% From a Python thread outside any context (id 0: a fresh process runs the function, and the port's
+%% thread waits on its own condition variable): the same.
+callback_reply_from_thread(_Config) ->
+	OsPid = py_ct_helper:os_pid(1),
+	Bin = crypto:strong_rand_bytes(2 * ?T),
+	ok = py:register_function(shm_thread_reply, fun([]) -> {bytes, Bin} end),
+	Before = py_shm:stats(),
+	ok = py:exec(<<"import threading, hashlib\n"
+		"out = []\n"
+		"t = threading.Thread(target=lambda: out.append(hashlib.md5(erlang.call('shm_thread_reply')).digest()))\n"
+		"t.start()\n"
+		"t.join(30)\n">>),
+	{ok, [Md5]} = py:eval(<<"out">>),
+	Md5 = crypto:hash(md5, Bin),
+	#{requests := 1} = delta(Before),
+	ok = py_ct_helper:eventually(fun() -> py_shm:free_regions(OsPid) =:= ?REGIONS end, 5000).
+
+%% Every request region in use: the reply takes the pipe, intact, and nothing is held for it.
+callback_reply_pool_empty(_Config) ->
+	OsPid = py_ct_helper:os_pid(1),
+	Bin = crypto:strong_rand_bytes(2 * ?T),
+	ok = py:register_function(shm_pool_reply, fun([]) -> {bytes, Bin} end),
+	Taken = [K || [K] <- ets:match(py_shm_free, {{OsPid, '$1'}})],
+	?REGIONS = length(Taken),
+	[[_] = ets:take(py_shm_free, {OsPid, K}) || K <- Taken],
+	try
+		Before = py_shm:stats(),
+		{ok, Md5} = py:eval(<<"__import__('hashlib').md5(erlang.call('shm_pool_reply')).digest()">>),
+		Md5 = crypto:hash(md5, Bin),
+		#{requests := 0} = delta(Before),
+		[] = ets:match_object(py_shm_held, {{callback, '_', '_'}, '_', '_', '_'})
+	after
+		true = ets:insert(py_shm_free, [{{OsPid, K}} || K <- Taken])
+	end.
+
+%% A callback_reply whose descriptor names no region, or a range outside its region: the waiting
+%% erlang.call raises ErlangError (it does not hang), the owner logs the port's bad_shm, and a region
+%% that was named comes back with shm_consumed (here none was held: the owner ignores it). Then the
+%% port goes on.
+callback_reply_bad_descriptor(_Config) ->
+	ok = py_ct_helper:capture_log(),
+	Ctx = element(1, maps:get(contexts, py_port:info(1))),
+	#{port := Port} = py_port:info(1),
+	Code = <<"try:\n"
+		"    erlang.call('anything')\n"
+		"    r = 'no error'\n"
+		"except erlang.ErlangError as e:\n"
+		"    r = str(e)\n"
+		"r">>,
+	[begin
+		Id = py_ct_helper:raw_request(1, 2, Ctx, 0, py_codec:encode(codec(), {undefined, Code, #{}})),
+		CbId = receive
+			{py_frame, Id, 67, _, CbBody} -> element(1, py_codec:decode(codec(), CbBody))
+		after 10000 -> error(no_callback)
+		end,
+		true = port_command(Port, [<<6, 2, 0:16, Ctx:32, CbId:64>>, Desc]),
+		receive
+			{py_frame, Id, 65, _, RBody} ->
+				R = py_codec:decode(codec(), RBody),
+				{match, _} = re:run(R, "shared memory cannot be read");
+			{py_frame, Id, Kind, _, Other} -> error({unexpected, Kind, Other})
+		after 10000 -> error({no_answer, Desc})
+		end
+	end || Desc <- [<<99:32, 0:64, 10:64>>, <<0:32, 0:64, (1 bsl 40):64>>, <<0:32>>]],
+	ok = await_logs("bad_shm", 3, erlang:monotonic_time(millisecond) + 10000),
+	ok = py_ct_helper:stop_capture_log(),
+	{ok, 2} = py:eval(<<"1+1">>).
+
+%% A callback reply that made its region grow past shm_keep: the port cuts the file back to 0 before
+%% it hands the region back (the owner touches no file).
+callback_reply_trimmed_past_keep(Config) ->
+	ok = start(Config, [{shm_keep, 2 * ?T}]),
+	OsPid = py_ct_helper:os_pid(1),
+	Bin = crypto:strong_rand_bytes(4 * ?T),
+	ok = py:register_function(shm_keep_reply, fun([]) -> {bytes, Bin} end),
+	Before = py_shm:stats(),
+	{ok, true} = py:eval(<<"len(erlang.call('shm_keep_reply')) == n">>, #{n => byte_size(Bin)}),
+	#{requests := 1} = delta(Before),
+	ok = py_ct_helper:eventually(fun() -> py_shm:free_regions(OsPid) =:= ?REGIONS end, 5000),
+	Sizes = [filelib:file_size(filename:join(vm_dir(Config), F)) || F <- port_files(Config, OsPid),
+		lists:member($e, lists:nthtail(length(integer_to_list(OsPid)) + 2, F))],
+	?REGIONS = length(Sizes),
+	[0 = S || S <- Sizes].
+%% A process killed with a reply region's frame unread in its mailbox: the owner, which watches the
+%% readers of reply regions, hands the region back (before, it stayed in use until the port exited).
+dead_reader_frees_reply_region(_Config) ->
+	Ctx = element(1, maps:get(contexts, py_port:info(1))),
+	Self = self(),
+	Body = py_codec:encode(codec(), {undefined, <<"bytes(200000)">>, #{}}),
+	Readers = [spawn(fun() ->
+		Id = py_ct_helper:raw_request(1, 2, Ctx, 0, Body),
+		Self ! {sent, self(), Id},
+		receive never -> ok end
+	end) || _ <- lists:seq(1, ?REGIONS)],
+	[receive {sent, R, _} -> ok after 10000 -> error(not_sent) end || R <- Readers],
+	%% Every reply region is now in the mailbox of a reader that will never read it.
+	ok = py_ct_helper:eventually(fun() ->
+		lists:all(fun(R) -> element(2, process_info(R, message_queue_len)) =:= 1 end, Readers)
+	end, 10000),
+	Before = py_shm:stats(),
+	{ok, Big} = py:eval(<<"bytes(200000)">>),
+	200000 = byte_size(Big),
+	#{replies := 0} = delta(Before),  %% none free: the pipe
+	[exit(R, kill) || R <- Readers],
+	ok = py_ct_helper:eventually(fun() -> ets:info(py_shm_out, size) =:= 0 end, 10000),
+	ok = py_ct_helper:eventually(fun() ->
+		Before1 = py_shm:stats(),
+		{ok, Big} = py:eval(<<"bytes(200000)">>),
+		maps:get(replies, delta(Before1)) =:= 1
+	end, 10000),
+	ok = reply_regions_all_free().
+
+%% A PyBuffer is not returned to Erlang (decided, README): it is a stream another process may still be
+%% writing, whose Erlang handle the caller holds already; a silent snapshot would hide that it can be
+%% incomplete. memoryview(buf) returns what it holds now, as a binary (through a reply region when big).
+buffer_not_returnable(_Config) ->
+	Data = crypto:strong_rand_bytes(3 * ?T),
+	{ok, B} = py_buffer:new(byte_size(Data)),
+	ok = py_buffer:write(B, Data),
+	{error, {'TypeError', Msg}} = py:eval(<<"buf">>, #{buf => B}),
+	{match, _} = re:run(Msg, "PyBuffer"),
+	Before = py_shm:stats(),
+	{ok, Data} = py:eval(<<"memoryview(buf)">>, #{buf => B}),
+	#{replies := 1} = delta(Before).
+
+%% ---- bulk2: end ----------------------------------------------------------------------------------
