@@ -106,7 +106,7 @@ start_link(Id, Mode) ->
 %% Context Index of the named pool Pool (py_context_pool_sup).
 -spec start_link_member(atom(), pos_integer(), context_mode()) -> {ok, pid()} | {error, term()}.
 start_link_member(Pool, Index, Mode) ->
-	case check_mode(Mode) of
+	case check_mode(Mode, Pool) of
 		ok -> gen_server:start_link(?MODULE, {explicit, {Pool, Index}, Mode, Pool}, []);
 		Error -> Error
 	end.
@@ -301,9 +301,19 @@ terminate(_Reason, State) ->
 
 %% Internal.
 
-check_mode(worker) -> ok;
+%% A pool with ports of its own (py_pool_ports: another Python) asks them: their context_create
+%% refuses a mode their hello does not list (create/2 turns that into mode_not_supported).
+check_mode(owngil, Pool) when Pool =/= undefined ->
+	case py_pool_ports:slots(Pool) of
+		[] -> check_mode(owngil);
+		_ -> ok
+	end;
+check_mode(Mode, _Pool) ->
+	check_mode(Mode).
+
 %% owngil (issue 8): a sub-interpreter with its own GIL, offered by ports built for a GIL CPython >= 3.12
 %% (their hello lists it, py_modes:subinterp_supported/0).
+check_mode(worker) -> ok;
 check_mode(owngil) ->
 	case py_modes:subinterp_supported() of
 		true -> ok;
@@ -334,6 +344,9 @@ create(Mode, Pool) ->
 					%% The port may still create it: a destroy queued behind the create frees its thread.
 					_ = py_request:control(context_destroy, Slot, CtxId, Gen, [], ?TERMINATE_TIMEOUT),
 					{error, {context_create_failed, timeout}};
+				{error, {'ValueError', Text}} when Mode =:= owngil ->
+					%% A pool's own port whose Python does not offer owngil (check_mode/2).
+					{error, {mode_not_supported, owngil, Text}};
 				{error, Why} ->
 					{error, {context_create_failed, Why}}
 			end;

@@ -15,13 +15,13 @@
 	callbacks_reentrant_and_send/1, process_bound_envs_and_drop/1, preload_and_paths/1,
 	timeout_cancels_and_context_goes_on/1, interrupt_reaches_the_context/1,
 	single_phase_extension_is_import_error/1, create_destroy_cycles/1, start_link_and_pool/1,
-	streams_from_owngil/1]).
+	streams_from_owngil/1, two_contexts_run_at_once/1]).
 
 all() ->
 	[reports_the_truth, calls_eval_exec_and_types, module_state_is_per_context, callbacks_reentrant_and_send,
 	 process_bound_envs_and_drop, preload_and_paths, timeout_cancels_and_context_goes_on,
 	 interrupt_reaches_the_context, single_phase_extension_is_import_error, create_destroy_cycles,
-	 start_link_and_pool, streams_from_owngil].
+	 start_link_and_pool, streams_from_owngil, two_contexts_run_at_once].
 
 init_per_suite(Config) ->
 	Config.
@@ -227,3 +227,56 @@ streams_from_owngil(_) ->
 	{ok, Items} = py_stream:collect(call, {{ctx, Ctx}, Body}, 10000),
 	?assertEqual(lists:seq(0, 99), Items),
 	ok = py_context:stop(Ctx).
+
+%% Two owngil contexts of one port hold their GILs at the same time. A spins in pure Python (never
+%% releasing its GIL: a switch interval of 100 s) until a byte in a shared file mapping turns 1; B sets
+%% it. B can only run while A spins if their GILs differ. Control: the same with two worker contexts
+%% (one interpreter, one GIL) times out. No timing margin is involved: on a loaded machine B is merely
+%% late, and A waits up to 20 s.
+two_contexts_run_at_once(Config) ->
+	File = filename:join(?config(priv_dir, Config), "flag"),
+	Define = <<"def wait_flag(path, limit):\n"
+		"    import mmap, sys, time\n"
+		"    with open(path, 'r+b') as f:\n"
+		"        m = mmap.mmap(f.fileno(), 2)\n"
+		"        old = sys.getswitchinterval()\n"
+		"        sys.setswitchinterval(100.0)\n"
+		"        try:\n"
+		"            m[1] = 1\n"
+		"            end = time.monotonic() + limit\n"
+		"            while m[0] == 0:\n"
+		"                if time.monotonic() > end:\n"
+		"                    return False\n"
+		"            return True\n"
+		"        finally:\n"
+		"            sys.setswitchinterval(old)\n"
+		"            m.close()\n"
+		"def set_flag(path):\n"
+		"    import mmap\n"
+		"    with open(path, 'r+b') as f:\n"
+		"        m = mmap.mmap(f.fileno(), 2)\n"
+		"        m[0] = 1\n"
+		"        m.close()\n"
+		"    return True\n"
+		"import builtins\n"
+		"builtins.og_wait_flag, builtins.og_set_flag = wait_flag, set_flag\n">>,
+	Run = fun(A, B, Limit) ->
+		ok = file:write_file(File, <<0, 0>>),
+		ok = py:exec(A, Define),
+		ok = py:exec(B, Define),
+		Self = self(),
+		spawn(fun() -> Self ! {waited, py_context:call(A, builtins, og_wait_flag, [list_to_binary(File), Limit], #{}, 60000)} end),
+		ok = py_ct_helper:eventually(fun() -> case file:read_file(File) of {ok, <<_, 1>>} -> true; _ -> false end end, 20000),
+		{ok, true} = py_context:call(B, builtins, og_set_flag, [list_to_binary(File)], #{}, 60000),
+		receive {waited, W} -> W after 60000 -> ct:fail(wait_flag_lost) end
+	end,
+	A = new(),
+	B = new(),
+	?assertEqual({ok, true}, Run(A, B, 20.0)),
+	ok = py_context:stop(A),
+	ok = py_context:stop(B),
+	{ok, WA} = py_context:new(#{mode => worker}),
+	{ok, WB} = py_context:new(#{mode => worker}),
+	?assertEqual({ok, false}, Run(WA, WB, 1.0)),
+	ok = py_context:stop(WA),
+	ok = py_context:stop(WB).
