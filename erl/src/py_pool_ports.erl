@@ -162,6 +162,9 @@ start_own(Pool, Size, Mode, #{venv := Venv, sandbox := Sandbox, ports := NumPort
 					{ok, py_context_router:contexts(Pool)};
 				{error, Why} ->
 					_ = ets:delete(?TAB, ?KEY(Pool)),
+					%% The pool's supervisor registered the pool before its members failed (the row
+					%% is ours: insert_new above), so a later start is not taken for a second one.
+					_ = ets:delete(?TAB, {pool, Pool}),
 					%% owngil on ports whose Python does not offer it: the members' own error, not the
 					%% supervisor's wrapping of it.
 					case mode_refusal(Why) of
