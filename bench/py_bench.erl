@@ -279,7 +279,7 @@ row_cpu_parallel(C) ->
 %% (kB of RSS, ctx_memory/2), and py:call(Ctx, math, sqrt, [16]) p50 (us).
 %%   several ports: the default pool's Python, two contexts on two different ports
 %%   worker on 3.13t: a pool on the python3.13t port (erl/priv/ports/, tools/pythons.sh build), GIL off
-%%   owngil: not offered by this build (n/a)
+%%   owngil: a pool of owngil contexts on the python3.13 port (a sub-interpreter each, one port)
 row_modes(C) ->
     Ports = case maps:get(app_ok, C) of
                 true -> measure(fun() -> mode_row(default) end);
@@ -290,7 +290,11 @@ row_modes(C) ->
              false -> app_na(C);
              {error, _} -> {na, "python3.13t port not built (tools/pythons.sh build)"}
          end,
-    Own = {na, "owngil contexts are not offered by this build"},
+    Own = case maps:get(app_ok, C) andalso py_pool_ports:executable('python3.13') of
+              {ok, _} -> measure(fun() -> mode_row(owngil) end);
+              false -> app_na(C);
+              {error, _} -> {na, "python3.13 port not built (tools/pythons.sh build)"}
+          end,
     Rows = [row(io_lib:format("mode ~s: 2 CPU-bound callers vs 1 (x)", [Name]), ratio, val(speedup, V), blank, "",
                 {ge, 1.8}) || {Name, V} <- [{"several ports", Ports}, {"worker 3.13t", FT}, {"owngil", Own}]]
         ++ [row(io_lib:format("mode ~s: memory per parallel context (kB)", [Name]), kb, val(ctx_kb, V), blank, "", none)
@@ -336,7 +340,11 @@ mode_contexts(default) ->
 mode_contexts(free_threaded) ->
     {ok, [C1, C2]} = py_context_router:start_pool(bench_ft, 2, #{python => 'python3.13t'}),
     {ok, Slot} = py_pool_ports:slot_of(bench_ft),
-    {C1, C2, Slot, fun() -> py_context_router:stop_pool(bench_ft) end}.
+    {C1, C2, Slot, fun() -> py_context_router:stop_pool(bench_ft) end};
+mode_contexts(owngil) ->
+    {ok, [C1, C2]} = py_context_router:start_pool(bench_og, 2, #{python => 'python3.13', mode => owngil, ports => 1}),
+    {ok, Slot} = py_pool_ports:slot_of(bench_og),
+    {C1, C2, Slot, fun() -> py_context_router:stop_pool(bench_og) end}.
 
 %% What one more unit of parallelism costs in memory. Several ports: one port OS process (its RSS).
 %% Worker on 3.13t: one more context in the pool's port (RSS with 6 contexts minus with 2, over 4).
@@ -349,6 +357,17 @@ ctx_memory(free_threaded, _Slot) ->
               {ok, S} = py_pool_ports:slot_of(bench_ft_mem),
               R = rss(maps:get(os_pid, py_port:info(S))),
               ok = py_context_router:stop_pool(bench_ft_mem),
+              R
+          end,
+    (Rss(6) - Rss(2)) / 4;
+%% owngil: one more sub-interpreter in the pool's port (RSS with 6 contexts minus with 2, over 4).
+ctx_memory(owngil, _Slot) ->
+    Rss = fun(Size) ->
+              {ok, Cs} = py_context_router:start_pool(bench_og_mem, Size, #{python => 'python3.13', mode => owngil, ports => 1}),
+              _ = [{ok, 1} = py:eval(X, <<"1">>) || X <- Cs],
+              {ok, S} = py_pool_ports:slot_of(bench_og_mem),
+              R = rss(maps:get(os_pid, py_port:info(S))),
+              ok = py_context_router:stop_pool(bench_og_mem),
               R
           end,
     (Rss(6) - Rss(2)) / 4.

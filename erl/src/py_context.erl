@@ -81,10 +81,11 @@
 
 %% API.
 
-%% A new explicit context under py_context_sup. Options: mode (worker; owngil is not offered yet).
+%% A new explicit context under py_context_sup. Options: mode (worker | owngil; default: the
+%% context_mode application env, itself worker by default).
 -spec new(map()) -> {ok, context()} | {error, term()}.
 new(Opts) when is_map(Opts) ->
-	Mode = maps:get(mode, Opts, worker),
+	Mode = maps:get(mode, Opts, application:get_env(erlang_python, context_mode, worker)),
 	case check_mode(Mode) of
 		ok when is_map_key(venv, Opts); is_map_key(sandbox, Opts) ->
 			%% sys.path and the audit hook belong to a port: a pool has ports of its own (py_pool_ports).
@@ -105,7 +106,7 @@ start_link(Id, Mode) ->
 %% Context Index of the named pool Pool (py_context_pool_sup).
 -spec start_link_member(atom(), pos_integer(), context_mode()) -> {ok, pid()} | {error, term()}.
 start_link_member(Pool, Index, Mode) ->
-	case check_mode(Mode) of
+	case check_mode(Mode, Pool) of
 		ok -> gen_server:start_link(?MODULE, {explicit, {Pool, Index}, Mode, Pool}, []);
 		Error -> Error
 	end.
@@ -182,18 +183,24 @@ create_local_env(Ctx) when is_pid(Ctx) ->
 	catch exit:{_, _} -> {error, {context_down, Ctx}}
 	end.
 
-%% Worker contexts run in the port's main interpreter: 0.
+%% Worker contexts run in the port's main interpreter: 0. An owngil context's sub-interpreter says
+%% its own id (CPython's, unique in its port while it lives).
 -spec get_interp_id(context()) -> {ok, non_neg_integer()} | {error, term()}.
 get_interp_id(Ctx) when is_pid(Ctx) ->
 	case place(Ctx) of
+		{ok, #{mode := owngil}} -> eval(Ctx, <<"__import__('erlang._mode', fromlist=['_'])._current_interp_id()">>);
 		{ok, _} -> {ok, 0};
 		Error -> Error
 	end.
 
-%% false: worker contexts (the only mode so far) use process-bound environments.
+%% Whether the context runs in a sub-interpreter of its own (owngil). Both modes use process-bound
+%% environments inside the context.
 -spec is_subinterp(context()) -> boolean().
 is_subinterp(Ctx) when is_pid(Ctx) ->
-	false.
+	case place(Ctx) of
+		{ok, #{mode := owngil}} -> true;
+		_ -> false
+	end.
 
 %% Where the context lives: #{slot, ctx, generation, pool, mode} (ctx {index, I} and generation 0 for
 %% a default-pool context: the slot's current OS process).
@@ -294,8 +301,24 @@ terminate(_Reason, State) ->
 
 %% Internal.
 
+%% A pool with ports of its own (py_pool_ports: another Python) asks them: their context_create
+%% refuses a mode their hello does not list (create/2 turns that into mode_not_supported).
+check_mode(owngil, Pool) when Pool =/= undefined ->
+	case py_pool_ports:slots(Pool) of
+		[] -> check_mode(owngil);
+		_ -> ok
+	end;
+check_mode(Mode, _Pool) ->
+	check_mode(Mode).
+
+%% owngil (issue 8): a sub-interpreter with its own GIL, offered by ports built for a GIL CPython >= 3.12
+%% (their hello lists it, py_modes:subinterp_supported/0).
 check_mode(worker) -> ok;
-check_mode(owngil) -> {error, {mode_not_supported, owngil, "only worker contexts are offered so far"}};
+check_mode(owngil) ->
+	case py_modes:subinterp_supported() of
+		true -> ok;
+		false -> {error, {mode_not_supported, owngil, py_modes:owngil_refusal()}}
+	end;
 check_mode(Mode) -> {error, {bad_mode, Mode}}.
 
 %% Creates an explicit context on the slot with the fewest (of Pool's own slots, if it has some):
@@ -321,6 +344,9 @@ create(Mode, Pool) ->
 					%% The port may still create it: a destroy queued behind the create frees its thread.
 					_ = py_request:control(context_destroy, Slot, CtxId, Gen, [], ?TERMINATE_TIMEOUT),
 					{error, {context_create_failed, timeout}};
+				{error, {'ValueError', Text}} when Mode =:= owngil ->
+					%% A pool's own port whose Python does not offer owngil (check_mode/2).
+					{error, {mode_not_supported, owngil, Text}};
 				{error, Why} ->
 					{error, {context_create_failed, Why}}
 			end;

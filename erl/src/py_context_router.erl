@@ -81,7 +81,8 @@ start(Opts) when is_map(Opts) ->
 	Total = py_router:num_contexts(),
 	case {maps:get(contexts, Opts, Total), maps:get(mode, Opts, worker)} of
 		{_, Mode} when Mode =/= worker ->
-			{error, {mode_not_supported, Mode, "only worker contexts are offered so far"}};
+			{error, {mode_not_supported, Mode,
+				"the default pool is the ports' start-up contexts, which are worker: start a named pool in owngil mode"}};
 		{_, _} when Total =:= 0 ->
 			{error, not_started};
 		{N, _} when N =/= Total ->
@@ -229,8 +230,19 @@ start_pool(Pool, Size, Mode) when is_atom(Pool), is_integer(Size), Size > 0, is_
 				{ok, _} -> {ok, contexts(Pool)};
 				{error, _} = Error -> Error
 			end;
+		undefined when Mode =:= owngil ->
+			%% owngil (issue 8): contexts of their own sub-interpreters, on the default pool's ports.
+			case py_modes:subinterp_supported() of
+				true ->
+					case py_context_pool_sup:start_pool(Pool, Size, owngil) of
+						{ok, _} -> {ok, contexts(Pool)};
+						{error, _} = Error -> Error
+					end;
+				false ->
+					{error, {mode_not_supported, owngil, py_modes:owngil_refusal()}}
+			end;
 		undefined ->
-			{error, {mode_not_supported, Mode, "only worker contexts are offered so far"}};
+			{error, {bad_mode, Mode}};
 		_ ->
 			%% The pool_pythons application env names a Python for this pool: ports of its own.
 			py_pool_ports:start_pool(Pool, Size, #{mode => Mode})

@@ -13,6 +13,7 @@
 -export([execution_mode/0]).
 -export([execution_info/0]).
 -export([subinterp_supported/0]).
+-export([owngil_refusal/0]).
 
 -type mode() :: worker | owngil | free_threaded.
 -export_type([mode/0]).
@@ -42,10 +43,21 @@ execution_info() ->
 	   gil => gil_now(Slot), gil_at_start => maps:get(gil, H, enabled)}
 	 || #{status := up, slot := Slot, hello := H} <- infos()].
 
-%% owngil contexts are not offered by this build of the port yet: false on every Python.
+%% Whether owngil contexts can be created: every running port of the default pool lists owngil in its
+%% hello modes (PROTOCOL.md §4.1: a GIL build of CPython >= 3.12; not 3.11, not free-threaded builds).
 -spec subinterp_supported() -> boolean().
 subinterp_supported() ->
-	false.
+	Modes = [maps:get(modes, H, []) || #{status := up, hello := H} <- infos()],
+	Modes =/= [] andalso lists:all(fun(M) -> lists:member(owngil, M) end, Modes).
+
+%% Why owngil is refused here: the text of {error, {mode_not_supported, owngil, Text}}.
+-spec owngil_refusal() -> string().
+owngil_refusal() ->
+	Pythons = lists:usort([{maps:get(python, H, <<"?">>), maps:get(build, H, gil)}
+		|| #{status := up, hello := H} <- infos()]),
+	Seen = lists:join(", ", [io_lib:format("~ts (~s)", [V, B]) || {V, B} <- Pythons]),
+	lists:flatten(["owngil needs ports built for a GIL CPython >= 3.12; the default pool runs ",
+		case Seen of [] -> "no port"; _ -> Seen end]).
 
 infos() ->
 	[maps:put(slot, Slot, I) || Slot <- lists:seq(1, py_router:num_slots()), I <- [py_port:info(Slot)], is_map(I)].

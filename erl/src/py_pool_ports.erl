@@ -131,8 +131,8 @@ all_slots() ->
 
 %% Internal.
 
-start_own(_Pool, _Size, Mode, _) when Mode =/= worker ->
-	{error, {mode_not_supported, Mode, "a pool with ports of its own runs worker contexts"}};
+start_own(_Pool, _Size, Mode, _) when Mode =/= worker, Mode =/= owngil ->
+	{error, {mode_not_supported, Mode, "a pool with ports of its own runs worker or owngil contexts"}};
 start_own(Pool, Size, Mode, #{venv := Venv, sandbox := Sandbox, ports := NumPorts} = V) ->
 	case py_router:config() of
 		undefined ->
@@ -160,11 +160,28 @@ start_own(Pool, Size, Mode, #{venv := Venv, sandbox := Sandbox, ports := NumPort
 						 maps:get(port_executable, PortOpts, <<"default">>)],
 						#{domain => [erlang_python]}),
 					{ok, py_context_router:contexts(Pool)};
-				{error, _} = Error ->
+				{error, Why} ->
 					ok = release(Pool),
-					Error
+					%% The pool's supervisor registered the pool before its members failed (the row
+					%% is ours: insert_new above), so a later start is not taken for a second one.
+					_ = ets:delete(?TAB, {pool, Pool}),
+					%% owngil on ports whose Python does not offer it: the members' own error, not the
+					%% supervisor's wrapping of it.
+					case mode_refusal(Why) of
+						none -> {error, Why};
+						Refusal -> {error, Refusal}
+					end
 			end
 	end.
+
+mode_refusal({mode_not_supported, _, _} = R) -> R;
+mode_refusal(T) when is_tuple(T) -> mode_refusal(tuple_to_list(T));
+mode_refusal([H | T]) ->
+	case mode_refusal(H) of
+		none -> mode_refusal(T);
+		R -> R
+	end;
+mode_refusal(_) -> none.
 
 %% Pool's slots go back to be reused by the next pool with ports of its own (py_context_pool_sup calls
 %% this once the pool's port owners have stopped). Reuse bounds what a node that starts and stops such

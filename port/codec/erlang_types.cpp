@@ -1,5 +1,6 @@
 // erlang.Pid, erlang.Ref and erlang.Term: immutable holders of a term's ETF bytes (see erlang_types.hpp).
 #include "erlang_types.hpp"
+#include "interp.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -17,19 +18,20 @@ struct OpaqueObject {
 };
 constexpr Py_ssize_t kBasicSize = offsetof(OpaqueObject, data);
 
-// Heap types from PyType_FromSpec; created once and never freed (they live as long as the interpreter).
-PyTypeObject* g_pid_type = nullptr;
-PyTypeObject* g_ref_type = nullptr;
-PyTypeObject* g_term_type = nullptr;
+// Heap types from PyType_FromSpec, one set per interpreter (interp.hpp: owngil contexts run in
+// sub-interpreters of their own), kept in that interpreter's Interp.
+PyTypeObject* type_of(const PyRef& t) { return reinterpret_cast<PyTypeObject*>(t.get()); }
 
 OpaqueObject* as_opaque(PyObject* o) { return reinterpret_cast<OpaqueObject*>(o); }
 std::string_view bytes_of(PyObject* o) {
   return {as_opaque(o)->data, static_cast<size_t>(Py_SIZE(o))};
 }
 
-bool is_opaque(PyObject* o) {
-  return Py_IS_TYPE(o, g_pid_type) || Py_IS_TYPE(o, g_ref_type) || Py_IS_TYPE(o, g_term_type);
-}
+void opaque_dealloc(PyObject* self);
+
+// Any interpreter's Pid/Ref/Term: the three types (of every interpreter) share this dealloc.
+bool is_opaque(PyObject* o) { return Py_TYPE(o)->tp_dealloc == &opaque_dealloc; }
+bool is_ref(PyObject* o) { return std::strcmp(Py_TYPE(o)->tp_name, "erlang.Ref") == 0; }
 
 void opaque_dealloc(PyObject* self) {
   // Instances of heap types own a reference to their type.
@@ -196,10 +198,10 @@ std::string term_text(std::string_view etf) {
 }
 
 PyObject* opaque_repr(PyObject* self) {
-  bool pid = Py_IS_TYPE(self, g_pid_type);
+  bool pid = std::strcmp(Py_TYPE(self)->tp_name, "erlang.Pid") == 0;
   std::string_view etf = bytes_of(self);
   std::string inner = pid ? pid_text(etf) : term_text(etf);
-  std::string text = pid ? "<erlang.Pid " : Py_IS_TYPE(self, g_ref_type) ? "<erlang.Ref " : "<erlang.Term ";
+  std::string text = pid ? "<erlang.Pid " : is_ref(self) ? "<erlang.Ref " : "<erlang.Term ";
   if (inner.empty()) text.append("(").append(std::to_string(etf.size())).append(" bytes)");
   else text.append(inner);
   text.push_back('>');
@@ -241,6 +243,10 @@ PyType_Spec ref_spec = {"erlang.Ref", static_cast<int>(kBasicSize), 1, kFlags, r
 PyType_Spec term_spec = {"erlang.Term", static_cast<int>(kBasicSize), 1, kFlags, term_slots};
 
 PyRef make_opaque(PyTypeObject* type, std::string_view etf) {
+  if (!type) {
+    PyErr_SetString(PyExc_RuntimeError, "erlang types are not ready in this interpreter");
+    return {};
+  }
   OpaqueObject* o = PyObject_NewVar(OpaqueObject, type, static_cast<Py_ssize_t>(etf.size()));
   if (!o) return {};
   o->hash = -1;
@@ -251,25 +257,31 @@ PyRef make_opaque(PyTypeObject* type, std::string_view etf) {
 }  // namespace
 
 bool erlang_types_ready() {
-  if (g_pid_type) return true;
+  Interp* in = find_current_interp();
+  if (!in && PyInterpreterState_Get() == PyInterpreterState_Main()) in = ensure_main_interp().get();
+  if (!in) {
+    PyErr_SetString(PyExc_ImportError, "_erlang is only available in the port's own interpreters");
+    return false;
+  }
+  if (in->pid_type) return true;
   PyRef pid(PyType_FromSpec(&pid_spec));
   if (!pid) return false;
   PyRef ref(PyType_FromSpec(&ref_spec));
   if (!ref) return false;
   PyRef term(PyType_FromSpec(&term_spec));
   if (!term) return false;
-  // Kept for the life of the process: instances may outlive any module that exposes the types.
-  g_pid_type = reinterpret_cast<PyTypeObject*>(pid.release());
-  g_ref_type = reinterpret_cast<PyTypeObject*>(ref.release());
-  g_term_type = reinterpret_cast<PyTypeObject*>(term.release());
+  // Kept for the interpreter's life (instances hold their type too).
+  in->pid_type = std::move(pid);
+  in->ref_type = std::move(ref);
+  in->term_type = std::move(term);
   return true;
 }
 
-PyTypeObject* pid_type() { return g_pid_type; }
-PyTypeObject* ref_type() { return g_ref_type; }
-PyTypeObject* term_type() { return g_term_type; }
+PyTypeObject* pid_type() { return type_of(current_interp().pid_type); }
+PyTypeObject* ref_type() { return type_of(current_interp().ref_type); }
+PyTypeObject* term_type() { return type_of(current_interp().term_type); }
 
-PyRef make_pid(std::string_view etf_fragment) { return make_opaque(g_pid_type, etf_fragment); }
+PyRef make_pid(std::string_view etf_fragment) { return make_opaque(pid_type(), etf_fragment); }
 // chan: set by the channels module at start-up; read by every reference decode.
 RefHook g_ref_hook = nullptr;
 
@@ -280,9 +292,9 @@ PyRef make_ref(std::string_view etf_fragment) {
     PyRef special = g_ref_hook(etf_fragment);
     if (special || PyErr_Occurred()) return special;
   }
-  return make_opaque(g_ref_type, etf_fragment);
+  return make_opaque(ref_type(), etf_fragment);
 }
-PyRef make_term(std::string_view etf_fragment) { return make_opaque(g_term_type, etf_fragment); }
+PyRef make_term(std::string_view etf_fragment) { return make_opaque(term_type(), etf_fragment); }
 
 bool opaque_bytes(PyObject* obj, std::string_view& out) {
   if (!is_opaque(obj)) return false;

@@ -6,6 +6,7 @@
 
 #include "context.hpp"
 #include "erlang_types.hpp"
+#include "interp.hpp"
 #include "frame.hpp"
 #include "runtime.hpp"
 
@@ -295,18 +296,19 @@ int module_exec(PyObject* m) {
       PyModule_AddObjectRef(m, "Ref", reinterpret_cast<PyObject*>(ref_type())) ||
       PyModule_AddObjectRef(m, "Term", reinterpret_cast<PyObject*>(term_type())))
     return -1;
-  // The runtime raises CancelledError from C++ (cancel, output waits): it keeps a strong reference to
-  // the main interpreter's (the first module executed; the runtime imports it before any context).
-  if (!g_rt->cancelled_error()) g_rt->set_exception_types(st->cancelled_error);
+  // The runtime raises CancelledError from C++ (cancel, output waits): each interpreter's own, kept in
+  // its Interp (interp.hpp; erlang_types_ready refused an interpreter that is not the port's).
+  Interp& in = current_interp();
+  if (!in.cancelled_error) in.cancelled_error = PyRef::borrow(st->cancelled_error);
   return 0;
 }
 
 PyModuleDef_Slot module_slots[] = {
     {Py_mod_exec, reinterpret_cast<void*>(module_exec)},
 #if PY_VERSION_HEX >= 0x030C0000
-    // Pid/Ref/Term (erlang_types.cpp) and the runtime's cached objects are still process-wide:
-    // refused in a sub-interpreter (ImportError there, never a crash).
-    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+    // Pid/Ref/Term and the runtime's cached objects are per interpreter (interp.hpp): owngil
+    // contexts import it in their own sub-interpreters.
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
 #endif
 #ifdef Py_mod_gil
     // Free-threaded builds (3.13t): every C++ structure the module touches is guarded by its own lock

@@ -32,6 +32,17 @@ Context::~Context() {
 
 Context* Context::current_thread_context() { return tl_context; }
 
+std::shared_ptr<Interp> Context::interp() const {
+  std::lock_guard<std::mutex> lock(interp_mutex_);
+  return interp_;
+}
+
+void Context::set_interp(std::shared_ptr<Interp> in, PyThreadState* home) {
+  home_ts_ = home;
+  std::lock_guard<std::mutex> lock(interp_mutex_);
+  interp_ = std::move(in);
+}
+
 void* Context::thread_main(void* self) {
   static_cast<Context*>(self)->run();
   return nullptr;
@@ -368,6 +379,13 @@ void Context::run() {
   }
   if (!holding) PyEval_RestoreThread(ts);
   finish(out);
+  if (std::shared_ptr<Interp> in = interp()) {
+    // owngil: the environments went in finish(); the sub-interpreter ends on this thread, which is
+    // then attached to its main-interpreter thread state again.
+    PyThreadState* home = home_ts_;
+    set_interp(nullptr, nullptr);
+    end_owngil_interp(in, home);
+  }
   tl_context = nullptr;
   PyGILState_Release(gil);  // deletes this thread's Python thread state
   if (!out.empty()) rt_.output().write(out);

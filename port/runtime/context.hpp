@@ -37,6 +37,7 @@
 
 #include "attached_mutex.hpp"
 #include "frame.hpp"
+#include "interp.hpp"
 
 namespace ep {
 
@@ -146,6 +147,16 @@ class Context {
   // thread, read by the control thread; no lock. Returns the previous fd.
   int set_loop_wake_fd(int fd) { return loop_wake_fd_.exchange(fd); }
 
+  // owngil (interp.hpp, PROTOCOL.md §3.16): the sub-interpreter this context runs in, or null (the
+  // main interpreter). Set by this context's thread as it serves its context_create, before the ok;
+  // read by the control thread to attach there (interp_mutex_). `home`: this thread's main-interpreter
+  // thread state, kept detached meanwhile, attached again as the thread ends the sub-interpreter.
+  std::shared_ptr<Interp> interp() const;
+  void set_interp(std::shared_ptr<Interp> in, PyThreadState* home);
+  // Context thread: serve_context_create asked for owngil; the runtime makes the sub-interpreter once
+  // the create's body (a main-interpreter object) is dropped.
+  bool owngil_requested = false;
+
   enum class WaitEnd { Reply, Deadline, Cancelled, Ready };
   // Context thread, GIL held on entry and exit (released while idle). Waits for the callback reply
   // `callback_id` (0: none, only the deadline), serving requests meanwhile.
@@ -212,6 +223,10 @@ class Context {
   std::atomic<uint64_t> starting_id_{0};
   std::deque<uint64_t> cancelled_ids_;
   std::atomic<size_t> cancelled_count_{0};  // mirrors cancelled_ids_.size()
+
+  mutable std::mutex interp_mutex_;  // guards interp_ (owngil)
+  std::shared_ptr<Interp> interp_;
+  PyThreadState* home_ts_ = nullptr;  // this thread only
 
   AttachedMutex active_mutex_;          // the active mutex (see Locking above)
   std::vector<ActiveRequest*> active_;  // changed by this thread under active_mutex_

@@ -118,6 +118,11 @@ void Runtime::serve_context_create(Context& ctx, std::string& out, const Header&
     ok_frame(out, h.ctx, h.id);
     return;
   }
+  if (mode && PyUnicode_Check(mode) && PyUnicode_CompareWithASCIIString(mode, "owngil") == 0 &&
+      owngil_available()) {
+    ctx.owngil_requested = true;  // handle() calls start_owngil once the body is dropped
+    return;
+  }
   // Refused: the context goes away (stopping first, so that no request is routed to it any more).
   ctx.request_stop(0, true);
   if (!mode || !PyUnicode_Check(mode)) {
@@ -130,6 +135,22 @@ void Runtime::serve_context_create(Context& ctx, std::string& out, const Header&
   if (!text) PyErr_Clear();
   error_frame(out, h.ctx, h.id, "ValueError",
               text ? std::string_view(text, static_cast<size_t>(n)) : "unsupported context mode", "");
+}
+
+// owngil (PROTOCOL.md §3.16), on the context's own thread, attached to the main interpreter: a
+// sub-interpreter with its own GIL; from here on this thread runs in it (interp.hpp). Answers the create.
+void Runtime::start_owngil(Context& ctx, std::string& out, const Header& h) {
+  ctx.owngil_requested = false;
+  std::string err;
+  PyThreadState* home = nullptr;
+  std::shared_ptr<Interp> in = new_owngil_interp(opts_.pylib, &home, err);
+  if (!in) {
+    ctx.request_stop(0, true);
+    error_frame(out, h.ctx, h.id, "RuntimeError", err, "");
+    return;
+  }
+  ctx.set_interp(std::move(in), home);
+  ok_frame(out, h.ctx, h.id);
 }
 
 bool Runtime::add_sys_paths(PyObject* paths) {

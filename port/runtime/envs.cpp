@@ -42,11 +42,34 @@ void Envs::init(PyObject* builtins, PyObject* erlang_module, PyObject* main_name
   main_name_ = PyRef::borrow(main_name);
 }
 
+void Envs::seeds(PyObject*& builtins, PyObject*& erlang, PyObject*& main_name) const {
+  Interp* in = find_current_interp();
+  if (in && !in->is_main) {
+    builtins = in->builtins.get();
+    erlang = in->erlang_module.get();
+    main_name = in->main_str.get();
+    return;
+  }
+  builtins = builtins_.get();
+  erlang = erlang_.get();
+  main_name = main_name_.get();
+}
+
+Envs::PerContext& Envs::context_locked(uint64_t ctx) {
+  PerContext& pc = ctxs_[ctx];
+  if (!pc.interp) {
+    Interp* in = find_current_interp();
+    if (in) pc.interp = in->shared_from_this();
+  }
+  return pc;
+}
+
 PyRef Envs::fresh() {
+  PyObject *builtins, *erlang, *main_name;
+  seeds(builtins, erlang, main_name);
   PyRef env(PyDict_New());
-  if (!env || PyDict_SetItemString(env.get(), "__builtins__", builtins_.get()) ||
-      PyDict_SetItemString(env.get(), "__name__", main_name_.get()) ||
-      PyDict_SetItemString(env.get(), "erlang", erlang_.get()))
+  if (!env || PyDict_SetItemString(env.get(), "__builtins__", builtins) ||
+      PyDict_SetItemString(env.get(), "__name__", main_name) || PyDict_SetItemString(env.get(), "erlang", erlang))
     return PyRef();
   return env;
 }
@@ -56,7 +79,7 @@ PyRef Envs::get(uint64_t ctx, const std::string& key, EnvKind kind, bool& announ
   PyRef base;
   {
     std::lock_guard<AttachedMutex> lock(mutex_);
-    PerContext& pc = ctxs_[ctx];
+    PerContext& pc = context_locked(ctx);
     auto it = pc.envs.find(key);
     if (it != pc.envs.end()) return PyRef::borrow(it->second.globals.get());
     base = PyRef::borrow(pc.base.get());
@@ -65,17 +88,19 @@ PyRef Envs::get(uint64_t ctx, const std::string& key, EnvKind kind, bool& announ
   // the environment's own, the objects they name are shared.
   PyRef env;
   if (base) {
+    PyObject *builtins, *erlang, *main_name;
+    seeds(builtins, erlang, main_name);
     env = PyRef(PyDict_Copy(base.get()));
-    if (env && (PyDict_SetItemString(env.get(), "__builtins__", builtins_.get()) ||
-                PyDict_SetItemString(env.get(), "__name__", main_name_.get()) ||
-                PyDict_SetItemString(env.get(), "erlang", erlang_.get())))
+    if (env && (PyDict_SetItemString(env.get(), "__builtins__", builtins) ||
+                PyDict_SetItemString(env.get(), "__name__", main_name) ||
+                PyDict_SetItemString(env.get(), "erlang", erlang)))
       env = PyRef();
   } else {
     env = fresh();
   }
   if (!env) return env;
   std::lock_guard<AttachedMutex> lock(mutex_);
-  auto [it, inserted] = ctxs_[ctx].envs.try_emplace(key);
+  auto [it, inserted] = context_locked(ctx).envs.try_emplace(key);
   if (!inserted) return PyRef::borrow(it->second.globals.get());  // another thread made it meanwhile
   it->second.globals = PyRef::borrow(env.get());
   if (kind != EnvKind::Default) ++envs_;
@@ -87,7 +112,7 @@ void Envs::set_base(uint64_t ctx, PyRef base) {
   PyRef old;
   {
     std::lock_guard<AttachedMutex> lock(mutex_);
-    old = std::exchange(ctxs_[ctx].base, std::move(base));
+    old = std::exchange(context_locked(ctx).base, std::move(base));
   }
 }
 
@@ -137,13 +162,19 @@ void Envs::free_env(Env& env) {
   env.globals = PyRef();
 }
 
+void Envs::abandon_env(Env& env) {
+  for (auto& [id, obj] : env.objects) (void)obj.release();
+  env.objects.clear();
+  (void)env.globals.release();
+}
+
 void Envs::free_envs(std::unordered_map<std::string, Env>& envs) {
   for (auto& [key, env] : envs) free_env(env);
   envs.clear();
 }
 
 void Envs::drop_key(const std::string& key) {
-  std::vector<Env> gone;
+  std::vector<std::pair<std::shared_ptr<Interp>, Env>> gone;
   {
     std::lock_guard<AttachedMutex> lock(mutex_);
     announced_.erase(key);
@@ -152,11 +183,13 @@ void Envs::drop_key(const std::string& key) {
       if (it == pc.envs.end()) continue;
       objects_ -= it->second.objects.size();
       if (!key.empty()) --envs_;
-      gone.push_back(std::move(it->second));
+      gone.emplace_back(pc.interp, std::move(it->second));
       pc.envs.erase(it);
     }
   }
-  for (Env& env : gone) free_env(env);
+  // Each in its own interpreter (an owngil context's: attached to it for the time of the free).
+  for (auto& [interp, env] : gone)
+    if (!run_in(interp, [&env] { free_env(env); })) abandon_env(env);
 }
 
 void Envs::drop_context(uint64_t ctx) {

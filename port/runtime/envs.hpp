@@ -29,6 +29,7 @@
 #include <unordered_set>
 
 #include "attached_mutex.hpp"
+#include "interp.hpp"
 #include "py_ref.hpp"
 
 namespace ep {
@@ -41,7 +42,8 @@ bool env_key(PyObject* env, std::string& key, EnvKind& kind);
 
 class Envs {
  public:
-  // GIL held, once, before use: what every environment gets.
+  // GIL held, once, before use: what every environment of the main interpreter gets (an owngil
+  // context's environments get its sub-interpreter's own, interp.hpp).
   void init(PyObject* builtins, PyObject* erlang_module, PyObject* main_name);
 
   // GIL held. A new reference to the globals of (ctx, key), created on first use. `announce` is set
@@ -76,6 +78,9 @@ class Envs {
     std::unordered_map<uint64_t, PyRef> objects;
   };
   struct PerContext {
+    // The interpreter the context runs in (interp.hpp): its objects are freed there (drop_key runs
+    // on the control thread, attached to the main interpreter).
+    std::shared_ptr<Interp> interp;
     PyRef base;
     std::unordered_map<std::string, Env> envs;  // "" is the context's default environment
   };
@@ -83,6 +88,12 @@ class Envs {
   // cleared to break the cycles functions make with their globals).
   static void free_envs(std::unordered_map<std::string, Env>& envs);
   static void free_env(Env& env);
+  // The interpreter has ended and its objects with it: forget them without a decref.
+  static void abandon_env(Env& env);
+  // The context's entry (created on first use, remembering the calling thread's interpreter).
+  PerContext& context_locked(uint64_t ctx);
+  // What a new environment gets in the calling thread's interpreter.
+  void seeds(PyObject*& builtins, PyObject*& erlang, PyObject*& main_name) const;
 
   PyRef builtins_, erlang_, main_name_;
   AttachedMutex mutex_;  // the envs mutex: guards ctxs_, announced_, counts

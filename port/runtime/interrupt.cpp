@@ -44,7 +44,8 @@ void Runtime::on_interrupt(const Header& h) {
     bool running;
     {
       GilGuard gil;
-      running = c->interrupt_running();
+      running = false;
+      run_in(c->interp(), [&] { running = c->interrupt_running(); });  // owngil: in its interpreter
     }
     std::string out;
     size_t start = begin_frame(out, Header{static_cast<uint8_t>(Kind::Result), 0, 0, h.ctx, h.id});

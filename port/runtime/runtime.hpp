@@ -24,6 +24,7 @@
 #include "context.hpp"
 #include "envs.hpp"
 #include "frame.hpp"
+#include "interp.hpp"
 #include "output.hpp"
 #include "py_ref.hpp"
 #include "shm.hpp"
@@ -157,11 +158,11 @@ class Runtime {
   size_t env_count() { return envs_.env_count(); }
   Envs& envs() { return envs_; }
   StreamTable& streams() { return streams_; }
-  PyObject* cancelled_error() const { return cancelled_error_; }
+  // GIL held: erlang.CancelledError of the calling thread's interpreter (interp.hpp).
+  PyObject* cancelled_error() const;
   // opsa (logging and tracing, ops_module.cpp): GIL jobs off the loop thread, and the codec.
   void post_control(std::function<void()> job) { control_->post(std::move(job)); }
   CodecKind codec() const { return opts_.codec; }
-  void set_exception_types(PyObject* cancelled) { cancelled_error_ = cancelled; }
   // aio (§3.10, task_loops.cpp), GIL held: the globals of environment `env` in context `serial`
   // (created and announced as a request's would be), for a task submitted there; sets `key`.
   PyRef task_env(uint64_t serial, PyObject* env, std::string& key) { return env_for(serial, env, key); }
@@ -206,6 +207,7 @@ class Runtime {
   void on_interrupt(const Header& h);
   void serve_memory_limit(std::string& out, const Header& h, PyObject* body);  // context thread
   void serve_context_create(Context& ctx, std::string& out, const Header& h, PyObject* body);
+  void start_owngil(Context& ctx, std::string& out, const Header& h);  // owngil (context_admin.cpp)
   void serve_context_init(std::string& out, const Header& h, PyObject* body, uint64_t serial);
   bool add_sys_paths(PyObject* paths);
 
@@ -247,7 +249,6 @@ class Runtime {
   };
   std::mutex continuations_mutex_;
   std::map<std::pair<uint64_t, uint64_t>, Continuation> continuations_;
-  PyRef schedule_marker_type_;  // erlang._schedule.ScheduleMarker
 
   Options opts_;
   Output& out_;
@@ -292,20 +293,14 @@ class Runtime {
   std::unordered_map<uint64_t, Waiter> waiters_;
   std::atomic<uint64_t> next_callback_id_{0};
 
-  // Python state. Set once in init_python and read-only after (compile_block_, format_exception_,
-  // builtins_, main_str_, erlang_module_), or safe for concurrent use by its own locks: envs_ and
-  // streams_ (their mutexes), the code caches (dicts, locked per object on free-threaded builds and
-  // read with strong references: dict_get_ref).
+  // Python state. The objects cached from an interpreter (builtins, the erlang module, compile_block,
+  // format_exception, the code caches, CancelledError) live in its Interp (interp.hpp): main_ for the
+  // main interpreter, set once in init_python and read-only after; an owngil context's in its own.
+  // The code caches are dicts, locked per object on free-threaded builds and read with strong
+  // references (dict_get_ref). envs_ and streams_ are guarded by their own mutexes.
   Envs envs_;
   StreamTable streams_;
-  PyRef builtins_;
-  PyRef erlang_module_;
-  PyRef compile_block_;
-  PyRef format_exception_;
-  PyRef eval_cache_;  // source -> code object (eval) or (exec_code, eval_code|None)
-  PyRef exec_cache_;  // source -> code object
-  PyRef main_str_;
-  PyObject* cancelled_error_ = nullptr;  // borrowed from the _erlang module, which lives forever
+  std::shared_ptr<Interp> main_;
   PyRef crash_file_;  // the Python file faulthandler writes to (opened first thing at start-up)
   ShmDir* shm_ = nullptr;  // bulk (§3.12); its own lock guards it (shm.hpp)
   AttachedMutex sys_path_mutex_;  // add_sys_paths: one read-modify-write of sys.path at a time

@@ -15,7 +15,8 @@ bool attr_is(PyObject* s, const char* text) { return s && PyUnicode_Check(s) && 
 }  // namespace
 
 bool Runtime::is_schedule_marker(PyObject* value) const {
-  return schedule_marker_type_ && reinterpret_cast<PyObject*>(Py_TYPE(value)) == schedule_marker_type_.get();
+  PyObject* marker = current_interp().schedule_marker_type.get();
+  return marker && reinterpret_cast<PyObject*>(Py_TYPE(value)) == marker;
 }
 
 void Runtime::schedule_result(std::string& out, const Header& h, PyObject* marker, PyObject* env, uint64_t serial) {

@@ -237,6 +237,9 @@ void Runtime::stream_pull(std::string& out, const Header& h, uint64_t serial, Py
   };
   Flusher& flusher = Flusher::get();
   Flusher::Pending pending;
+  // owngil (interp.hpp): the flusher thread runs in the main interpreter and may not touch a
+  // sub-interpreter's batch, so there every item is sent as it comes (no batching).
+  const bool batching = current_interp().is_main;
   // From the flusher thread (GIL held there, and kept across the write: nothing of this pull can be
   // encoded meanwhile, so the frames stay in order). A failure is left for the pull to report.
   pending.flush = [&] {
@@ -295,7 +298,7 @@ void Runtime::stream_pull(std::string& out, const Header& h, uint64_t serial, Py
     }
     if (PyList_Append(batch.get(), item.get()) != 0) return fail();
     auto now = steady_clock::now();
-    if (PyList_GET_SIZE(batch.get()) >= kChunkItems || now - before >= kSlowItem) {
+    if (!batching || PyList_GET_SIZE(batch.get()) >= kChunkItems || now - before >= kSlowItem) {
       if (!flush()) return fail();
     } else if (PyList_GET_SIZE(batch.get()) == 1) {
       flusher.arm(pending, now + kBatchAge);

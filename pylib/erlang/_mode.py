@@ -52,3 +52,14 @@ def _interpreter_id(ident: Any) -> int:
     if isinstance(ident, tuple):
         ident = ident[0]
     return int(ident)
+
+
+def _current_interp_id() -> int:
+    """The calling interpreter's id (0: the main one), for py_context:get_interp_id/1."""
+    for module_name in ("_interpreters", "_xxsubinterpreters"):
+        try:
+            module = importlib.import_module(module_name)
+            return _interpreter_id(module.get_current())
+        except (ImportError, AttributeError, TypeError, ValueError):
+            continue
+    return 0

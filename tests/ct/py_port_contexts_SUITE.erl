@@ -208,8 +208,8 @@ create_destroy(C) ->
 	{protocol_error, {unknown_context, _}} = ask(C, 10, undefined, <<"1">>),
 	{protocol_error, {unknown_context, _}} = request_reply(C, context_destroy, 10, []),
 	%% another mode: refused, and the id stays free
-	{error, {<<"ValueError">>, <<"unsupported context mode: owngil">>, _}} =
-		request_reply(C, context_create, 11, {owngil}),
+	{error, {<<"ValueError">>, <<"unsupported context mode: auto">>, _}} =
+		request_reply(C, context_create, 11, {auto}),
 	{protocol_error, {unknown_context, _}} = ask(C, 11, undefined, <<"1">>),
 	{protocol_error, {bad_shape, _}} = request_reply(C, context_create, 12, not_a_tuple),
 	{result, ok} = request_reply(C, context_create, 11, {worker}),

@@ -301,8 +301,18 @@ pool_option_errors(Config) ->
 	{error, {bad_option, {sandbox, maybe}}} = py_context_router:start_pool(ml, 1, #{sandbox => maybe}),
 	{error, {bad_option, {ports, 0}}} = py_context_router:start_pool(ml, 1, #{ports => 0}),
 	{error, {bad_option, default, _}} = py_context_router:start_pool(default, 1, #{venv => ?config(venv, Config)}),
-	{error, {mode_not_supported, owngil, _}} =
-		py_context_router:start_pool(ml, 1, #{mode => owngil, venv => ?config(venv, Config)}),
+	case py:subinterp_supported() of
+		false ->
+			{error, {mode_not_supported, owngil, _}} =
+				py_context_router:start_pool(ml, 1, #{mode => owngil, venv => ?config(venv, Config)});
+		true ->
+			%% Its ports run this Python, which offers owngil: the venv reaches the context's
+			%% sub-interpreter (its erlang package activates it there too).
+			{ok, [Og]} = py_context_router:start_pool(ml, 1, #{mode => owngil, venv => ?config(venv, Config)}),
+			{ok, <<"subinterp">>} = py:eval(Og, <<"__import__('erlang').detect_mode().value">>),
+			{ok, _} = py:call(Og, idna, encode, [<<"a.b">>]),
+			ok = py_context_router:stop_pool(ml)
+	end,
 	{ok, _} = py_context_router:start_pool(ml, 1, #{venv => ?config(venv, Config)}),
 	{error, {already_started, ml}} = py_context_router:start_pool(ml, 1, #{venv => ?config(venv, Config)}),
 	false = py_context_router:pool_started(nothing).
