@@ -164,6 +164,11 @@ Runtime::Runtime(Options opts, Output& out) : opts_(std::move(opts)), out_(out) 
 
 Runtime::~Runtime() = default;
 
+PyObject* Runtime::cancelled_error() const {
+  PyObject* e = current_interp().cancelled_error.get();
+  return e ? e : PyExc_RuntimeError;  // only while an interpreter ends (interp.cpp)
+}
+
 bool Runtime::init_python() {
   erlang_module_bind(this);
   if (PyImport_AppendInittab("_erlang", &erlang_module_init) != 0) return false;
@@ -201,17 +206,12 @@ bool Runtime::init_python() {
   if (!erlang_types_ready()) return false;
   mem::install(opts_.memory_limit);  // opsb: wraps the allocators Python now has (mem_limit.hpp)
 
-  PyObject* sys_path = PySys_GetObject("path");  // borrowed
-  if (!opts_.pylib.empty()) {
-    PyRef dir(PyUnicode_FromString(opts_.pylib.c_str()));
-    if (!dir || PyList_Insert(sys_path, 0, dir.get()) != 0) return false;
-  }
-  builtins_ = PyRef(PyImport_ImportModule("builtins"));
-  if (!builtins_) return false;
+  main_ = ensure_main_interp();
   if (!opts_.crash_file.empty()) {
     // First, before any of our Python runs: faulthandler writes the Python traceback of a fatal signal
     // here (and start() the exception of a failed start-up); the owner reports it.
-    PyRef open(PyObject_GetAttrString(builtins_.get(), "open"));
+    PyRef builtins(PyImport_ImportModule("builtins"));
+    PyRef open(builtins ? PyObject_GetAttrString(builtins.get(), "open") : nullptr);
     crash_file_ = PyRef(open ? PyObject_CallFunction(open.get(), "ss", opts_.crash_file.c_str(), "w") : nullptr);
     PyRef fh(PyImport_ImportModule("faulthandler"));
     if (!crash_file_ || !fh) return false;
@@ -223,27 +223,11 @@ bool Runtime::init_python() {
     PyRef sigargs(Py_BuildValue("(i)", SIGUSR1));
     if (!reg || !sigargs || !PyRef(PyObject_Call(reg.get(), sigargs.get(), kwargs.get()))) return false;
   }
-  erlang_module_ = PyRef(PyImport_ImportModule("erlang"));
-  if (!erlang_module_) return false;
-  if (crash_file_ && PyObject_SetAttrString(erlang_module_.get(), "_crash_file", crash_file_.get()) != 0)
+  // sys.path, the erlang package and the caches: what an owngil sub-interpreter loads too (interp.cpp).
+  if (!load_interp(*main_, opts_.pylib)) return false;
+  if (crash_file_ && PyObject_SetAttrString(main_->erlang_module.get(), "_crash_file", crash_file_.get()) != 0)
     return false;
-  PyRef installed(PyObject_CallMethod(erlang_module_.get(), "_install_std_streams", nullptr));
-  if (!installed) return false;
-  PyRef eval_mod(PyImport_ImportModule("erlang._eval"));
-  if (!eval_mod) return false;
-  compile_block_ = PyRef(PyObject_GetAttrString(eval_mod.get(), "compile_block"));
-  PyRef tb_mod(PyImport_ImportModule("traceback"));
-  if (!tb_mod || !compile_block_) return false;
-  format_exception_ = PyRef(PyObject_GetAttrString(tb_mod.get(), "format_exception"));
-  PyRef sched_mod(PyImport_ImportModule("erlang._schedule"));
-  if (!sched_mod) return false;
-  schedule_marker_type_ = PyRef(PyObject_GetAttrString(sched_mod.get(), "ScheduleMarker"));
-  if (!schedule_marker_type_) return false;
-  eval_cache_ = PyRef(PyDict_New());
-  exec_cache_ = PyRef(PyDict_New());
-  main_str_ = PyRef(PyUnicode_InternFromString("__main__"));
-  if (!format_exception_ || !builtins_ || !eval_cache_ || !exec_cache_ || !main_str_) return false;
-  envs_.init(builtins_.get(), erlang_module_.get(), main_str_.get());
+  envs_.init(main_->builtins.get(), main_->erlang_module.get(), main_->main_str.get());
 
   return true;
 }
@@ -326,8 +310,9 @@ void Runtime::write_hello() {
     w.atom("build");
     w.atom(build);
     w.atom("modes");
-    w.list(1);
+    w.list(owngil_available() ? 2 : 1);
     w.atom("worker");
+    if (owngil_available()) w.atom("owngil");  // §4.1, §3.16: a GIL build of CPython >= 3.12
     w.list_end();
     w.atom("contexts");
     w.list(contexts_.size());
@@ -421,7 +406,10 @@ void Runtime::dispatch(std::string payload) {
   if (h.kind == kKindTaskSubmit || h.kind == kKindTaskCancel) {
     // aio (§3.10): straight to the task loop's queue; ctx only names the namespaces of a submission.
     Context* c = h.kind == kKindTaskSubmit ? find_context(h.ctx) : nullptr;
-    task_loops_dispatch(h, std::move(payload), c ? c->serial() : 0);
+    // The task loops run in the main interpreter: an owngil context's environments are objects of
+    // another interpreter, which a loop thread must never touch (refused, as an outcome).
+    bool foreign = c && c->interp() != nullptr;
+    task_loops_dispatch(h, std::move(payload), c ? c->serial() : 0, foreign);
     return;
   }
   switch (static_cast<Kind>(h.kind)) {
@@ -530,9 +518,10 @@ void Runtime::cancel_in(const std::shared_ptr<Context>& c, uint64_t id) {
     if (continuation_pending(c->serial(), id)) {
       // A queued schedule_inline continuation: its kept call is freed with the GIL (schedule.cpp).
       uint64_t serial = c->serial();
-      control_->post([this, serial, id] {
+      std::shared_ptr<Interp> in = c->interp();
+      control_->post([this, serial, id, in] {
         GilGuard gil;
-        drop_continuation(serial, id);
+        run_in(in, [&] { drop_continuation(serial, id); });
       });
     }
     std::string out;
@@ -565,7 +554,12 @@ void Runtime::cancel_in(const std::shared_ptr<Context>& c, uint64_t id) {
         cancel_batched_.clear();
         done = std::move(cancel_delivered_);
       }
-      for (auto& [ctx, rid] : batch) ctx->cancel_running(rid);
+      // Each in its context's interpreter (owngil: attached to that sub-interpreter meanwhile).
+      for (auto& [ctx, rid] : batch) {
+        Context* c = ctx.get();
+        uint64_t r = rid;
+        run_in(c->interp(), [c, r] { c->cancel_running(r); });
+      }
       done->store(true);
     });
   }
@@ -744,7 +738,7 @@ void Runtime::error_frame(std::string& out, uint32_t ctx, uint64_t id, std::stri
 }
 
 void Runtime::error_frame_from_exception(std::string& out, uint32_t ctx, uint64_t id) {
-  ErrorText e = take_error(format_exception_.get());
+  ErrorText e = take_error(current_interp().format_exception.get());
   // opsb: a request py:interrupt cancelled ends with its own class (a dotted name no exception has).
   Context* c = Context::current_thread_context();
   if (e.cls == "CancelledError" && c && c->is_interrupted(id)) {
@@ -848,7 +842,7 @@ bool Runtime::write_output(int stream, PyObject* text) {
     if (piece.empty()) piece = rest.substr(0, piece_max);  // not UTF-8 (cannot happen for a str)
     rest.remove_prefix(piece.size());
     if (!wait_output_window()) {
-      PyErr_SetString(cancelled_error_, "request cancelled while its output waited for the Erlang side");
+      PyErr_SetString(cancelled_error(), "request cancelled while its output waited for the Erlang side");
       return false;
     }
     frame.clear();
@@ -890,7 +884,7 @@ void Runtime::announce_env(uint32_t ctx, PyObject* pid) {
 }
 
 PyObject* Runtime::resolve(PyObject* module, PyObject* function, PyObject* env) {
-  if (env && PyUnicode_Compare(module, main_str_.get()) == 0) {
+  if (env && PyUnicode_Compare(module, current_interp().main_str.get()) == 0) {
     PyRef f = dict_get_ref(env, function);
     if (f) return f.release();
     if (PyErr_Occurred()) return nullptr;
@@ -916,7 +910,8 @@ PyObject* Runtime::resolve(PyObject* module, PyObject* function, PyObject* env) 
 }
 
 PyObject* Runtime::compiled(PyObject* code, bool eval_mode) {
-  PyObject* cache = eval_mode ? eval_cache_.get() : exec_cache_.get();
+  Interp& in = current_interp();
+  PyObject* cache = eval_mode ? in.eval_cache.get() : in.exec_cache.get();
   // The caches are shared by every context thread: dict operations lock the dict on free-threaded
   // builds; the hit is taken as a strong reference (another thread may reset the cache meanwhile).
   PyRef hit = dict_get_ref(cache, code);
@@ -935,7 +930,7 @@ PyObject* Runtime::compiled(PyObject* code, bool eval_mode) {
     if (!result && PyErr_ExceptionMatches(PyExc_SyntaxError)) {
       // Not a single expression: statements, maybe followed by an expression to return.
       PyErr_Clear();
-      result = PyRef(PyObject_CallOneArg(compile_block_.get(), code));
+      result = PyRef(PyObject_CallOneArg(in.compile_block.get(), code));
     }
   } else {
     result = PyRef(Py_CompileString(src, "<string>", Py_file_input));
@@ -997,6 +992,10 @@ void Runtime::handle(Context& ctx, Item& item, std::string& out) {
       break;
     case Kind::ContextCreate:
       serve_context_create(ctx, out, h, body.get());
+      if (ctx.owngil_requested) {
+        body.reset();  // a main-interpreter object: dropped before the thread leaves for its own
+        start_owngil(ctx, out, h);
+      }
       break;
     case Kind::MemoryLimit:  // opsb
       serve_memory_limit(out, h, body.get());
@@ -1044,7 +1043,7 @@ void Runtime::serve_call(std::string& out, const Header& h, PyObject* body, bool
   if (is_cast) {
     if (!result) {
       // Fire and forget: nobody waits, so the failure goes to the Erlang logger as stderr output.
-      ErrorText e = take_error(format_exception_.get());
+      ErrorText e = take_error(current_interp().format_exception.get());
       std::string text = "py:cast failed: " + e.cls + ": " + e.msg + "\n" + e.tb;
       output_frame(out, h.ctx, 0, 2, utf8_prefix(text, opts_.max_out_frame > 512 ? opts_.max_out_frame - 256 : 256));
     }
@@ -1151,7 +1150,7 @@ bool Runtime::round_trip(uint64_t callback_id, const std::string& frame, std::st
       std::lock_guard<std::mutex> lock(waiters_mutex_);
       waiters_.erase(callback_id);
     }
-    PyErr_SetString(cancelled_error_, "request cancelled while waiting for Erlang");
+    PyErr_SetString(cancelled_error(), "request cancelled while waiting for Erlang");
     return false;
   }
   ThreadWaiter tw;

@@ -458,7 +458,7 @@ void task_loops_bind(Runtime* rt) { g_rt = rt; }
 
 extern "C" PyObject* task_loop_module_init() { return PyModuleDef_Init(&module_def); }
 
-void task_loops_dispatch(const Header& h, std::string payload, uint64_t serial) {
+void task_loops_dispatch(const Header& h, std::string payload, uint64_t serial, bool foreign_interp) {
   std::string_view body = std::string_view(payload).substr(kHeaderSize);
   if (h.id >= kMaxLoops) {
     g_rt->protocol_error(h.ctx, h.id, "bad_loop", "loop index must be 0..255");
@@ -473,6 +473,13 @@ void task_loops_dispatch(const Header& h, std::string payload, uint64_t serial) 
   std::string_view ref, term;
   if (!split_submit(body, ref, term)) {
     g_rt->protocol_error(h.ctx, h.id, "bad_body", "task_submit body is <<RefLen:16, Ref, Term>>");
+    return;
+  }
+  if (foreign_interp) {
+    Frames frames;
+    error_item(frames.items(), ref, "RuntimeError",
+               "asyncio tasks run in the main interpreter: not in an owngil context's namespace");
+    write_frames(frames.take());
     return;
   }
   bool created = false;

@@ -40,8 +40,9 @@ void task_loops_bind(Runtime* rt);
 // The init function registered with PyImport_AppendInittab (multi-phase): `_erlang_loop`.
 extern "C" PyObject* task_loop_module_init();
 // I/O thread, no GIL: a task_submit or task_cancel frame (payload = header + body). `serial` is the
-// serial of the context h.ctx names (its namespaces), 0 if there is none.
-void task_loops_dispatch(const Header& h, std::string payload, uint64_t serial);
+// serial of the context h.ctx names (its namespaces), 0 if there is none; `foreign_interp`: that
+// context runs in a sub-interpreter (owngil), whose objects the loops must not touch (refused).
+void task_loops_dispatch(const Header& h, std::string payload, uint64_t serial, bool foreign_interp);
 // Any thread, no GIL needed: the environment `key` (an Env's ETF bytes) was dropped (its owner
 // exited): the tasks it owns are cancelled on every started loop.
 void task_loops_owner_gone(const std::string& key);
