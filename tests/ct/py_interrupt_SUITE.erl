@@ -84,8 +84,12 @@ finally_runs_checks() ->
 %% Code that catches the interrupt and raises something else reports that.
 caught_and_replaced(_Config) ->
 	{ok, Ctx} = py_context:new(#{}),
-	Code = <<"try:\n    erlang.sleep(30)\nexcept BaseException:\n    raise ValueError('cleaned up')\n">>,
+	_ = py:state_remove(<<"caught_and_replaced_inside">>),
+	Code = <<"try:\n    erlang.state_set('caught_and_replaced_inside', True)\n    erlang.sleep(30)\n"
+		"except BaseException:\n    raise ValueError('cleaned up')\n">>,
 	Wait = async(fun() -> py:exec(Ctx, Code) end),
+	%% Once inside the try (as finally_runs: an interrupt before it has no handler to run).
+	ok = py_ct_helper:eventually(fun() -> py:state_fetch(<<"caught_and_replaced_inside">>) =:= {ok, true} end, 10000),
 	interrupt_when_running(Ctx),
 	{error, {'ValueError', "cleaned up"}} = Wait(),
 	ok = py_context:stop(Ctx).
