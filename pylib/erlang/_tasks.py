@@ -21,6 +21,7 @@
 
 import asyncio
 import importlib
+import inspect
 import sys
 import threading
 import traceback
@@ -47,7 +48,7 @@ class _LoopTasks:
         self.loop = loop
         self.index = index
         self.native = native
-        self.tasks: dict[bytes, tuple[bytes, asyncio.Future[Any]]] = {}  # ref -> (owner key, task)
+        self.tasks: dict[bytes, tuple[bytes, asyncio.Task[Any]]] = {}  # ref -> (owner key, task)
         self.outbox: list[tuple[Any, bytes, bool, Any]] = []
 
 
@@ -102,11 +103,21 @@ def _drain(lt: _LoopTasks) -> None:
         elif kind == 1:
             entry = lt.tasks.pop(item[1], None)
             if entry is not None:
-                entry[1].cancel()
+                _cancel(lt, item[1], entry)
         else:
             owner = item[1]
             for ref in [r for r, (o, _) in lt.tasks.items() if o == owner]:
-                lt.tasks.pop(ref)[1].cancel()
+                _cancel(lt, ref, lt.tasks.pop(ref))
+
+
+def _cancel(lt: _LoopTasks, ref: bytes, entry: tuple[bytes, "asyncio.Task[Any]"]) -> None:
+    owner, task = entry
+    # A task whose first step has not run (Python < 3.12 starts tasks at the next iteration; the
+    # cancel can come in the same batch as the submission) gets the CancelledError thrown in before
+    # _run's try: _run hands back nothing, so the outcome that frees its place goes from here.
+    if inspect.getcoroutinestate(task.get_coro()) == inspect.CORO_CREATED:
+        _outcome(lt, ref, owner, False, ("CancelledError", "task was cancelled"))
+    task.cancel()
 
 
 def _submit(lt: _LoopTasks, ref: bytes | None, owner: bytes, env: dict[str, Any] | None, module: str,

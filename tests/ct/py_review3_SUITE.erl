@@ -1,0 +1,58 @@
+%% Review of the native asyncio task path (issue 9, PROTOCOL.md §3.10): defects found by reading it
+%% as an adversary, each reproduced against the real port. Every case ends with nothing in flight in
+%% the port and no py_tasks entry left (end_per_testcase).
+-module(py_review3_SUITE).
+
+-include_lib("common_test/include/ct.hrl").
+-include_lib("stdlib/include/assert.hrl").
+
+-export([all/0, init_per_suite/1, end_per_suite/1, end_per_testcase/2]).
+-export([cancel_before_first_step/1, owner_death_before_first_step/1]).
+
+all() ->
+	[cancel_before_first_step, owner_death_before_first_step].
+
+init_per_suite(Config) ->
+	ok = py_ct_helper:start_app([{num_ports, 1}, {contexts_per_port, 2}, {event_loop_pool_size, 2}]),
+	Config.
+
+end_per_suite(_Config) ->
+	py_ct_helper:stop_app().
+
+end_per_testcase(_, _Config) ->
+	ok = py_ct_helper:eventually(fun() -> tasks_in_flight() =:= 0 end, 5000),
+	ok = py_ct_helper:eventually(fun() -> ets:info(py_tasks, size) =:= 0 end, 5000).
+
+tasks_in_flight() ->
+	{ok, #{<<"tasks">> := N}} = py:call(<<"erlang._tasks">>, stats, []),
+	N.
+
+%% An await that times out at once cancels its task before the task's first step (on Python < 3.12
+%% the first step is not eager: the cancel comes in the same batch as the submission). The task must
+%% still hand back one outcome: it is what frees its place under the per-loop bound. It did not (the
+%% CancelledError is thrown into the coroutine before its try), so each such task held a place for
+%% ever, and with the bound at 3 the loop soon refused every submission.
+cancel_before_first_step(_) ->
+	{ok, Old} = py:call(<<"erlang._tasks">>, '_set_limit', [3]),
+	try
+		_ = [{error, timeout} = py_event_loop:run(asyncio, sleep, [5.0], #{timeout => 0})
+			|| _ <- lists:seq(1, 40)],
+		ok = py_ct_helper:eventually(fun() -> tasks_in_flight() =:= 0 end, 5000),
+		%% The loop still admits tasks.
+		{ok, 1} = py_event_loop:run(asyncio, sleep, [0.01, 1], #{timeout => 5000})
+	after
+		{ok, 3} = py:call(<<"erlang._tasks">>, '_set_limit', [Old])
+	end.
+
+%% A caller that dies right after create_task: its task is cancelled (its environment is dropped) and
+%% its py_tasks entry goes with the task's outcome, started or not.
+owner_death_before_first_step(_) ->
+	Self = self(),
+	Pids = [spawn(fun() ->
+		_ = py_event_loop:create_task(asyncio, sleep, [30.0]),
+		_ = py_event_loop:create_task(asyncio, sleep, [30.0]),
+		Self ! {submitted, self()}
+	end) || _ <- lists:seq(1, 20)],
+	_ = [receive {submitted, P} -> ok after 10000 -> error({not_submitted, P}) end || P <- Pids],
+	ok = py_ct_helper:eventually(fun() -> ets:info(py_tasks, size) =:= 0 end, 10000),
+	ok = py_ct_helper:eventually(fun() -> tasks_in_flight() =:= 0 end, 10000).
