@@ -7,10 +7,11 @@
 -include_lib("stdlib/include/assert.hrl").
 
 -export([all/0, init_per_suite/1, end_per_suite/1, end_per_testcase/2]).
--export([cancel_before_first_step/1, owner_death_before_first_step/1]).
+-export([cancel_before_first_step/1, owner_death_before_first_step/1,
+	undecodable_error_message/1]).
 
 all() ->
-	[cancel_before_first_step, owner_death_before_first_step].
+	[cancel_before_first_step, owner_death_before_first_step, undecodable_error_message].
 
 init_per_suite(Config) ->
 	ok = py_ct_helper:start_app([{num_ports, 1}, {contexts_per_port, 2}, {event_loop_pool_size, 2}]),
@@ -56,3 +57,21 @@ owner_death_before_first_step(_) ->
 	_ = [receive {submitted, P} -> ok after 10000 -> error({not_submitted, P}) end || P <- Pids],
 	ok = py_ct_helper:eventually(fun() -> ets:info(py_tasks, size) =:= 0 end, 10000),
 	ok = py_ct_helper:eventually(fun() -> tasks_in_flight() =:= 0 end, 10000).
+
+%% An exception whose message is not valid UTF-8 (a lone surrogate, e.g. from a file name decoded
+%% with surrogateescape): its outcome made `_erlang_loop.done` raise, which lost every outcome of that
+%% loop iteration (their callers timed out) and their places under the bound.
+undecodable_error_message(_) ->
+	ok = py:exec(<<"import asyncio\n"
+		"async def bad_msg():\n    raise ValueError('caf\\udce9')\n"
+		"def bad_msg_sync():\n    raise ValueError('x\\udcff')\n"
+		"async def good_soon(x):\n    await asyncio.sleep(0.05)\n    return x\n">>),
+	Good = [py_event_loop:create_task('__main__', good_soon, [I]) || I <- lists:seq(1, 5)],
+	{error, {'ValueError', Msg}} = py_event_loop:run('__main__', bad_msg, [], #{timeout => 5000}),
+	?assertMatch("caf" ++ _, Msg),
+	{error, {'ValueError', _}} = py_event_loop:run('__main__', bad_msg_sync, [], #{timeout => 5000}),
+	%% Outcomes of the same iterations are not lost.
+	Bad = [py_event_loop:create_task('__main__', bad_msg, []) || _ <- lists:seq(1, 5)],
+	_ = [{ok, I} = py_event_loop:await(R, 5000) || {I, R} <- lists:zip(lists:seq(1, 5), Good)],
+	_ = [{error, {'ValueError', _}} = py_event_loop:await(R, 5000) || R <- Bad],
+	ok.
