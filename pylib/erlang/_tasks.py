@@ -124,7 +124,9 @@ def _submit(lt: _LoopTasks, ref: bytes | None, owner: bytes, env: dict[str, Any]
             function: str, args: Any, kwargs: Any) -> None:
     try:
         result = _resolve(env, module, function)(*(args or ()), **(kwargs or {}))
-    except Exception as exc:  # a missing module or function, a sync function that raised
+    except BaseException as exc:  # noqa: BLE001 - a missing module or function, a sync function that
+        # raised; SystemExit (sys.exit) and KeyboardInterrupt too: raised on, they would end the
+        # loop's run_forever and strand every later task on it.
         _outcome(lt, ref, owner, False, (type(exc).__name__, str(exc)))
         return
     if not asyncio.iscoroutine(result) and not hasattr(result, "__await__"):
@@ -151,7 +153,9 @@ async def _run(lt: _LoopTasks, ref: bytes | None, owner: bytes, awaitable: Any) 
         raise
     except BaseException as exc:  # noqa: BLE001 - every outcome goes back, SystemExit included
         _finish(lt, ref, owner, False, (type(exc).__name__, str(exc)))
-        if not isinstance(exc, Exception):
+        # Not raised on (but GeneratorExit, a close of this coroutine): a Task re-raises SystemExit and
+        # KeyboardInterrupt out of the loop, which would end the loop thread with this outcome unsent.
+        if isinstance(exc, GeneratorExit):
             raise
     else:
         _finish(lt, ref, owner, True, value)

@@ -8,10 +8,11 @@
 
 -export([all/0, init_per_suite/1, end_per_suite/1, end_per_testcase/2]).
 -export([cancel_before_first_step/1, owner_death_before_first_step/1,
-	undecodable_error_message/1]).
+	undecodable_error_message/1, loop_survives_system_exit/1]).
 
 all() ->
-	[cancel_before_first_step, owner_death_before_first_step, undecodable_error_message].
+	[cancel_before_first_step, owner_death_before_first_step, undecodable_error_message,
+	 loop_survives_system_exit].
 
 init_per_suite(Config) ->
 	ok = py_ct_helper:start_app([{num_ports, 1}, {contexts_per_port, 2}, {event_loop_pool_size, 2}]),
@@ -69,4 +70,22 @@ undecodable_error_message(_) ->
 	Bad = [py_event_loop:create_task('__main__', bad_msg, []) || _ <- lists:seq(1, 5)],
 	_ = [{ok, I} = py_event_loop:await(R, 5000) || {I, R} <- lists:zip(lists:seq(1, 5), Good)],
 	_ = [{error, {'ValueError', _}} = py_event_loop:await(R, 5000) || R <- Bad],
+	ok.
+
+%% A task that raises SystemExit or KeyboardInterrupt (a coroutine's, or a plain function's such as
+%% sys.exit) is an error outcome like any other. It was re-raised (_run) or not caught (_submit), which
+%% ended the loop's run_forever: the outcome never went out and every later task on that loop waited
+%% for ever (each await timed out) until the port restarted.
+loop_survives_system_exit(_) ->
+	ok = py:exec(<<"import asyncio\n"
+		"async def bye():\n    await asyncio.sleep(0)\n    raise SystemExit(3)\n"
+		"async def bye_at_once():\n    raise SystemExit(4)\n"
+		"async def interrupted():\n    await asyncio.sleep(0)\n    raise KeyboardInterrupt()\n">>),
+	{error, {'SystemExit', _}} = py_event_loop:run('__main__', bye, [], #{timeout => 5000}),
+	{ok, 4.0} = py_event_loop:run(math, sqrt, [16.0], #{timeout => 5000}),
+	{error, {'SystemExit', _}} = py_event_loop:run('__main__', bye_at_once, [], #{timeout => 5000}),
+	{error, {'SystemExit', _}} = py_event_loop:run(sys, exit, [1], #{timeout => 5000}),
+	{error, {'KeyboardInterrupt', _}} = py_event_loop:run('__main__', interrupted, [], #{timeout => 5000}),
+	%% The loop still runs tasks, coroutines included.
+	{ok, 2} = py_event_loop:run(asyncio, sleep, [0.01, 2], #{timeout => 5000}),
 	ok.
