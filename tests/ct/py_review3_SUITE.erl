@@ -8,11 +8,12 @@
 
 -export([all/0, init_per_suite/1, end_per_suite/1, end_per_testcase/2]).
 -export([cancel_before_first_step/1, owner_death_before_first_step/1,
-	undecodable_error_message/1, loop_survives_system_exit/1]).
+	undecodable_error_message/1, loop_survives_system_exit/1,
+	spawn_task_outlives_its_caller/1]).
 
 all() ->
 	[cancel_before_first_step, owner_death_before_first_step, undecodable_error_message,
-	 loop_survives_system_exit].
+	 loop_survives_system_exit, spawn_task_outlives_its_caller].
 
 init_per_suite(Config) ->
 	ok = py_ct_helper:start_app([{num_ports, 1}, {contexts_per_port, 2}, {event_loop_pool_size, 2}]),
@@ -89,3 +90,20 @@ loop_survives_system_exit(_) ->
 	%% The loop still runs tasks, coroutines included.
 	{ok, 2} = py_event_loop:run(asyncio, sleep, [0.01, 2], #{timeout => 5000}),
 	ok.
+
+%% PROTOCOL.md §3.10 as corrected: a caller's death cancels the tasks it awaits, not its fire-and-
+%% forget ones (spawn_task from a short-lived process is the docs' logging example): those run on.
+%% (A function of the caller's own namespace, '__main__', is another matter: the namespace may be
+%% dropped before the loop thread takes the submission; see the review's report.)
+spawn_task_outlives_its_caller(_) ->
+	Self = self(),
+	ok = py:exec(<<"import asyncio, erlang, sys, types\n"
+		"m = types.ModuleType('rv3_notify')\n"
+		"async def tell_later(pid):\n    await asyncio.sleep(0.3)\n    erlang.send(pid, 'told')\n"
+		"m.tell_later = tell_later\nsys.modules['rv3_notify'] = m\n">>),
+	{Pid, MRef} = spawn_monitor(fun() ->
+		{ok, 1} = py:eval(<<"1">>),  % an environment of its own, dropped when it exits
+		ok = py_event_loop:spawn_task(rv3_notify, tell_later, [Self])
+	end),
+	receive {'DOWN', MRef, process, Pid, normal} -> ok after 10000 -> ct:fail(caller_stuck) end,
+	receive <<"told">> -> ok after 10000 -> ct:fail(fire_and_forget_cancelled) end.
