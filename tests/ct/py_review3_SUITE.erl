@@ -9,11 +9,11 @@
 -export([all/0, init_per_suite/1, end_per_suite/1, end_per_testcase/2]).
 -export([cancel_before_first_step/1, owner_death_before_first_step/1,
 	undecodable_error_message/1, loop_survives_system_exit/1,
-	spawn_task_outlives_its_caller/1]).
+	spawn_task_outlives_its_caller/1, malformed_submissions_answered/1]).
 
 all() ->
 	[cancel_before_first_step, owner_death_before_first_step, undecodable_error_message,
-	 loop_survives_system_exit, spawn_task_outlives_its_caller].
+	 loop_survives_system_exit, spawn_task_outlives_its_caller, malformed_submissions_answered].
 
 init_per_suite(Config) ->
 	ok = py_ct_helper:start_app([{num_ports, 1}, {contexts_per_port, 2}, {event_loop_pool_size, 2}]),
@@ -107,3 +107,36 @@ spawn_task_outlives_its_caller(_) ->
 	end),
 	receive {'DOWN', MRef, process, Pid, normal} -> ok after 10000 -> ct:fail(caller_stuck) end,
 	receive <<"told">> -> ok after 10000 -> ct:fail(fire_and_forget_cancelled) end.
+
+%% Wire errors in task frames the suites did not cover: each is answered (an outcome for the task's
+%% reference, or protocol_error), none ends the port, and the loop goes on.
+malformed_submissions_answered(_) ->
+	#{port := Port, contexts := Ctxs, codec := Codec} = py_port:info(1),
+	Ctx = element(1, Ctxs),
+	OsPid = py_ct_helper:os_pid(1),
+	Submit = fun(C, Term) ->
+		Ref = make_ref(),
+		<<131, RefBin/binary>> = term_to_binary(Ref),
+		true = ets:insert(py_tasks, {Ref, self(), 1, 0}),
+		true = port_command(Port, [<<16, 0, 0:16, C:32, 0:64, (byte_size(RefBin)):16>>, RefBin, Term]),
+		receive {async_result, Ref, R} -> R after 5000 -> ets:delete(py_tasks, Ref), ct:fail({no_answer, Term}) end
+	end,
+	Enc = fun(T) -> py_codec:encode(Codec, T) end,
+	{error, {'TypeError', "task_submit body must be" ++ _}} = Submit(Ctx, <<"not a term">>),
+	{error, {'TypeError', "task_submit body must be" ++ _}} = Submit(Ctx, Enc({self(), <<"math">>, <<"sqrt">>, [4.0]})),
+	{error, {'TypeError', "task environment" ++ _}} = Submit(Ctx, Enc({42, <<"math">>, <<"sqrt">>, [4.0], #{}})),
+	{error, {'RuntimeError', "no such context" ++ _}} = Submit(999999, Enc({self(), <<"math">>, <<"sqrt">>, [4.0], #{}})),
+	{error, {'TypeError', _}} = Submit(Ctx, Enc({self(), <<"math">>, <<"sqrt">>, 5, #{}})),
+	{ok, 2.0} = Submit(Ctx, Enc({self(), <<"math">>, <<"sqrt">>, [4.0], #{}})),
+	%% A cancel naming no loop: protocol_error bad_loop.
+	true = ets:insert(py_inflight, {300, self(), 1}),
+	try
+		true = port_command(Port, <<17, 0, 0:16, 0:32, 300:64, "x">>),
+		receive {py_frame, 300, 70, _, B} -> {bad_loop, _} = py_codec:decode(Codec, B)
+		after 5000 -> ct:fail(no_bad_loop)
+		end
+	after
+		ets:delete(py_inflight, 300)
+	end,
+	{ok, 4.0} = py_event_loop:run(math, sqrt, [16.0]),
+	OsPid = py_ct_helper:os_pid(1).
