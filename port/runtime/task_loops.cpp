@@ -340,6 +340,23 @@ PyObject* mod_take(PyObject*, PyObject* arg) {
   return list.release();
 }
 
+// GIL held: the UTF-8 of str `s` into `out`. A str that is not valid UTF-8 (a lone surrogate, e.g. a
+// file name decoded with surrogateescape) is written with backslash escapes instead of failing: a
+// failure here would lose every outcome of the batch. False only on memory errors (set).
+bool utf8_of(PyObject* s, std::string& out) {
+  Py_ssize_t n = 0;
+  if (const char* p = PyUnicode_AsUTF8AndSize(s, &n)) {
+    out.assign(p, static_cast<size_t>(n));
+    return true;
+  }
+  if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) return false;
+  PyErr_Clear();
+  PyRef b(PyUnicode_AsEncodedString(s, "utf-8", "backslashreplace"));
+  if (!b) return false;
+  out.assign(PyBytes_AS_STRING(b.get()), static_cast<size_t>(PyBytes_GET_SIZE(b.get())));
+  return true;
+}
+
 // done(index, outcomes): hands back finished tasks, each (ref, owner_key, ok, value): ref None for a
 // task nobody awaits (spawn_task: counted, not sent); ok False with value (class, message) for an
 // error. The outcomes go out together, in as few task_result frames as fit.
@@ -373,18 +390,15 @@ PyObject* mod_done(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     if (PyObject_IsTrue(PyTuple_GET_ITEM(o, 2))) {
       value_item(frames.items(), r, value);
     } else {
-      const char* cls = "Exception";
-      const char* msg = "";
-      Py_ssize_t cn = 9, mn = 0;
+      std::string cls = "Exception";
+      std::string msg;
       if (PyTuple_Check(value) && PyTuple_GET_SIZE(value) == 2 && PyUnicode_Check(PyTuple_GET_ITEM(value, 0)) &&
           PyUnicode_Check(PyTuple_GET_ITEM(value, 1))) {
-        cls = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(value, 0), &cn);
-        msg = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(value, 1), &mn);
-        if (!cls || !msg) return nullptr;
+        if (!utf8_of(PyTuple_GET_ITEM(value, 0), cls) || !utf8_of(PyTuple_GET_ITEM(value, 1), msg)) return nullptr;
       }
-      std::string_view m(msg, static_cast<size_t>(mn));
+      std::string_view m(msg);
       if (m.size() > 64 * 1024) m = utf8_prefix(m, 64 * 1024);
-      error_item(frames.items(), r, std::string_view(cls, static_cast<size_t>(cn)), m);
+      error_item(frames.items(), r, cls, m);
     }
     frames.maybe_cut();
   }

@@ -10,9 +10,10 @@
 //
 // Bounds: per loop at most `limit` tasks in flight (accepted and not yet done; default 100,000,
 // `_erlang_loop._set_limit`); a submission past it is answered at once, on the I/O thread, with a
-// RuntimeError outcome and never queued. Cancels queue only for tasks in flight (one per await that
-// timed out) and owner-gone notes one per env_drop, so the queue holds at most `limit` submissions
-// plus those.
+// RuntimeError outcome and never queued. Cancels are queued for any started loop (unknown ones are
+// dropped by the loop thread); the Erlang side sends one per await that timed out, after taking the
+// task's entry, so at most one per task in flight. Owner-gone notes: one per env_drop of an owner with
+// tasks taken. So the queue holds at most `limit` submissions plus about as many of those.
 //
 // Locking: each loop's queue, wake flag and in-flight count are guarded by that loop's
 // `Loop::mutex` (the "task loop mutex"), never held across a call into Python or a write; the table

@@ -21,6 +21,7 @@
 
 import asyncio
 import importlib
+import inspect
 import sys
 import threading
 import traceback
@@ -47,7 +48,7 @@ class _LoopTasks:
         self.loop = loop
         self.index = index
         self.native = native
-        self.tasks: dict[bytes, tuple[bytes, asyncio.Future[Any]]] = {}  # ref -> (owner key, task)
+        self.tasks: dict[bytes, tuple[bytes, asyncio.Task[Any]]] = {}  # ref -> (owner key, task)
         self.outbox: list[tuple[Any, bytes, bool, Any]] = []
 
 
@@ -102,18 +103,30 @@ def _drain(lt: _LoopTasks) -> None:
         elif kind == 1:
             entry = lt.tasks.pop(item[1], None)
             if entry is not None:
-                entry[1].cancel()
+                _cancel(lt, item[1], entry)
         else:
             owner = item[1]
             for ref in [r for r, (o, _) in lt.tasks.items() if o == owner]:
-                lt.tasks.pop(ref)[1].cancel()
+                _cancel(lt, ref, lt.tasks.pop(ref))
+
+
+def _cancel(lt: _LoopTasks, ref: bytes, entry: tuple[bytes, "asyncio.Task[Any]"]) -> None:
+    owner, task = entry
+    # A task whose first step has not run (Python < 3.12 starts tasks at the next iteration; the
+    # cancel can come in the same batch as the submission) gets the CancelledError thrown in before
+    # _run's try: _run hands back nothing, so the outcome that frees its place goes from here.
+    if inspect.getcoroutinestate(task.get_coro()) == inspect.CORO_CREATED:
+        _outcome(lt, ref, owner, False, ("CancelledError", "task was cancelled"))
+    task.cancel()
 
 
 def _submit(lt: _LoopTasks, ref: bytes | None, owner: bytes, env: dict[str, Any] | None, module: str,
             function: str, args: Any, kwargs: Any) -> None:
     try:
         result = _resolve(env, module, function)(*(args or ()), **(kwargs or {}))
-    except Exception as exc:  # a missing module or function, a sync function that raised
+    except BaseException as exc:  # noqa: BLE001 - a missing module or function, a sync function that
+        # raised; SystemExit (sys.exit) and KeyboardInterrupt too: raised on, they would end the
+        # loop's run_forever and strand every later task on it.
         _outcome(lt, ref, owner, False, (type(exc).__name__, str(exc)))
         return
     if not asyncio.iscoroutine(result) and not hasattr(result, "__await__"):
@@ -140,7 +153,9 @@ async def _run(lt: _LoopTasks, ref: bytes | None, owner: bytes, awaitable: Any) 
         raise
     except BaseException as exc:  # noqa: BLE001 - every outcome goes back, SystemExit included
         _finish(lt, ref, owner, False, (type(exc).__name__, str(exc)))
-        if not isinstance(exc, Exception):
+        # Not raised on (but GeneratorExit, a close of this coroutine): a Task re-raises SystemExit and
+        # KeyboardInterrupt out of the loop, which would end the loop thread with this outcome unsent.
+        if isinstance(exc, GeneratorExit):
             raise
     else:
         _finish(lt, ref, owner, True, value)
