@@ -15,14 +15,15 @@
 	callbacks_reentrant_and_send/1, process_bound_envs_and_drop/1, preload_and_paths/1,
 	timeout_cancels_and_context_goes_on/1, interrupt_reaches_the_context/1,
 	single_phase_extension_is_import_error/1, create_destroy_cycles/1, start_link_and_pool/1,
-	streams_from_owngil/1, two_contexts_run_at_once/1, asyncio_tasks_refused_in_owngil_namespace/1]).
+	streams_from_owngil/1, two_contexts_run_at_once/1, asyncio_tasks_refused_in_owngil_namespace/1,
+	erlang_run_inside_owngil/1]).
 
 all() ->
 	[reports_the_truth, calls_eval_exec_and_types, module_state_is_per_context, callbacks_reentrant_and_send,
 	 process_bound_envs_and_drop, preload_and_paths, timeout_cancels_and_context_goes_on,
 	 interrupt_reaches_the_context, single_phase_extension_is_import_error, create_destroy_cycles,
 	 start_link_and_pool, streams_from_owngil, two_contexts_run_at_once,
-	 asyncio_tasks_refused_in_owngil_namespace].
+	 asyncio_tasks_refused_in_owngil_namespace, erlang_run_inside_owngil].
 
 init_per_suite(Config) ->
 	Config.
@@ -299,3 +300,10 @@ asyncio_tasks_refused_in_owngil_namespace(_) ->
 	end,
 	{ok, 2.0} = py_event_loop:run(math, sqrt, [4.0]),
 	{ok, 3} = py:eval(Ctx, <<"1 + 2">>).
+
+%% Inside an owngil context asyncio runs on the port's own loop class (erlang.run), erlang.sleep included.
+erlang_run_inside_owngil(_) ->
+	Ctx = new(),
+	ok = py:exec(Ctx, <<"import erlang, asyncio\nasync def f():\n    await asyncio.sleep(0.01)\n"
+		"    await erlang.sleep(0.01)\n    return 5\n">>),
+	{ok, 5} = py:eval(Ctx, <<"erlang.run(f())">>).
