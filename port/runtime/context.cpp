@@ -417,7 +417,12 @@ void Context::serve(Item& item, std::string& out) {
   running_id_.store(ar.id, std::memory_order_release);
   if (take_cancelled_id(item.h.id) || ar.cancelled.load()) {
     if (static_cast<Kind>(item.h.kind) == Kind::Continue) rt_.drop_continuation(serial_, item.h.id);
-    rt_.error_frame(out, id_, item.h.id, "CancelledError", "request cancelled before it started", "");
+    // py:interrupt found it on the stack before it started (interrupt_running marks it first): an
+    // interrupt all the same, reported as one (as error_frame_from_exception does once it runs).
+    if (ar.interrupted.load())
+      rt_.error_frame(out, id_, item.h.id, "erlang.Interrupted", "request interrupted by py:interrupt", "");
+    else
+      rt_.error_frame(out, id_, item.h.id, "CancelledError", "request cancelled before it started", "");
   } else {
     rt_.handle(*this, item, out);
   }

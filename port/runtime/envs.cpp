@@ -188,8 +188,11 @@ void Envs::drop_key(const std::string& key) {
     }
   }
   // Each in its own interpreter (an owngil context's: attached to it for the time of the free).
-  for (auto& [interp, env] : gone)
-    if (!run_in(interp, [&env] { free_env(env); })) abandon_env(env);
+  // Not a structured binding: clang 14 (the fuzz and sanitizer builds) cannot capture one.
+  for (auto& g : gone) {
+    Env& env = g.second;
+    if (!run_in(g.first, [&env] { free_env(env); })) abandon_env(env);
+  }
 }
 
 void Envs::drop_context(uint64_t ctx) {
