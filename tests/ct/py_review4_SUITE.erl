@@ -9,11 +9,14 @@
 
 -export([all/0, init_per_testcase/2, end_per_testcase/2]).
 -export([destroy_with_running_thread/1, destroy_with_request_in_flight/1, interrupt_races_destroy/1,
-	pid_and_ref_cross_contexts/1]).
+	pid_and_ref_cross_contexts/1, env_outlives_its_context/1, storm_does_not_grow/1]).
 
 all() ->
 	[destroy_with_running_thread, destroy_with_request_in_flight, interrupt_races_destroy,
-	 pid_and_ref_cross_contexts].
+	 pid_and_ref_cross_contexts, env_outlives_its_context].
+%% storm_does_not_grow is not in all(): it reproduces an open defect (each owngil create/destroy cycle
+%% leaves ~7 MiB of RSS behind on 3.13: 95 MB -> 370 MB over 40 cycles). Run it alone with
+%% `--case storm_does_not_grow`; put it back in all() with the fix.
 
 init_per_testcase(_Case, Config) ->
 	ok = py_ct_helper:start_app([{num_ports, 1}, {contexts_per_port, 2}]),
@@ -93,3 +96,43 @@ pid_and_ref_cross_contexts(_) ->
 	ok = py_context:stop(A),
 	{ok, {Me, R}} = py:eval(B, <<"(p, r)">>, #{p => Me, r => R}),
 	ok = py_context:stop(B).
+
+%% A process-bound environment whose owngil context ended first: its process dies after the destroy
+%% (the drop finds the interpreter gone and leaves its objects, never a decref into it).
+env_outlives_its_context(_) ->
+	OsPid = py_ct_helper:os_pid(1),
+	Ctx = new(),
+	Parent = self(),
+	P = spawn(fun() ->
+		ok = py:exec(Ctx, <<"mine = [object() for _ in range(10)]">>),
+		Parent ! set,
+		receive stop -> ok after 10000 -> ok end
+	end),
+	receive set -> ok after 10000 -> ct:fail(no_set) end,
+	ok = py_context:stop(Ctx),
+	P ! stop,
+	timer:sleep(300),
+	alive(OsPid).
+
+rss_kb(OsPid) ->
+	{ok, Bin} = file:read_file("/proc/" ++ integer_to_list(OsPid) ++ "/status"),
+	[Line] = [L || L <- binary:split(Bin, <<"\n">>, [global]), binary:match(L, <<"VmRSS:">>) =/= nomatch],
+	[_, Kb | _] = binary:split(Line, [<<" ">>, <<"\t">>], [global, trim_all]),
+	binary_to_integer(Kb).
+
+%% 50 create/destroy cycles: no sub-interpreter or thread state left behind (RSS growth bounded: the
+%% first 10 cycles warm up; the next 40 may add at most 40 MiB, a leaked interpreter is ~5-10 MiB each).
+storm_does_not_grow(_) ->
+	OsPid = py_ct_helper:os_pid(1),
+	Cycle = fun(I) ->
+		Ctx = new(),
+		{ok, I} = py:eval(Ctx, <<"i">>, #{i => I}),
+		ok = py_context:stop(Ctx)
+	end,
+	lists:foreach(Cycle, lists:seq(1, 10)),
+	Before = rss_kb(OsPid),
+	lists:foreach(Cycle, lists:seq(11, 50)),
+	After = rss_kb(OsPid),
+	ct:pal("RSS ~p kB -> ~p kB", [Before, After]),
+	?assert(After - Before < 40 * 1024),
+	alive(OsPid).
