@@ -84,15 +84,22 @@ void item_end(std::string& out, size_t at) {
   out.replace(at, 4, len);
 }
 
-void error_item(std::string& out, std::string_view ref, std::string_view cls, std::string_view msg) {
-  if (ref.empty()) return;  // fire and forget: nobody to tell
+// Starts the item {Ref, {Tag, _}}: the caller writes Tag's value, then item_end(out, at).
+size_t outcome_begin(std::string& out, std::string_view ref, std::string_view tag) {
   size_t at = item_begin(out);
   EtfWriter w(out);
   w.version();
   w.tuple(2);
   w.opaque(ref);
   w.tuple(2);
-  w.atom("error");
+  w.atom(tag);
+  return at;
+}
+
+void error_item(std::string& out, std::string_view ref, std::string_view cls, std::string_view msg) {
+  if (ref.empty()) return;  // fire and forget: nobody to tell
+  size_t at = outcome_begin(out, ref, "error");
+  EtfWriter w(out);
   w.tuple(2);
   w.str(cls);
   w.str(msg);
@@ -102,13 +109,8 @@ void error_item(std::string& out, std::string_view ref, std::string_view cls, st
 // GIL held. Appends {Ref, {ok, Value}}; a value with no Erlang form, or too big for a frame, becomes a
 // TypeError outcome instead.
 void value_item(std::string& out, std::string_view ref, PyObject* value) {
-  size_t at = item_begin(out);
+  size_t at = outcome_begin(out, ref, "ok");
   EtfWriter w(out);
-  w.version();
-  w.tuple(2);
-  w.opaque(ref);
-  w.tuple(2);
-  w.atom("ok");
   bool ok = w.python(value);
   if (ok && out.size() - at + kHeaderSize + 64 <= g_rt->max_out_frame()) {
     item_end(out, at);
