@@ -420,7 +420,7 @@ void Context::serve(Item& item, std::string& out) {
     // py:interrupt found it on the stack before it started (interrupt_running marks it first): an
     // interrupt all the same, reported as one (as error_frame_from_exception does once it runs).
     if (ar.interrupted.load())
-      rt_.error_frame(out, id_, item.h.id, "erlang.Interrupted", "request interrupted by py:interrupt", "");
+      rt_.error_frame(out, id_, item.h.id, kInterruptedClass, kInterruptedMessage, "");
     else
       rt_.error_frame(out, id_, item.h.id, "CancelledError", "request cancelled before it started", "");
   } else {

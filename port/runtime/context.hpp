@@ -43,6 +43,11 @@ namespace ep {
 
 class Runtime;
 
+// The error a request py:interrupt cancelled ends with (PROTOCOL.md §3.13): a dotted class name no
+// Python exception has.
+inline constexpr std::string_view kInterruptedClass = "erlang.Interrupted";
+inline constexpr std::string_view kInterruptedMessage = "request interrupted by py:interrupt";
+
 // One frame routed to a context: a request, a callback reply, or an internal stop.
 struct Item {
   Header h;

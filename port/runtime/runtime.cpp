@@ -742,8 +742,8 @@ void Runtime::error_frame_from_exception(std::string& out, uint32_t ctx, uint64_
   // opsb: a request py:interrupt cancelled ends with its own class (a dotted name no exception has).
   Context* c = Context::current_thread_context();
   if (e.cls == "CancelledError" && c && c->is_interrupted(id)) {
-    e.cls = "erlang.Interrupted";
-    e.msg = "request interrupted by py:interrupt";
+    e.cls = kInterruptedClass;
+    e.msg = kInterruptedMessage;
   }
   // opsb: a MemoryError because this context's memory_limit refused an allocation.
   int64_t limit = 0, used = 0, requested = 0;
