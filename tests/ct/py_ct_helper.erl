@@ -20,6 +20,8 @@
 -export([raw_request/5]).
 -export([raw_frame/5]).
 -export([elapsed_ms/1]).
+-export([run_exe/2]).
+-export([has/2]).
 
 %% Starts erlang_python with the given application env (on top of its defaults).
 %% EP_TEST_CODEC=msgpack runs every suite over the msgpack codec (unless a suite sets its own);
@@ -177,3 +179,25 @@ raw_frame(Kind, Flags, Ctx, Id, Body) ->
 
 elapsed_ms(T0) ->
 	erlang:monotonic_time(millisecond) - T0.
+
+%% Runs an executable (the port program as a tool: dump, replay, bad arguments) to its end:
+%% {ExitStatus, Output} with stderr included; fails the case after 60 s.
+run_exe(Exe, Args) ->
+	P = open_port({spawn_executable, Exe}, [{args, Args}, exit_status, binary, stderr_to_stdout, use_stdio]),
+	collect_exe(P, <<>>).
+
+collect_exe(P, Acc) ->
+	receive
+		{P, {data, D}} -> collect_exe(P, <<Acc/binary, D/binary>>);
+		{P, {exit_status, S}} -> {S, Acc}
+	after 60000 ->
+		catch port_close(P),
+		ct:fail({no_exit, Acc})
+	end.
+
+%% true if Part occurs in Bin, else fails the case showing both.
+has(Bin, Part) ->
+	case binary:match(Bin, Part) of
+		nomatch -> ct:fail({missing, Part, Bin});
+		_ -> true
+	end.

@@ -52,20 +52,7 @@ good_numbers_accepted(Config) ->
 	port_close(P).
 
 run(Exe, Args) ->
-	P = open_port({spawn_executable, Exe}, [{args, Args}, exit_status, binary, stderr_to_stdout, use_stdio]),
-	collect(P, <<>>).
-
-collect(P, Acc) ->
-	receive
-		{P, {data, D}} -> collect(P, <<Acc/binary, D/binary>>);
-		{P, {exit_status, S}} -> {S, Acc}
-	after 30000 ->
-		catch port_close(P),
-		ct:fail({no_exit, Acc})
-	end.
+	py_ct_helper:run_exe(Exe, Args).
 
 has(Bin, Part) ->
-	case binary:match(Bin, Part) of
-		nomatch -> ct:fail({missing, Part, Bin});
-		_ -> true
-	end.
+	py_ct_helper:has(Bin, Part).

@@ -33,23 +33,10 @@ current_file() ->
 
 %% Runs the port program with Args: {ExitStatus, Output}.
 port_tool(Args) ->
-	P = open_port({spawn_executable, py_record:executable()},
-		[{args, Args}, exit_status, binary, stderr_to_stdout, use_stdio]),
-	collect(P, <<>>).
-
-collect(P, Acc) ->
-	receive
-		{P, {data, D}} -> collect(P, <<Acc/binary, D/binary>>);
-		{P, {exit_status, S}} -> {S, Acc}
-	after 60000 ->
-		error({port_tool_timeout, Acc})
-	end.
+	py_ct_helper:run_exe(py_record:executable(), Args).
 
 has(Bin, Part) ->
-	case binary:match(Bin, Part) of
-		nomatch -> ct:fail({missing, Part, Bin});
-		_ -> true
-	end.
+	py_ct_helper:has(Bin, Part).
 
 record_from_app_env(Config) ->
 	start(Config, []),

@@ -16,7 +16,7 @@ all() ->
 	 pid_and_ref_cross_contexts, env_outlives_its_context].
 %% storm_does_not_grow is not in all(): it reproduces an open defect (each owngil create/destroy cycle
 %% leaves ~7 MiB of RSS behind on 3.13: 95 MB -> 370 MB over 40 cycles). Run it alone with
-%% `--case storm_does_not_grow`; put it back in all() with the fix. Upstream: plain CPython 3.13.0 leaks
+%% `--case storm_does_not_grow`; put it back in all() with the fix. Upstream: plain CPython 3.13 (3.13.15 here) leaks
 %% the same (~6.4 MiB per _interpreters.create()/destroy() of an isolated interpreter, no port involved),
 %% so the fix is a newer CPython or reusing sub-interpreters, not a port change.
 
@@ -25,6 +25,8 @@ init_per_testcase(_Case, Config) ->
 	case py:subinterp_supported() of
 		true -> Config;
 		false ->
+			%% 3.11 and 3.13t do not offer owngil (py_modes_SUITE checks the refusal); the suite runs
+			%% in the 3.13 stage of tools/test.sh.
 			py_ct_helper:stop_app(),
 			{skip, "owngil is not offered by this port"}
 	end.
